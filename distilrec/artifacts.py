@@ -1,0 +1,252 @@
+"""Model artifacts: versioned folders on any fsspec URI (local path, ``s3://…``, ``memory://…``).
+
+A pipeline output ``OUT`` holds ``OUT/models/<version>/`` and a ``OUT/models/LATEST`` pointer that is
+written last. A version folder holds everything serving needs, and serving rebuilds every model from
+it alone::
+
+    manifest.json                 format, version, created_at, dataset, metrics, encoder
+    items.parquet                 item_id, title, text (row i = model item row i)
+    item_text_emb.safetensors     text_emb (N, text_dim)
+    histories.parquet             user_id, item_id, timestamp (known interactions, time order)
+    student/config.json, student/model.safetensors
+    teacher/config.json, teacher/model.safetensors
+    encoder/                      the text encoder, when it was a local folder
+
+    art = load_artifact("out")            # the latest version
+    art.student.score(...)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from distilrec.models import MODELS
+
+FORMAT = 1
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, incomplete or incompatible."""
+
+
+def _fs(uri: str):
+    fs, path = fsspec.core.url_to_fs(str(uri))
+    return fs, path
+
+
+def _write_bytes(fs, path: str, data: bytes) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
+
+
+def _read_bytes(fs, path: str) -> bytes:
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ArtifactError(f"artifact file missing: {path}") from None
+
+
+# --------------------------------------------------------------------------------------------- models
+
+def model_to_bytes(model: torch.nn.Module) -> tuple[bytes, bytes]:
+    """``(config.json, model.safetensors)`` contents of a model (persistent weights only)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return model.cfg.model_dump_json(indent=2).encode(), st_save(state)
+
+
+def model_from_bytes(config: bytes, weights: bytes, text_emb: np.ndarray | None) -> torch.nn.Module:
+    """Rebuild a model from its ``config.json`` and weights; its shapes come from the config alone."""
+    meta = json.loads(config)
+    kind = meta.get("kind")
+    if kind not in MODELS:
+        raise ArtifactError(f"unknown model kind {kind!r} in config")
+    cls, cfg_cls = MODELS[kind]
+    cfg = cfg_cls.model_validate(meta)
+    emb = torch.from_numpy(np.asarray(text_emb, dtype=np.float32)) if cfg.text_dim else None
+    model = cls(cfg, text_emb=emb)
+    try:
+        model.load_state_dict(st_load(weights))
+    except RuntimeError as e:
+        raise ArtifactError(f"weights do not match the {kind} config: {e}") from None
+    return model.eval()
+
+
+def save_model(uri: str, model: torch.nn.Module) -> None:
+    fs, path = _fs(uri)
+    config, weights = model_to_bytes(model)
+    _write_bytes(fs, posixpath.join(path, "config.json"), config)
+    _write_bytes(fs, posixpath.join(path, "model.safetensors"), weights)
+
+
+def load_model(uri: str, text_emb: np.ndarray | None) -> torch.nn.Module:
+    fs, path = _fs(uri)
+    return model_from_bytes(
+        _read_bytes(fs, posixpath.join(path, "config.json")),
+        _read_bytes(fs, posixpath.join(path, "model.safetensors")),
+        text_emb,
+    )
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+
+@dataclass
+class ItemTable:
+    """The catalogue as the models see it: row ``i`` is item ``item_ids[i]``."""
+
+    item_ids: list[str]
+    titles: list[str]
+    texts: list[str]
+    text_emb: np.ndarray  # (N, text_dim)
+    index: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.index = {it: i for i, it in enumerate(self.item_ids)}
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+
+@dataclass
+class Artifact:
+    uri: str
+    manifest: dict[str, Any]
+    items: ItemTable
+    student: torch.nn.Module
+    teacher: torch.nn.Module | None
+    histories: dict[str, list[str]]
+    encoder_uri: str | None
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+
+def new_version() -> str:
+    return datetime.now(timezone.utc).strftime("v%Y%m%d-%H%M%S-%f")
+
+
+def write_artifact(
+    out_uri: str,
+    *,
+    items: ItemTable,
+    histories: pd.DataFrame,
+    student: torch.nn.Module,
+    teacher: torch.nn.Module | None,
+    dataset: dict,
+    metrics: dict,
+    encoder: str | None,
+    version: str | None = None,
+) -> str:
+    """Write a new version under ``out_uri/models/`` and point ``LATEST`` at it; returns its URI.
+
+    ``encoder`` is a local folder (copied into the artifact) or a hub id (recorded by name).
+    """
+    version = version or new_version()
+    fs, root = _fs(out_uri)
+    base = posixpath.join(root, "models", version)
+    enc_meta: dict[str, Any] = {"name_or_path": encoder, "embedded": False, "dim": int(items.text_emb.shape[1])}
+    if encoder and Path(encoder).is_dir():
+        fs.makedirs(posixpath.join(base, "encoder"), exist_ok=True)
+        for f in Path(encoder).iterdir():
+            if f.is_file():
+                _write_bytes(fs, posixpath.join(base, "encoder", f.name), f.read_bytes())
+        enc_meta.update(embedded=True, name_or_path="encoder")
+
+    table = pd.DataFrame({"item_id": items.item_ids, "title": items.titles, "text": items.texts})
+    _write_bytes(fs, posixpath.join(base, "items.parquet"), _parquet(table))
+    _write_bytes(fs, posixpath.join(base, "item_text_emb.safetensors"),
+                 st_save({"text_emb": torch.from_numpy(np.ascontiguousarray(items.text_emb, dtype=np.float32))}))
+    _write_bytes(fs, posixpath.join(base, "histories.parquet"), _parquet(histories))
+    for name, model in (("student", student), ("teacher", teacher)):
+        if model is not None:
+            save_model(f"{_proto(out_uri)}{posixpath.join(base, name)}", model)
+    manifest = {
+        "format": FORMAT,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "dataset": dataset,
+        "metrics": metrics,
+        "encoder": enc_meta,
+        "n_items": len(items),
+    }
+    _write_bytes(fs, posixpath.join(base, "manifest.json"), json.dumps(manifest, indent=2).encode())
+    _write_bytes(fs, posixpath.join(root, "models", "LATEST"), version.encode())
+    return f"{_proto(out_uri)}{base}"
+
+
+def _proto(uri: str) -> str:
+    uri = str(uri)
+    return uri.split("://", 1)[0] + "://" if "://" in uri else ""
+
+
+def _parquet(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def resolve(uri: str) -> str:
+    """The version folder that ``uri`` means: itself, or what ``uri/models/LATEST`` or ``uri/LATEST`` names."""
+    fs, path = _fs(uri)
+    if fs.exists(posixpath.join(path, "manifest.json")):
+        return str(uri)
+    for sub in ("models", ""):
+        latest = posixpath.join(path, sub, "LATEST") if sub else posixpath.join(path, "LATEST")
+        if fs.exists(latest):
+            version = _read_bytes(fs, latest).decode().strip()
+            return f"{_proto(uri)}{posixpath.join(posixpath.dirname(latest), version)}"
+    raise ArtifactError(f"no model artifact at {uri} (no manifest.json, models/LATEST or LATEST)")
+
+
+def read_manifest(uri: str) -> dict[str, Any]:
+    """The manifest of the version that ``uri`` resolves to (cheap: one small file)."""
+    uri = resolve(uri)
+    fs, base = _fs(uri)
+    try:
+        manifest = json.loads(_read_bytes(fs, posixpath.join(base, "manifest.json")))
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{uri}: manifest.json is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{uri}: artifact format {manifest.get('format')!r}, this build reads {FORMAT}")
+    return manifest
+
+
+def load_artifact(uri: str, with_teacher: bool = False) -> Artifact:
+    """Load an artifact version (or the latest under a pipeline output folder)."""
+    uri = resolve(uri)
+    fs, base = _fs(uri)
+    manifest = read_manifest(uri)
+    table = pd.read_parquet(io.BytesIO(_read_bytes(fs, posixpath.join(base, "items.parquet"))))
+    emb = st_load(_read_bytes(fs, posixpath.join(base, "item_text_emb.safetensors")))["text_emb"].numpy()
+    items = ItemTable(table["item_id"].astype(str).tolist(), table["title"].astype(str).tolist(),
+                      table["text"].astype(str).tolist(), emb)
+    student = load_model(f"{_proto(uri)}{posixpath.join(base, 'student')}", emb)
+    teacher = None
+    if with_teacher:
+        teacher = load_model(f"{_proto(uri)}{posixpath.join(base, 'teacher')}", emb)
+    if student.cfg.n_items != len(items):
+        raise ArtifactError(f"{uri}: student has {student.cfg.n_items} items, item table {len(items)}")
+    hist_df = pd.read_parquet(io.BytesIO(_read_bytes(fs, posixpath.join(base, "histories.parquet"))))
+    histories: dict[str, list[str]] = {}
+    for user, item in zip(hist_df["user_id"].astype(str), hist_df["item_id"].astype(str)):
+        histories.setdefault(user, []).append(item)
+    enc = manifest.get("encoder", {})
+    encoder_uri = None
+    if enc.get("name_or_path"):
+        encoder_uri = f"{_proto(uri)}{posixpath.join(base, 'encoder')}" if enc.get("embedded") else enc["name_or_path"]
+    return Artifact(uri, manifest, items, student, teacher, histories, encoder_uri)

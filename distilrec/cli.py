@@ -1,0 +1,171 @@
+"""The ``distilrec`` command: the only module that knows the training and serving apps.
+
+    distilrec demo                                     # whole path on synthetic data, offline
+    distilrec pipeline --dataset synthetic --output out
+    distilrec serve --model out [--host 127.0.0.1] [--port 8000]
+
+``training`` and ``services`` are imported inside the commands, so ``import distilrec`` stays free
+of Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+
+from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
+
+# Small enough to finish in minutes on 2 CPU cores, large enough to show the ranking.
+DEMO_DATASET = "synthetic:users=1000,items=300,seed=0"
+DEMO_CONFIG = PipelineConfig(
+    encoder="tiny",
+    teacher_train=TrainConfig(epochs=15, patience=3, lr=2e-3),
+    distill=DistillConfig(epochs=25, patience=4, lr=5e-3),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _print(title: str, payload) -> None:
+    from rich.console import Console
+
+    Console().print(f"[bold cyan]{title}[/]")
+    Console().print_json(json.dumps(payload))
+
+
+def read_metrics(port: int, names: tuple[str, ...], timeout_s: float = 45.0) -> list[str]:
+    """Poll the Ray metrics endpoint until every metric in ``names`` is exported; return its lines."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            text = ""
+        lines = [ln for ln in text.splitlines() if ln.startswith(names)]
+        if all(any(ln.startswith(n) for ln in lines) for n in names):
+            return lines
+        time.sleep(1.0)
+    missing = [n for n in names if not any(ln.startswith(n) for ln in lines)]
+    raise RuntimeError(f"metrics not exported on port {port} after {timeout_s:.0f}s: {missing}")
+
+
+def demo(output: str) -> int:
+    import httpx
+    import ray
+    from ray import serve
+
+    from services.run import deploy, load_config
+    from training.pipeline import ensure_ray, run_pipeline
+
+    metrics_port, http_port = free_port(), free_port()
+    ensure_ray(2, metrics_export_port=metrics_port)
+    try:
+        report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
+        print(f"\nstarting the Serve application from services/serve_config.yaml on 127.0.0.1:{http_port} ...")
+        deploy(load_config(model_uri=output, host="127.0.0.1", port=http_port))
+        base = f"http://127.0.0.1:{http_port}"
+        with httpx.Client(base_url=base, timeout=30) as c:
+            _print("GET /readyz", c.get("/readyz").json())
+            model = c.get("/v1/model").json()
+            _print("GET /v1/model (version)", {"version": model["version"], "created_at": model["created_at"]})
+            for body in (
+                {"user_id": "u0", "k": 5},
+                {"user_id": "u1", "history": ["i10", "i11"], "k": 5, "exclude": ["i12"]},
+                {"user_id": "a-new-user", "k": 3},
+                {"user_id": "u0", "k": 0},
+            ):
+                r = c.post("/v1/recommend", json=body)
+                _print(f"POST /v1/recommend {json.dumps(body)} -> {r.status_code}", r.json())
+        names = ("ray_distilrec_requests_total", "ray_distilrec_stage_latency_ms_count",
+                 "ray_distilrec_scorer_batch_size_count")
+        lines = read_metrics(metrics_port, names)
+        print(f"\nPrometheus metrics on http://127.0.0.1:{metrics_port}/metrics (excerpt):")
+        for ln in lines:
+            if ln.startswith(names):
+                print("  " + ln)
+        t, s = report["models"]["teacher"], report["models"]["student"]
+        print(f"\nteacher NDCG@10 {t['ndcg@10']:.4f}, student {s['ndcg@10']:.4f}, "
+              f"popularity {report['models']['popularity']['ndcg@10']:.4f}; artifacts in {output}")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port: int | None) -> int:
+    import ray
+
+    from distilrec.artifacts import ArtifactError, read_manifest
+    from services.run import DEFAULT_CONFIG, deploy, load_config
+    from training.pipeline import ensure_ray
+
+    try:
+        manifest = read_manifest(model)
+    except ArtifactError as e:
+        print(f"distilrec serve: --model {model!r}: {e}", file=sys.stderr)
+        return 2
+    ensure_ray(1, metrics_export_port=metrics_port)
+    deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port))
+    print(f"serving model {manifest['version']} on http://{host}:{port} (OpenAPI at /docs); Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="distilrec", description="Teacher → student recommender on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="the whole path on synthetic data, offline, then a few HTTP requests")
+    d.add_argument("--output", default="demo-out", help="where the artifacts go (default: ./demo-out)")
+    pl = sub.add_parser("pipeline", help="teacher → distillation → evaluation → artifact")
+    pl.add_argument("--dataset", required=True, help="synthetic[:users=..,items=..,seed=..] | movielens:PATH")
+    pl.add_argument("--output", required=True, help="output folder (report.json, models/)")
+    pl.add_argument("--config", help="PipelineConfig YAML (encoder, teacher, student, teacher_train, distill)")
+    s = sub.add_parser("serve", help="serve a trained model over HTTP on a local Ray instance")
+    s.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--config", help="serve config YAML (default: services/serve_config.yaml)")
+    s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
+    args = p.parse_args(argv)
+
+    if args.cmd == "demo":
+        return demo(str(Path(args.output).resolve()))
+    if args.cmd == "pipeline":
+        from training.pipeline import load_config, run_pipeline
+
+        try:
+            cfg = load_config(args.config)
+        except (OSError, ValueError) as e:
+            print(f"distilrec pipeline: --config {args.config!r}: {e}", file=sys.stderr)
+            return 2
+        try:
+            run_pipeline(args.dataset, args.output, cfg)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"distilrec pipeline: --dataset {args.dataset!r}: {e}", file=sys.stderr)
+            return 2
+        return 0
+    return serve_cmd(args.model, args.host, args.port, args.config, args.metrics_port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

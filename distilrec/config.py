@@ -1,0 +1,85 @@
+"""Typed configuration for every model and training run.
+
+One config object per model is written into every artifact (``config.json``) and read back by
+serving, so serving never re-declares shapes:
+
+>>> cfg = TeacherConfig(n_items=100, text_dim=32)
+>>> TeacherConfig.model_validate_json(cfg.model_dump_json()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TeacherConfig(_Strict):
+    """Shapes of the teacher: a causal transformer over the user's history.
+
+    Items are rows ``0 .. n_items-1`` of the item table; ``n_items`` is the padding index.
+    """
+
+    kind: Literal["teacher"] = "teacher"
+    n_items: int = Field(gt=0)
+    text_dim: int = Field(ge=0, description="width of the item text embeddings (0 = no text)")
+    d_model: int = Field(64, gt=0)
+    n_heads: int = Field(2, gt=0)
+    n_layers: int = Field(2, gt=0)
+    max_len: int = Field(200, gt=0, description="longest history the model reads")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class StudentConfig(_Strict):
+    """Shapes of the student: a recency-weighted pooled history and a narrow MLP user tower.
+
+    Scoring a candidate is one dot product of width ``d_model``.
+    """
+
+    kind: Literal["student"] = "student"
+    n_items: int = Field(gt=0)
+    text_dim: int = Field(ge=0)
+    d_model: int = Field(32, gt=0)
+    hidden: int = Field(64, gt=0)
+    max_len: int = Field(200, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TrainConfig(_Strict):
+    """How a model is trained (shared by the teacher and the distillation run)."""
+
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(32, gt=0, description="users per batch per worker")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    patience: int = Field(5, ge=1, description="epochs without a better validation NDCG@10")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: bool = False
+    seed: int = 0
+
+
+class DistillConfig(TrainConfig):
+    """Distillation: the student matches the teacher's softened ranking and the true next item."""
+
+    temperature: float = Field(2.0, gt=0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher's soft targets")
+
+
+class PipelineConfig(_Strict):
+    """Everything ``distilrec pipeline`` needs besides the dataset; loadable from YAML (``--config``).
+
+    ``teacher`` and ``student`` hold shape overrides (``d_model``, ``n_layers``, …); the catalogue size
+    and text width come from the data.
+    """
+
+    encoder: str = Field("tiny", description="'tiny' (a small BERT built locally), a hub id or a local folder")
+    teacher: dict = Field(default_factory=dict)
+    student: dict = Field(default_factory=dict)
+    teacher_train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    student_without_teacher: bool = Field(True, description="also train the student alone, to show the gain")

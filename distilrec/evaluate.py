@@ -1,0 +1,98 @@
+"""Evaluation: Popularity, EASE, teacher and student in one table (``EVALUATION.md``).
+
+Quality is full-ranking NDCG@10 / HR@10 on the test targets; cost is parameters, multiply-accumulates
+per scored candidate, and the time to score one request of 1,000 candidates on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from distilrec.baselines import EASE, EASE_LAMBDAS, Popularity
+from distilrec.data import Dataset, Split
+from distilrec.metrics import evaluate_scores, model_score_fn
+from distilrec.models import count_params
+
+MODEL_ORDER = ("popularity", "ease", "teacher", "student", "student_no_distill")
+
+
+def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EASE_LAMBDAS) -> dict[str, dict]:
+    """Popularity and EASE on the test targets; EASE's λ is chosen on validation."""
+    test_h, test_t = split.histories("test"), split.targets("test")
+    pop = Popularity.fit(test_h, n_items)
+    out = {"popularity": {**evaluate_scores(pop.score, test_h, test_t), **_no_cost()}}
+    val = {lam: evaluate_scores(EASE.fit(split.train, n_items, lam).score, split.train, split.val_target)["ndcg@10"]
+           for lam in lambdas}
+    best = max(val, key=val.get)
+    ease = EASE.fit(test_h, n_items, best)
+    out["ease"] = {**evaluate_scores(ease.score, test_h, test_t), **_no_cost(), "lambda": best}
+    return out
+
+
+def _no_cost() -> dict:
+    return {"params": None, "macs_per_candidate": None, "score_ms_p50_1000": None, "score_ms_p99_1000": None}
+
+
+def evaluate_model(model: torch.nn.Module, split: Split, stage: str = "test") -> dict[str, float]:
+    return evaluate_scores(model_score_fn(model), split.histories(stage), split.targets(stage))
+
+
+def scoring_cost(model: torch.nn.Module, n_candidates: int = 1000, runs: int = 200, seed: int = 0) -> dict:
+    """Parameters, MACs per candidate, and p50/p99 milliseconds to score one full-length history
+    against ``n_candidates`` candidates on one CPU thread (``runs`` timed runs after warm-up)."""
+    model = model.cpu().eval()
+    g = torch.Generator().manual_seed(seed)
+    n = model.cfg.n_items
+    hist = torch.randint(0, n, (1, model.cfg.max_len), generator=g)
+    cands = torch.randint(0, n, (n_candidates,), generator=g)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        with torch.no_grad():
+            for i in range(runs + 10):
+                t0 = time.perf_counter()
+                model.score(hist, cands)
+                if i >= 10:
+                    times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "params": count_params(model),
+        "macs_per_candidate": round(float(model.macs_per_candidate(n_candidates)), 1),
+        "score_ms_p50_1000": round(float(np.percentile(times, 50)), 4),
+        "score_ms_p99_1000": round(float(np.percentile(times, 99)), 4),
+    }
+
+
+def build_report(ds: Dataset, models: dict[str, dict], extra: dict | None = None) -> dict:
+    """The ``report.json`` layout of ``DESIGN.md``."""
+    ordered = {k: models[k] for k in MODEL_ORDER if k in models}
+    ordered.update({k: v for k, v in models.items() if k not in ordered})
+    return {"dataset": ds.summary(), "models": ordered, **(extra or {})}
+
+
+def format_table(report: dict) -> "rich.table.Table":  # noqa: F821
+    """A printable table of ``report['models']``."""
+    from rich.table import Table
+
+    d = report["dataset"]
+    table = Table(title=f"{d['name']}: {d['users']} users, {d['items']} items, {d['interactions']} interactions "
+                        "(test, full ranking)")
+    for col in ("model", "NDCG@10", "HR@10", "params", "MACs/cand.", "ms/1000 p50", "p99"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    for name, m in report["models"].items():
+        table.add_row(
+            name, f"{m['ndcg@10']:.4f}", f"{m['hr@10']:.4f}", fmt(m.get("params"), ","),
+            fmt(m.get("macs_per_candidate"), ",.0f"), fmt(m.get("score_ms_p50_1000"), ".3f"),
+            fmt(m.get("score_ms_p99_1000"), ".3f"),
+        )
+    return table

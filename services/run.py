@@ -1,0 +1,65 @@
+"""Deploy ``services/serve_config.yaml`` on a Ray cluster, the way ``serve run CONFIG`` and KubeRay do.
+
+The config file is validated as Ray's ``ServeDeploySchema`` and applied through the Serve controller,
+so a local run exercises exactly the config that the chart's RayService carries in ``serveConfigV2``.
+Only the model URI and the HTTP address are overridden.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
+APP_NAME = "distilrec"
+
+
+def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None, host: str | None = None,
+                port: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read the serve config and apply overrides; ``overrides`` maps deployment name → options."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    cfg = copy.deepcopy(cfg)
+    if host is not None:
+        cfg.setdefault("http_options", {})["host"] = host
+    if port is not None:
+        cfg.setdefault("http_options", {})["port"] = int(port)
+    for app in cfg["applications"]:
+        if model_uri is not None:
+            app.setdefault("args", {})["model_uri"] = str(model_uri)
+        for dep in app.get("deployments", []):
+            dep.update((overrides or {}).get(dep["name"], {}))
+    return cfg
+
+
+def deploy(cfg: dict[str, Any], timeout_s: float = 180.0) -> None:
+    """Start Serve (if needed) with the config's HTTP options, apply the config and wait until every
+    application is RUNNING. Raises ``RuntimeError`` with Serve's message when a deployment fails."""
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(cfg)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location,
+    )
+    client.deploy_apps(schema)
+    deadline = time.monotonic() + timeout_s
+    names = [a.name for a in schema.applications]
+    while True:
+        status = serve.status()
+        states = {n: status.applications.get(n) for n in names}
+        if all(s is not None and s.status == "RUNNING" for s in states.values()):
+            return
+        for n, s in states.items():
+            if s is not None and s.status in ("DEPLOY_FAILED", "UNHEALTHY"):
+                details = "; ".join(f"{d}: {ds.message}" for d, ds in s.deployments.items() if ds.message)
+                raise RuntimeError(f"Serve application {n!r} is {s.status}: {s.message or details}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Serve applications not RUNNING after {timeout_s:.0f}s: "
+                               f"{ {n: (s.status if s else None) for n, s in states.items()} }")
+        time.sleep(0.5)

@@ -1,0 +1,47 @@
+"""Typed model configs: strict, frozen, validated, and round-trip through JSON (the artifact format)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from distilrec.config import DistillConfig, PipelineConfig, StudentConfig, TeacherConfig, TrainConfig
+
+
+def test_json_round_trip_keeps_the_kind():
+    for cfg in (TeacherConfig(n_items=10, text_dim=4, d_model=16), StudentConfig(n_items=10, text_dim=0)):
+        back = type(cfg).model_validate_json(cfg.model_dump_json())
+        assert back == cfg
+    assert TeacherConfig(n_items=1, text_dim=0).kind == "teacher"
+    assert StudentConfig(n_items=1, text_dim=0).kind == "student"
+
+
+def test_unknown_fields_are_rejected():
+    with pytest.raises(ValidationError, match="d_modle"):
+        StudentConfig(n_items=10, text_dim=0, d_modle=8)
+
+
+@pytest.mark.parametrize("bad", [{"n_items": 0}, {"text_dim": -1}, {"dropout": 1.0}, {"max_len": 0}])
+def test_invalid_shapes_are_rejected(bad):
+    with pytest.raises(ValidationError):
+        TeacherConfig(**{"n_items": 10, "text_dim": 0, **bad})
+
+
+def test_configs_are_frozen():
+    cfg = StudentConfig(n_items=10, text_dim=0)
+    with pytest.raises(ValidationError):
+        cfg.d_model = 8
+
+
+def test_distill_alpha_bounds():
+    assert DistillConfig(alpha=0.0).alpha == 0.0
+    with pytest.raises(ValidationError):
+        DistillConfig(alpha=1.5)
+    assert isinstance(DistillConfig(), TrainConfig)
+
+
+def test_pipeline_config_defaults():
+    cfg = PipelineConfig()
+    assert cfg.encoder == "tiny"
+    assert cfg.teacher == {} and cfg.student == {}
+    assert cfg.student_without_teacher is True

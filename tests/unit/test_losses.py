@@ -1,0 +1,132 @@
+"""Training wrappers: next-item batches, the teacher's cross-entropy and the distillation loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distilrec.losses import IGNORE, StudentTrain, TeacherTrain, next_item_batch
+
+PAD = 12  # n_items of the conftest fixtures
+SEQS = [np.array([1, 2, 3, 4, 5]), np.array([6, 7]), np.array([8, 9, 10])]
+
+
+def _positions(seqs, max_len):
+    """(history, target) for every next-item position the batch trains on, computed directly."""
+    out = []
+    for s in seqs:
+        s = list(s)[-(max_len + 1):]
+        for t in range(1, len(s)):
+            out.append((s[:t], s[t]))
+    return out
+
+
+def test_next_item_batch_shifts_and_ignores_padding():
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=8)
+    assert inputs.tolist() == [[1, 2, 3, 4], [PAD, PAD, PAD, 6], [PAD, PAD, 8, 9]]
+    assert targets.tolist() == [[2, 3, 4, 5], [IGNORE, IGNORE, IGNORE, 7], [IGNORE, IGNORE, 9, 10]]
+
+
+def test_next_item_batch_truncates_to_the_most_recent_and_stays_aligned():
+    inputs, targets = next_item_batch([np.arange(10)], pad=PAD, max_len=4)
+    assert inputs.tolist() == [[5, 6, 7, 8]]
+    assert targets.tolist() == [[6, 7, 8, 9]]
+
+
+def test_next_item_batch_one_item_sequence_has_no_target():
+    inputs, targets = next_item_batch([np.array([3]), np.array([1, 2])], pad=PAD, max_len=4)
+    assert inputs.tolist() == [[PAD], [1]]
+    assert targets.tolist() == [[IGNORE], [2]]
+
+
+def test_student_without_teacher_is_plain_cross_entropy(student):
+    wrapper = StudentTrain(student, teacher=None).eval()
+    assert wrapper.alpha == 0.0
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
+    loss = wrapper(inputs, targets)
+    # independent reference: one user vector per prefix, full softmax over the catalogue
+    with torch.no_grad():
+        ref = torch.stack([
+            F.cross_entropy(student.score(torch.tensor([h])), torch.tensor([y]))
+            for h, y in _positions(SEQS, student.cfg.max_len)
+        ]).mean()
+    assert loss.ndim == 0
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
+
+
+def _teacher_position_logits(teacher, seqs, max_len):
+    """Teacher logits at every next-item position, encoding each user's own (unpadded) input alone.
+
+    The teacher's positions are aligned to the end of the input it reads, so position t of a training
+    sequence is *not* the same as scoring the prefix up to t on its own (unlike the student).
+    """
+    out = []
+    for s in seqs:
+        inp = list(s)[-(max_len + 1):][:-1]
+        hidden = teacher.encode(torch.tensor([inp]))[0]
+        out.extend(teacher.logits(hidden))
+    return out
+
+
+def test_teacher_train_is_cross_entropy_over_every_position(teacher):
+    wrapper = TeacherTrain(teacher).eval()
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=teacher.cfg.max_len)
+    loss = wrapper(inputs, targets)
+    with torch.no_grad():
+        logits = _teacher_position_logits(teacher, SEQS, teacher.cfg.max_len)
+        ys = [y for _, y in _positions(SEQS, teacher.cfg.max_len)]
+        ref = torch.stack([F.cross_entropy(lg[None], torch.tensor([y])) for lg, y in zip(logits, ys)]).mean()
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_distillation_loss_mixes_cross_entropy_and_softened_kl(student, teacher):
+    temperature, alpha = 2.0, 0.3
+    wrapper = StudentTrain(student, teacher, temperature=temperature, alpha=alpha).eval()
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
+    loss = wrapper(inputs, targets)
+    ce, kl = [], []
+    with torch.no_grad():
+        t_logits = _teacher_position_logits(teacher, SEQS, student.cfg.max_len)
+        for (h, y), t in zip(_positions(SEQS, student.cfg.max_len), t_logits):
+            s = student.score(torch.tensor([h]))[0]
+            ce.append(F.cross_entropy(s[None], torch.tensor([y])))
+            p_t = F.softmax(t / temperature, -1)
+            kl.append((p_t * (F.log_softmax(t / temperature, -1) - F.log_softmax(s / temperature, -1))).sum())
+    ref = (1 - alpha) * torch.stack(ce).mean() + alpha * temperature ** 2 * torch.stack(kl).mean()
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_alpha_zero_with_teacher_equals_no_teacher(student, teacher):
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
+    a = StudentTrain(student, teacher, alpha=0.0).eval()(inputs, targets)
+    b = StudentTrain(student, None).eval()(inputs, targets)
+    torch.testing.assert_close(a, b)
+
+
+def test_teacher_stays_in_eval_mode_and_gets_no_gradients(student, teacher):
+    teacher.train()
+    wrapper = StudentTrain(student, teacher, alpha=0.5)
+    assert not teacher.training
+    wrapper.train()
+    assert wrapper.training and student.training
+    assert not teacher.training
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
+    wrapper(inputs, targets).backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert student.items.id_emb.weight.grad is not None
+    assert student.recency.grad is not None
+    wrapper.eval()
+    assert not teacher.training and not student.training
+
+
+def test_teacher_targets_are_deterministic_in_train_mode(student, teacher):
+    # The student's dropout is off; the teacher's dropout (0.1 in the fixture) must not apply either.
+    student_no_dropout = type(student)(student.cfg.model_copy(update={"dropout": 0.0}),
+                                       text_emb=student.items.text_emb)
+    wrapper = StudentTrain(student_no_dropout, teacher, alpha=1.0).train()
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
+    with torch.no_grad():
+        assert wrapper(inputs, targets).item() == pytest.approx(wrapper(inputs, targets).item(), rel=1e-6)

@@ -1,0 +1,97 @@
+"""Full-ranking NDCG@10 / HR@10 with the user's history removed, as ``EVALUATION.md`` defines them."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distilrec.metrics import evaluate_scores, model_score_fn, ndcg_hr, rank_of_targets
+
+
+SCORES = np.array([[0.5, 0.9, 0.5, 0.1, 0.5]])
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (0, 0),  # item 1 (0.9) is in the history, so nothing outranks item 0
+        (2, 1),  # tie at 0.5 with items 0 and 4: the lower row (0) ranks first
+        (4, 2),  # tie at 0.5: items 0 and 2 both rank ahead of row 4
+        (3, 3),  # lowest score, after the three 0.5s
+    ],
+)
+def test_rank_removes_history_and_breaks_ties_toward_lower_row(target, expected):
+    ranks = rank_of_targets(SCORES, histories=[[1]], targets=np.array([target]))
+    assert ranks.tolist() == [expected]
+
+
+def test_rank_without_history_counts_higher_scores():
+    ranks = rank_of_targets(SCORES, histories=[[]], targets=np.array([0]))
+    assert ranks.tolist() == [1]  # item 1 (0.9) is not removed this time
+
+
+def test_rank_is_per_user_and_does_not_modify_scores():
+    scores = np.array([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    before = scores.copy()
+    ranks = rank_of_targets(scores, histories=[[0, 1], []], targets=np.array([2, 0]))
+    # user 0: items 0, 1 removed -> item 2 is first; user 1: item 0 is last of 4
+    assert ranks.tolist() == [0, 3]
+    np.testing.assert_array_equal(scores, before)
+
+
+def test_ndcg_hr_hand_values():
+    ranks = np.array([0, 1, 9, 10, 50])
+    ndcg, hr = ndcg_hr(ranks, k=10)
+    expected = (1.0 + 1.0 / math.log2(3) + 1.0 / math.log2(11)) / 5
+    assert ndcg == pytest.approx(expected)
+    assert hr == pytest.approx(3 / 5)
+
+
+def test_ndcg_hr_k_boundary():
+    assert ndcg_hr(np.array([9]), k=10) == pytest.approx((1 / math.log2(11), 1.0))
+    assert ndcg_hr(np.array([10]), k=10) == (0.0, 0.0)
+    assert ndcg_hr(np.array([0, 1]), k=1) == pytest.approx((0.5, 0.5))
+
+
+def test_evaluate_scores_batches_and_matches_hand_value():
+    n_items = 20
+    # Item j scores -j for every user: the ranking is 0, 1, 2, ... with history removed.
+    calls = []
+
+    def score_fn(histories):
+        calls.append(len(histories))
+        return np.tile(-np.arange(n_items, dtype=float), (len(histories), 1))
+
+    histories = [np.array([0, 1]), np.array([5]), np.array([], dtype=np.int64), np.array([3]), np.array([0])]
+    targets = np.array([2, 15, 9, 12, 1])
+    # ranks: user0 target 2 -> 0; user1 15 -> 14 (item 5 removed); user2 9 -> 9;
+    #        user3 12 -> 11; user4 1 -> 0
+    out = evaluate_scores(score_fn, histories, targets, k=10, batch_size=2)
+    assert calls == [2, 2, 1]
+    assert set(out) == {"ndcg@10", "hr@10"}
+    expected_ndcg = (1.0 + 0.0 + 1.0 / math.log2(11) + 0.0 + 1.0) / 5
+    assert out["ndcg@10"] == pytest.approx(expected_ndcg)
+    assert out["hr@10"] == pytest.approx(3 / 5)
+    assert evaluate_scores(score_fn, histories, targets, k=10, batch_size=256) == pytest.approx(out)
+
+
+def test_evaluate_scores_key_names_follow_k():
+    out = evaluate_scores(lambda h: np.ones((len(h), 4)), [np.array([0])], np.array([3]), k=5)
+    assert set(out) == {"ndcg@5", "hr@5"}
+
+
+def test_model_score_fn_returns_numpy_in_eval_mode(student):
+    student.train()
+    fn = model_score_fn(student)
+    out = fn([np.array([1, 2]), np.array([3])])
+    assert isinstance(out, np.ndarray)
+    assert out.shape == (2, student.cfg.n_items)
+    assert not student.training
+    from distilrec.models import pad_histories
+
+    with torch.no_grad():
+        ref = student.score(pad_histories([[1, 2], [3]], student.cfg.n_items, student.cfg.max_len))
+    np.testing.assert_allclose(out, ref.numpy(), rtol=1e-6, atol=1e-6)

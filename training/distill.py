@@ -1,0 +1,49 @@
+"""Distillation with Ray Train: the student learns the teacher's ranking and the true next item.
+
+Used by ``training/pipeline.py``; launch the whole path with::
+
+    python -m training.pipeline --dataset synthetic --output /tmp/out
+
+Every worker rebuilds the frozen teacher from its config and safetensors weights (shipped in the
+train loop config), and computes the teacher's full-catalogue soft targets on the fly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from distilrec.artifacts import model_from_bytes, model_to_bytes
+from distilrec.config import DistillConfig, StudentConfig, TrainConfig
+from distilrec.data import Split
+from distilrec.losses import StudentTrain
+from distilrec.models import Student, Teacher
+from training.loop import TrainOutput, fit
+
+
+def build_student(config: dict[str, Any]) -> Student:
+    emb = config["text_emb"]
+    return Student(StudentConfig.model_validate(config["model"]),
+                   torch.from_numpy(emb.copy()) if emb is not None else None)
+
+
+def student_loss(model: Student, config: dict[str, Any]) -> StudentTrain:
+    teacher = None
+    if config.get("teacher") is not None:
+        teacher = model_from_bytes(*config["teacher"], config["text_emb"])
+        teacher = teacher.to(next(model.parameters()).device)
+    return StudentTrain(model, teacher, temperature=config["temperature"], alpha=config["alpha"])
+
+
+def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, cfg: StudentConfig,
+            train: DistillConfig, storage_path: str, name: str = "student") -> TrainOutput:
+    """Train the student; with ``teacher=None`` the same student learns from the true next item alone."""
+    return fit(
+        name, build_student, student_loss, TrainConfig.model_validate(
+            train.model_dump(exclude={"temperature", "alpha"})),
+        split.train, split.train, split.val_target, storage_path, text_emb,
+        extra={"model": cfg.model_dump(), "temperature": train.temperature, "alpha": train.alpha,
+               "teacher": model_to_bytes(teacher) if teacher is not None else None},
+    )

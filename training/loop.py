@@ -1,0 +1,199 @@
+"""The Ray Train loop shared by teacher training and distillation.
+
+Each worker builds the model from its typed config, wraps the loss module with ``prepare_model``
+(DDP), reads users through ``prepare_data_loader`` (a ``DistributedSampler``), and after every epoch
+rank 0 measures validation NDCG@10; the figure is broadcast so every worker stops early at the same
+epoch. Every epoch is checkpointed through ``ray.train.report`` (weights, optimizer, history), so a
+restarted run resumes from the latest checkpoint, and the best one by validation NDCG@10 is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from distilrec.artifacts import model_from_bytes, model_to_bytes
+from distilrec.config import TrainConfig
+from distilrec.losses import next_item_batch
+from distilrec.metrics import evaluate_scores, model_score_fn
+
+VAL_METRIC = "val_ndcg@10"
+
+
+@dataclass
+class TrainOutput:
+    """What a finished run gives back: the best model (CPU, eval mode) and per-epoch history."""
+
+    model: torch.nn.Module
+    history: list[dict[str, float]]
+    best: dict[str, float]
+    checkpoint_path: str
+
+
+class _Users(torch.utils.data.Dataset):
+    def __init__(self, seqs: list[np.ndarray]):
+        self.seqs = [s for s in seqs if len(s) >= 2]
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.seqs[i]
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report at INFO from a logger named by its file; the epoch line says it all."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def worker_loop(config: dict[str, Any]) -> None:
+    """``train_loop_per_worker`` for ``TorchTrainer``. ``config`` keys: see :func:`fit`."""
+    import ray.train
+    import ray.train.torch
+
+    _quiet_report_logs()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    tc = TrainConfig.model_validate(config["train"])
+    torch.manual_seed(tc.seed + rank)
+    torch.set_num_threads(max(1, int(config.get("threads_per_worker", 1))))
+    device = ray.train.torch.get_device()
+
+    model: torch.nn.Module = config["build_model"](config)
+    loss_module = config["build_loss"](model, config)
+    loss_module = ray.train.torch.prepare_model(loss_module)
+    params = [p for p in loss_module.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+
+    pad, max_len = model.cfg.n_items, model.cfg.max_len
+    loader = torch.utils.data.DataLoader(
+        _Users(config["train_seqs"]), batch_size=tc.batch_size, shuffle=True,
+        collate_fn=lambda seqs: next_item_batch(seqs, pad, max_len),
+    )
+    loader = ray.train.torch.prepare_data_loader(loader)
+
+    start_epoch, history, best, stale = 0, [], -1.0, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:  # resume after a failure or from a previous run
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / "train_state.pt", weights_only=False)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
+
+    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if tc.use_gpu else _nullcontext()
+    for epoch in range(start_epoch, tc.epochs):
+        if stale >= tc.patience:
+            break
+        if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        loss_module.train()
+        t0, total, n, samples = time.perf_counter(), 0.0, 0, 0
+        for inputs, targets in loader:
+            with amp:
+                loss = loss_module(inputs, targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            n += 1
+            samples += int(inputs.shape[0])
+        epoch_s = time.perf_counter() - t0
+
+        val = torch.zeros(1, device=device)
+        if rank == 0:
+            val[0] = evaluate_scores(model_score_fn(model), config["val_histories"], config["val_targets"])["ndcg@10"]
+        if world > 1:
+            torch.distributed.broadcast(val, src=0)
+        val_ndcg = float(val[0])
+        improved = val_ndcg > best
+        best, stale = (val_ndcg, 0) if improved else (best, stale + 1)
+        metrics = {"epoch": epoch, "loss": total / max(n, 1), VAL_METRIC: val_ndcg,
+                   "epoch_s": epoch_s, "samples_per_s": samples / max(epoch_s, 1e-9), "rank": rank}
+        history.append(metrics)
+        if rank == 0:
+            print(f"[{config['name']}] epoch {epoch + 1}/{tc.epochs}  loss {metrics['loss']:.4f}  "
+                  f"val NDCG@10 {val_ndcg:.4f}{' *' if improved else ''}  ({epoch_s:.1f}s, "
+                  f"{metrics['samples_per_s']:.0f} users/s/worker)", flush=True)
+            with tempfile.TemporaryDirectory() as d:
+                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                            "history": history, "best": best, "stale": stale}, Path(d) / "train_state.pt")
+                cfg_bytes, weights = model_to_bytes(model)
+                (Path(d) / "config.json").write_bytes(cfg_bytes)
+                (Path(d) / "model.safetensors").write_bytes(weights)
+                (Path(d) / "history.json").write_text(json.dumps(history))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def fit(
+    name: str,
+    build_model: Callable[[dict], torch.nn.Module],
+    build_loss: Callable[[torch.nn.Module, dict], torch.nn.Module],
+    train: TrainConfig,
+    train_seqs: list[np.ndarray],
+    val_histories: list[np.ndarray],
+    val_targets: np.ndarray,
+    storage_path: str,
+    text_emb: np.ndarray | None,
+    extra: dict[str, Any] | None = None,
+) -> TrainOutput:
+    """Run ``worker_loop`` on ``train.num_workers`` Ray Train workers; return the best model.
+
+    A run with the same ``name`` and ``storage_path`` that finds earlier checkpoints resumes from the
+    latest one. ``FailureConfig(max_failures=2)`` restarts lost workers from the latest checkpoint.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    config = {
+        "name": name, "build_model": build_model, "build_loss": build_loss, "train": train.model_dump(),
+        "train_seqs": train_seqs, "val_histories": val_histories, "val_targets": val_targets,
+        "text_emb": text_emb, "threads_per_worker": max(1, (os.cpu_count() or 1) // train.num_workers),
+        **(extra or {}),
+    }
+    trainer = TorchTrainer(
+        worker_loop,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).resolve()) if "://" not in storage_path else storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=VAL_METRIC, checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=2),
+        ),
+    )
+    result = trainer.fit()
+    best_ckpt = result.get_best_checkpoint(VAL_METRIC, "max")
+    if best_ckpt is None:
+        raise RuntimeError(f"{name}: training finished without a checkpoint")
+    with best_ckpt.as_directory() as d:
+        model = model_from_bytes((Path(d) / "config.json").read_bytes(),
+                                 (Path(d) / "model.safetensors").read_bytes(), text_emb)
+    with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / "history.json").read_text())
+    best = max(history, key=lambda m: m[VAL_METRIC])
+    return TrainOutput(model, history, best, best_ckpt.path)

@@ -1,0 +1,132 @@
+"""Teacher → distillation → evaluation → artifact: the whole training path.
+
+Launch (locally, or as a RayJob entrypoint on a cluster)::
+
+    distilrec pipeline --dataset synthetic --output out
+    python -m training.pipeline --dataset movielens:../shared/datasets/ml-latest-small --output out
+
+Writes ``OUT/report.json`` (layout in DESIGN.md), ``OUT/models/<version>/`` (the artifact serving
+loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import yaml
+from rich.console import Console
+
+from distilrec.artifacts import ItemTable, write_artifact
+from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
+from distilrec.data import Dataset, Split, load_dataset
+from distilrec.evaluate import build_report, evaluate_baselines, evaluate_model, format_table, scoring_cost
+from distilrec.text import build_tiny_encoder, embed_texts
+from training.distill import distill
+from training.teacher import train_teacher
+
+console = Console()
+
+
+def ensure_ray(num_workers: int, metrics_export_port: int | None = None) -> None:
+    """Connect to the cluster in ``RAY_ADDRESS`` (a RayJob's driver), or start a local Ray instance
+    with enough logical CPUs for ``num_workers`` training workers and the given metrics port."""
+    import ray
+
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints once, not twice
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init()
+    else:
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 1), _metrics_export_port=metrics_export_port)
+
+
+def item_embeddings(ds: Dataset, encoder: str, workdir: Path) -> tuple[np.ndarray, str]:
+    """Encode every item's text once (cached by content). ``encoder='tiny'`` builds a local BERT."""
+    if encoder == "tiny":
+        encoder = build_tiny_encoder(workdir / "encoder", ds.texts)
+    return embed_texts(ds.texts, encoder, cache_dir=workdir / "cache"), encoder
+
+
+def histories_frame(ds: Dataset) -> pd.DataFrame:
+    """Every known interaction (user_id, item_id, timestamp) in time order, for serving."""
+    users = np.repeat(ds.user_ids, [len(s) for s in ds.sequences])
+    items = np.asarray(ds.item_ids, dtype=object)[np.concatenate(ds.sequences)]
+    ts = np.concatenate(ds.timestamps) if ds.timestamps else np.zeros(len(items), dtype=np.int64)
+    return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts})
+
+
+def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig()) -> dict:
+    """Run the whole path on dataset ``spec``; return the report (also written to ``output``)."""
+    out = Path(output).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(spec)
+    split = Split.leave_one_out(ds)
+    console.print(f"[bold]dataset[/] {ds.name}: {ds.n_users} users, {ds.n_items} items, "
+                  f"{ds.n_interactions} interactions")
+    text_emb, encoder = item_embeddings(ds, cfg.encoder, out)
+    text_dim = int(text_emb.shape[1])
+
+    console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
+    models = evaluate_baselines(split, ds.n_items)
+
+    ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
+    storage = str(out / "ray")
+    tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
+    console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
+    teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
+    models["teacher"] = {**evaluate_model(teacher.model, split), **scoring_cost(teacher.model),
+                         "best_epoch": teacher.best["epoch"]}
+
+    scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
+    console.print(f"[bold]distillation[/] student {scfg}")
+    student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)
+    models["student"] = {**evaluate_model(student.model, split), **scoring_cost(student.model),
+                         "best_epoch": student.best["epoch"]}
+    curves = {"teacher": teacher.history, "student": student.history}
+    if cfg.student_without_teacher:
+        console.print("[bold]student without the teacher[/] (same architecture, true next item only)")
+        alone = distill(split, text_emb, None, scfg, cfg.distill, storage, name="student_no_distill")
+        models["student_no_distill"] = {**evaluate_model(alone.model, split), **scoring_cost(alone.model),
+                                        "best_epoch": alone.best["epoch"]}
+        curves["student_no_distill"] = alone.history
+
+    report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json())})
+    items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
+    report["artifact"] = write_artifact(
+        str(out), items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
+        dataset=report["dataset"], metrics=models, encoder=encoder,
+    )
+    with fsspec.open(str(out / "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with fsspec.open(str(out / "training_curves.json"), "w") as f:
+        json.dump(curves, f, indent=2)
+    console.print(format_table(report))
+    console.print(f"report: {out / 'report.json'}\nartifact: {report['artifact']}")
+    return report
+
+
+def load_config(path: str | None) -> PipelineConfig:
+    if not path:
+        return PipelineConfig()
+    with fsspec.open(path, "r") as f:
+        return PipelineConfig.model_validate(yaml.safe_load(f) or {})
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="synthetic[:k=v,...] | movielens:PATH")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--config", help="PipelineConfig YAML")
+    args = p.parse_args(argv)
+    run_pipeline(args.dataset, args.output, load_config(args.config))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Teacher training with Ray Train (DDP over ``num_workers`` workers, CPU or GPU).
+
+The full pipeline (teacher → distillation → evaluation → artifact) is ``training/pipeline.py``; this
+module holds the teacher stage and is used by it. Launch the whole path as a RayJob entrypoint with::
+
+    python -m training.pipeline --dataset synthetic --output /tmp/out
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from distilrec.config import TeacherConfig, TrainConfig
+from distilrec.data import Split
+from distilrec.losses import TeacherTrain
+from distilrec.models import Teacher
+from training.loop import TrainOutput, fit
+
+
+def build_teacher(config: dict[str, Any]) -> Teacher:
+    emb = config["text_emb"]
+    return Teacher(TeacherConfig.model_validate(config["model"]),
+                   torch.from_numpy(emb.copy()) if emb is not None else None)
+
+
+def teacher_loss(model: Teacher, config: dict[str, Any]) -> TeacherTrain:
+    return TeacherTrain(model)
+
+
+def train_teacher(split: Split, text_emb: np.ndarray | None, cfg: TeacherConfig, train: TrainConfig,
+                  storage_path: str, name: str = "teacher") -> TrainOutput:
+    """Train the teacher on ``split.train``; early stopping and checkpoint choice on validation."""
+    return fit(
+        name, build_teacher, teacher_loss, train, split.train, split.train, split.val_target,
+        storage_path, text_emb, extra={"model": cfg.model_dump()},
+    )
