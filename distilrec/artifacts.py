@@ -77,8 +77,11 @@ def model_from_bytes(config: bytes, weights: bytes, text_emb: np.ndarray | None)
         raise ArtifactError(f"unknown model kind {kind!r} in config")
     cls, cfg_cls = MODELS[kind]
     cfg = cfg_cls.model_validate(meta)
-    emb = torch.from_numpy(np.asarray(text_emb, dtype=np.float32)) if cfg.text_dim else None
-    model = cls(cfg, text_emb=emb)
+    emb = torch.from_numpy(np.array(text_emb, dtype=np.float32)) if cfg.text_dim else None
+    try:
+        model = cls(cfg, text_emb=emb)
+    except ValueError as e:
+        raise ArtifactError(f"item table does not fit the {kind} config: {e}") from None
     try:
         model.load_state_dict(st_load(weights))
     except RuntimeError as e:

@@ -73,7 +73,10 @@ def demo(output: str) -> int:
     try:
         report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
         print(f"\nstarting the Serve application from services/serve_config.yaml on 127.0.0.1:{http_port} ...")
-        deploy(load_config(model_uri=output, host="127.0.0.1", port=http_port))
+        serve_cfg = load_config(model_uri=output, host="127.0.0.1", port=http_port)
+        for app in serve_cfg["applications"]:  # keep the demo's output readable: no per-request logs
+            app["logging_config"] = {"log_level": "WARNING"}
+        deploy(serve_cfg)
         base = f"http://127.0.0.1:{http_port}"
         with httpx.Client(base_url=base, timeout=30) as c:
             _print("GET /readyz", c.get("/readyz").json())

@@ -66,7 +66,7 @@ class _ItemTower(nn.Module):
         """
         if not self.training and not torch.is_grad_enabled():
             if self._cache is None:
-                self._cache = self._compute()
+                self._cache = self._compute().detach()  # a plain tensor, never a Parameter
             return self._cache
         return self._compute()
 

@@ -37,7 +37,7 @@ def build_tiny_encoder(path: str | Path, corpus: Sequence[str], dim: int = 32, s
     path.mkdir(parents=True, exist_ok=True)
     vocab = list(dict.fromkeys(SPECIAL + sorted({w for t in corpus for w in _words(t)})))
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizerFast(vocab=str(path / "vocab.txt"), do_lower_case=True)
     tokenizer.save_pretrained(str(path))
     cfg = BertConfig(
         vocab_size=len(vocab), hidden_size=dim, num_hidden_layers=2, num_attention_heads=2,

@@ -164,6 +164,16 @@ def test_weights_that_do_not_match_the_config(tmp_path, items, histories, studen
         load_artifact(uri)
 
 
+def test_weights_missing_a_tensor(tmp_path, items, histories, student):
+    from safetensors.torch import save as st_save
+
+    uri = _write(str(tmp_path / "out"), items, histories, student, version="v1")
+    state = {k: v.contiguous() for k, v in student.state_dict().items() if k != "recency"}
+    (tmp_path / "out" / "models" / "v1" / "student" / "model.safetensors").write_bytes(st_save(state))
+    with pytest.raises(ArtifactError, match="recency"):
+        load_artifact(uri)
+
+
 def test_missing_weights_file(tmp_path, items, histories, student):
     uri = _write(str(tmp_path / "out"), items, histories, student, version="v1")
     (tmp_path / "out" / "models" / "v1" / "student" / "model.safetensors").unlink()
@@ -189,11 +199,6 @@ def test_unknown_model_kind_is_an_artifact_error(student):
         model_from_bytes(json.dumps(meta).encode(), weights, None)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=KeyError,
-    reason="BUG: models.py:69/74 a model with text_dim=0 cannot score in eval mode under no_grad "
-           "(_ItemTower caches the id_emb Parameter itself; nn.Module.__setattr__ raises KeyError)",
-)
 def test_model_bytes_round_trip_without_text():
     m = Student(StudentConfig(n_items=5, text_dim=0, d_model=8, hidden=8, max_len=4))
     back = model_from_bytes(*model_to_bytes(m), text_emb=None)
@@ -208,13 +213,6 @@ def test_item_table_smaller_than_the_student_without_text(memory_uri, histories)
         load_artifact(memory_uri)
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="BUG: artifacts.py:81 model_from_bytes builds the model outside its try block, so an item "
-           "table that does not fit the student's config raises models.py's ValueError('text_emb must have "
-           "shape ...') instead of ArtifactError; load_artifact's own n_items check is never reached "
-           "when the student has text features",
-)
 def test_item_table_smaller_than_the_student_with_text(memory_uri, items, histories, student):
     fewer = ItemTable(items.item_ids[:5], items.titles[:5], items.texts[:5], items.text_emb[:5])
     _write(memory_uri, fewer, histories, student)

@@ -250,15 +250,8 @@ def test_eval_mode_with_grad_still_backpropagates_to_items(student):
     assert student.items.text_proj.weight.grad is not None
 
 
-_NO_TEXT_BUG = pytest.mark.xfail(
-    strict=True, raises=KeyError,
-    reason="BUG: models.py:69/74 with text_dim=0, _ItemTower._compute returns the id_emb Parameter itself "
-           "and all() assigns it to self._cache; nn.Module.__setattr__ treats a Parameter as a new "
-           "parameter and raises KeyError(\"attribute '_cache' already exists\")",
-)
 
 
-@_NO_TEXT_BUG
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_model_without_text_scores_in_eval_mode(kind):
     cfg = dict(n_items=5, text_dim=0, d_model=8, max_len=4)
@@ -269,7 +262,6 @@ def test_model_without_text_scores_in_eval_mode(kind):
         torch.testing.assert_close(m.score(hist), expected)
 
 
-@_NO_TEXT_BUG
 def test_model_without_text_evaluates():
     import numpy as np
 

@@ -40,21 +40,13 @@ def test_identical_texts_identical_embeddings(encoder):
     np.testing.assert_array_equal(emb[0], emb[3])
 
 
-_UNK_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: text.py:40 build_tiny_encoder calls BertTokenizerFast(vocab_file=...); with the installed "
-           "transformers 5.x that keyword is ignored (the argument is now vocab=), so the saved tokenizer "
-           "knows only the 5 special tokens and every word becomes [UNK]",
-)
 
 
-@_UNK_BUG
 def test_tiny_encoder_tokenizes_its_corpus_words(encoder):
     tokens = encoder.tokenizer.convert_ids_to_tokens(encoder.tokenizer("a red apple")["input_ids"])
     assert tokens == ["[CLS]", "a", "red", "apple", "[SEP]"]
 
 
-@_UNK_BUG
 def test_different_texts_different_embeddings(encoder):
     emb = encoder.encode(["a red apple", "a blue car"])  # same length, different words
     assert not np.allclose(emb[0], emb[1])

@@ -1,0 +1,67 @@
+"""One local Ray cluster, one trained artifact and one Serve application per test session.
+
+The artifact comes from the real pipeline (Ray Train with 2 DDP workers) on a small synthetic
+dataset; the application is deployed from ``services/serve_config.yaml`` exactly as ``distilrec
+serve`` does, behind Ray Serve's real HTTP proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+DATASET = "synthetic:users=300,items=60,seed=3"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
+    import ray
+
+    from training.pipeline import ensure_ray
+
+    ensure_ray(2, metrics_export_port=metrics_port)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def pipeline_output(ray_cluster, tmp_path_factory):
+    from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
+    from training.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("pipeline")
+    cfg = PipelineConfig(
+        teacher_train=TrainConfig(epochs=8, patience=3, lr=3e-3, batch_size=32),
+        distill=DistillConfig(epochs=10, patience=3, lr=5e-3, batch_size=32),
+        student_without_teacher=False,
+    )
+    report = run_pipeline(DATASET, str(out), cfg)
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    return out
+
+
+@pytest.fixture(scope="session")
+def serve_url(pipeline_output):
+    from services.run import deploy, load_config
+
+    port = _free_port()
+    deploy(load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=port))
+    return f"http://127.0.0.1:{port}"

@@ -1,0 +1,52 @@
+"""The training path for real: Ray Train DDP workers, checkpoints, evaluation and the artifact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distilrec.artifacts import load_artifact
+
+pytestmark = pytest.mark.integration
+
+COST_KEYS = {"ndcg@10", "hr@10", "params", "macs_per_candidate", "score_ms_p50_1000", "score_ms_p99_1000"}
+
+
+def test_report_has_the_documented_layout(pipeline_output):
+    report = json.loads((pipeline_output / "report.json").read_text())
+    assert set(report["dataset"]) >= {"name", "users", "items", "interactions"}
+    assert report["dataset"]["users"] == 300
+    assert set(report["models"]) >= {"popularity", "ease", "teacher", "student"}
+    for name, m in report["models"].items():
+        assert COST_KEYS <= set(m), name
+        assert 0.0 <= m["ndcg@10"] <= m["hr@10"] <= 1.0, name
+    for name in ("teacher", "student"):
+        m = report["models"][name]
+        assert m["params"] > 0 and m["macs_per_candidate"] > 0 and m["score_ms_p50_1000"] > 0
+
+
+def test_teacher_and_student_beat_popularity(pipeline_output):
+    models = json.loads((pipeline_output / "report.json").read_text())["models"]
+    pop = models["popularity"]["ndcg@10"]
+    assert models["teacher"]["ndcg@10"] > pop
+    assert models["student"]["ndcg@10"] > pop
+    assert models["student"]["macs_per_candidate"] < models["teacher"]["macs_per_candidate"] / 10
+
+
+def test_ray_train_checkpointed_every_run(pipeline_output):
+    for run in ("teacher", "student"):
+        ckpts = sorted(p for p in (pipeline_output / "ray" / run).glob("checkpoint_*") if p.is_dir())
+        assert ckpts, f"no Ray Train checkpoint for {run}"
+        assert (ckpts[-1] / "model.safetensors").exists()
+        history = json.loads((ckpts[-1] / "history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(len(history)))
+
+
+def test_artifact_rebuilds_both_models(pipeline_output):
+    report = json.loads((pipeline_output / "report.json").read_text())
+    art = load_artifact(str(pipeline_output), with_teacher=True)
+    assert art.uri == report["artifact"]
+    assert len(art.items) == report["dataset"]["items"]
+    assert art.student.cfg.n_items == art.teacher.cfg.n_items == len(art.items)
+    assert sum(len(h) for h in art.histories.values()) == report["dataset"]["interactions"]

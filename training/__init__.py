@@ -1,0 +1,1 @@
+"""Ray Train entrypoints: teacher training, distillation and the whole pipeline (``training.pipeline``)."""
