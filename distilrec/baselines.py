@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 EASE_LAMBDAS = (10.0, 50.0, 200.0, 500.0)
 
@@ -51,12 +52,13 @@ class EASE:
     @classmethod
     def fit(cls, histories: Sequence[np.ndarray], n_items: int, lam: float) -> "EASE":
         x = interaction_matrix(histories, n_items)
-        g = (x.T @ x).toarray().astype(np.float64)
-        g[np.diag_indices(n_items)] += lam
-        p = np.linalg.inv(g)
-        b = p / (-np.diag(p))[None, :]
-        b[np.diag_indices(n_items)] = 0.0
-        return cls(b.astype(np.float32), lam)
+        g = torch.from_numpy((x.T @ x).toarray().astype(np.float64))
+        g.diagonal().add_(lam)
+        # XᵀX + λI is symmetric positive definite: a Cholesky inverse is about twice as fast as inv().
+        p = torch.cholesky_inverse(torch.linalg.cholesky(g))
+        b = p / (-p.diagonal())[None, :]
+        b.diagonal().zero_()
+        return cls(b.float().numpy(), lam)
 
     def score(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         x = interaction_matrix(histories, self.weights.shape[0])
