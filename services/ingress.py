@@ -3,9 +3,11 @@
 (No ``from __future__ import annotations`` here: FastAPI must see the real request types.)
 
     POST /v1/recommend  {"user_id": "1", "history": ["318"], "k": 10, "exclude": ["1"]}
+    POST /v1/events     {"events": [{"user_id": "1", "item_id": "318", "timestamp": 1700000000}]}
+                        → {"stored": 1} once every event is committed to the event store
     GET  /v1/model      version, creation time and offline metrics of the loaded model
     GET  /healthz       the process is alive
-    GET  /readyz        the model is loaded and every stage answers
+    GET  /readyz        the model is loaded, every stage answers and the event store can be read
 
 Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a stable ``code``; a response
 never carries a stack trace.
@@ -30,6 +32,10 @@ from services import metrics
 log = logging.getLogger("ray.serve")
 MAX_HISTORY = 1000
 MAX_EXCLUDE = 1000
+MAX_EVENTS = 1000
+MAX_ID_LEN = 256
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01 in unix seconds: catches milliseconds sent by mistake
+RETRY_AFTER_S = 1
 
 
 class RecommendRequest(BaseModel):
@@ -51,8 +57,30 @@ class Item(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[Item]
     model_version: str
-    degraded: bool = Field(description="true when a cheaper fallback ranking answered")
+    degraded: bool = Field(description="true when a fallback answered: a cheaper ranking, or a ranking without "
+                                       "the user's stored events because the event store could not be read")
     cold_start: bool = Field(description="true when the user had no known history")
+
+
+class EventIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LEN, description="the dataset's own user id")
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, description="a catalogue item id")
+    timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP, description="unix seconds; default: now")
+    type: str = Field("view", min_length=1, max_length=64, description="kind of interaction (stored, not yet "
+                                                                       "used by the ranking)")
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_EVENTS,
+                                  description="stored all or nothing, in this order")
+
+
+class EventsResponse(BaseModel):
+    stored: int = Field(description="events committed to the event store (all of the request's)")
 
 
 class ErrorBody(BaseModel):
@@ -65,12 +93,12 @@ class ErrorResponse(BaseModel):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str):
-        self.status, self.code, self.message = status, code, message
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.")
@@ -79,7 +107,7 @@ _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _error(exc.status, exc.code, exc.message)
+    return _error(exc.status, exc.code, exc.message, exc.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -113,7 +141,7 @@ def _http_metrics() -> dict:
     return _METRICS
 
 
-_ROUTES = {"/v1/recommend", "/v1/model", "/healthz", "/readyz"}
+_ROUTES = {"/v1/recommend", "/v1/events", "/v1/model", "/healthz", "/readyz"}
 
 
 @app.middleware("http")
@@ -152,15 +180,38 @@ class Ingress:
             raise ApiError(422, "unknown_item", f"history has item ids not in the catalogue: {shown}")
         excluded, _ = await self.encoder.item_rows.remote(req.exclude) if req.exclude else ([], [])
         drop = sorted(set(feats["rows"]) | set(excluded))
+        degraded = not feats.get("store_ok", True)
         if not feats["rows"]:
             self.cold_start.inc()
             items = await self._timed("rank", self.ranker.popular.remote(drop, req.k))
-            return RecommendResponse(items=items, model_version=self.manifest["version"], degraded=False,
+            return RecommendResponse(items=items, model_version=self.manifest["version"], degraded=degraded,
                                      cold_start=True)
         cands = await self._timed("score", self.scorer.score.remote({"rows": feats["rows"], "n": req.k + len(drop)}))
         items = await self._timed("rank", self.ranker.rank.remote(cands, drop, req.k))
-        return RecommendResponse(items=items, model_version=cands["model_version"], degraded=False,
+        return RecommendResponse(items=items, model_version=cands["model_version"], degraded=degraded,
                                  cold_start=False)
+
+    @app.post("/v1/events", response_model=EventsResponse,
+              responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    async def events(self, req: EventsRequest) -> EventsResponse:
+        """Store interactions; a 2xx means every event is committed (fsynced) and the next
+        ``/v1/recommend`` for its user reflects it. All or nothing: an unknown item id stores none."""
+        now = int(time.time())
+        batch = [{"user_id": e.user_id, "item_id": e.item_id, "type": e.type,
+                  "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
+        result = await self._timed("store", self.encoder.append_events.remote(batch))
+        if result.get("unknown_items"):
+            shown = ", ".join(repr(i) for i in result["unknown_items"][:5])
+            raise ApiError(422, "unknown_item", f"events name item ids not in the catalogue: {shown}; "
+                                                "nothing was stored")
+        if result.get("error") == "event_store_unavailable":
+            raise ApiError(503, "event_store_unavailable", result["message"],
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        if result.get("error"):
+            raise ApiError(422, result["error"], result["message"])
+        if result["stored"] != len(batch):  # never acknowledge what was not stored
+            raise ApiError(500, "internal", "the event store stored a different number of events")
+        return EventsResponse(stored=result["stored"])
 
     @app.get("/v1/model")
     async def model(self) -> dict:
@@ -179,4 +230,8 @@ class Ingress:
             await asyncio.wait_for(self.scorer.score.remote({"rows": [0], "n": 1}), timeout=5)
         except Exception as e:  # noqa: BLE001 - any failure means not ready
             return _error(503, "not_ready", f"a stage did not answer: {type(e).__name__}")
+        try:
+            await asyncio.wait_for(self.encoder.ping_store.remote(), timeout=5)
+        except Exception as e:  # noqa: BLE001
+            return _error(503, "not_ready", f"the event store cannot be read: {type(e).__name__}")
         return {"status": "ready", "model_version": self.manifest["version"]}

@@ -23,7 +23,7 @@ def request_latency() -> metrics.Histogram:
 
 
 def stage_latency() -> metrics.Histogram:
-    return metrics.Histogram("distilrec_stage_latency_ms", "Latency of one stage (encode, score, rank) in ms.",
+    return metrics.Histogram("distilrec_stage_latency_ms", "Latency of one stage (encode, score, rank, store) in ms.",
                              boundaries=LATENCY_MS_BUCKETS, tag_keys=("stage",))
 
 
@@ -34,3 +34,8 @@ def batch_size() -> metrics.Histogram:
 
 def cold_start_total() -> metrics.Counter:
     return metrics.Counter("distilrec_cold_start_total", "Recommendations for users with no known history.")
+
+
+def events_stored_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_events_stored_total",
+                           "Events committed to the event store (POST /v1/events).")

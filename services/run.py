@@ -2,7 +2,8 @@
 
 The config file is validated as Ray's ``ServeDeploySchema`` and applied through the Serve controller,
 so a local run exercises exactly the config that the chart's RayService carries in ``serveConfigV2``.
-Only the model URI and the HTTP address are overridden.
+Only what the caller names is overridden: the model URI, the HTTP address, application ``args``
+(``app_args``, e.g. ``{"event_store": "sqlite:///data/events.db"}``) and deployment options.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ APP_NAME = "distilrec"
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None, host: str | None = None,
-                port: int | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read the serve config and apply overrides; ``overrides`` maps deployment name → options."""
+                port: int | None = None, overrides: dict[str, Any] | None = None,
+                app_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read the serve config and apply overrides; ``overrides`` maps deployment name → options,
+    ``app_args`` updates every application's ``args`` (``AppArgs`` in ``services/app.py``)."""
     with open(path) as f:
         cfg = yaml.safe_load(f)
     cfg = copy.deepcopy(cfg)
@@ -31,6 +34,7 @@ def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None,
     for app in cfg["applications"]:
         if model_uri is not None:
             app.setdefault("args", {})["model_uri"] = str(model_uri)
+        app.setdefault("args", {}).update(copy.deepcopy(app_args or {}))
         for dep in app.get("deployments", []):
             dep.update((overrides or {}).get(dep["name"], {}))
     return cfg

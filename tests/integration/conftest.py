@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
 DATASET = "synthetic:users=300,items=60,seed=3"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that need the Serve app run last (a stable sort: otherwise in file order). The local
+    cluster has ``num_workers + 1`` logical CPUs and the app's replicas hold 1.25 of them from their
+    deployment to the end of the session, so training tests must run before it is deployed."""
+    items.sort(key=lambda item: "serve_url" in getattr(item, "fixturenames", ()))
 
 
 def _free_port() -> int:
@@ -59,9 +67,25 @@ def pipeline_output(ray_cluster, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def serve_url(pipeline_output):
-    from services.run import deploy, load_config
+def event_store_path(tmp_path_factory) -> Path:
+    """The SQLite file of the session's event store (under pytest's tmp dir, never /tmp/distilrec)."""
+    return tmp_path_factory.mktemp("events") / "events.db"
 
-    port = _free_port()
-    deploy(load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=port))
-    return f"http://127.0.0.1:{port}"
+
+@pytest.fixture(scope="session")
+def serve_config(pipeline_output, event_store_path) -> dict:
+    """``services/serve_config.yaml`` with the session's model, HTTP port and event store.
+    The store's busy timeout is short so that the test of a locked store answers in seconds."""
+    from services.run import load_config
+
+    return load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=_free_port(),
+                       app_args={"event_store": f"sqlite://{event_store_path}?timeout=2"})
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_config):
+    from services.run import deploy
+
+    deploy(serve_config)
+    http = serve_config["http_options"]
+    return f"http://{http['host']}:{http['port']}"

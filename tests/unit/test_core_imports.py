@@ -7,8 +7,9 @@ import sys
 
 CORE = [
     "distilrec.config", "distilrec.data", "distilrec.data.dataset", "distilrec.data.synthetic",
-    "distilrec.data.movielens", "distilrec.models", "distilrec.losses", "distilrec.metrics",
-    "distilrec.baselines", "distilrec.evaluate", "distilrec.artifacts", "distilrec.text",
+    "distilrec.data.movielens", "distilrec.data.files", "distilrec.data.download", "distilrec.data.tables",
+    "distilrec.models", "distilrec.losses", "distilrec.metrics",
+    "distilrec.baselines", "distilrec.evaluate", "distilrec.artifacts", "distilrec.text", "distilrec.stores",
 ]
 
 

@@ -1,0 +1,210 @@
+"""The event store (``distilrec/stores.py``): real SQLite files in ``tmp_path``, several store objects
+and several processes on one file, a held write lock, and re-opening after the writer is gone."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from distilrec.stores import (
+    Event,
+    EventStoreError,
+    SQLiteEventStore,
+    UnsupportedStoreError,
+    open_event_store,
+    parse_store_uri,
+)
+
+
+@pytest.fixture
+def db(tmp_path):
+    return tmp_path / "nested" / "dir" / "events.db"
+
+
+@pytest.fixture
+def store(db):
+    s = open_event_store(f"sqlite://{db}")
+    yield s
+    s.close()
+
+
+def test_append_and_history_in_time_order(store, db):
+    assert db.exists()  # parent folders are created
+    assert store.append([Event("u1", "a", 10), Event("u1", "b", 30), Event("u2", "x", 5)]) == 3
+    # An event with an earlier timestamp that arrives later sorts by its timestamp ...
+    assert store.append([{"user_id": "u1", "item_id": "c", "timestamp": 20, "type": "click"}]) == 1
+    # ... and equal timestamps keep their arrival order.
+    assert store.append([Event("u1", "d", 30), Event("u1", "e", 30)]) == 2
+    assert store.history("u1") == ["a", "c", "b", "d", "e"]
+    assert store.history("u2") == ["x"]
+    assert store.history("nobody") == []
+    assert store.count() == 6
+
+
+def test_history_limit_keeps_the_most_recent(store):
+    store.append([Event("u", f"i{t}", t) for t in (5, 1, 4, 2, 3)])
+    assert store.history("u", limit=2) == ["i4", "i5"]
+    assert store.history("u", limit=0) == []
+    assert store.history("u", limit=100) == ["i1", "i2", "i3", "i4", "i5"]
+    with pytest.raises(ValueError):
+        store.history("u", limit=-1)
+
+
+def test_default_timestamp_is_now(store):
+    before = int(time.time())
+    store.append([Event("u", "a")])
+    ts = sqlite3.connect(store.path).execute("SELECT ts, type FROM events").fetchone()
+    assert before <= ts[0] <= int(time.time()) and ts[1] == "view"
+
+
+def test_a_batch_is_all_or_nothing(store):
+    store.append([Event("u", "kept", 1)])
+    # The third event breaks a schema constraint inside the transaction: the first two are rolled back.
+    with pytest.raises(ValueError, match="nothing of the batch stored"):
+        store.append([Event("u", "a", 2), Event("u", "b", 3), Event("u", "", 4)])
+    with pytest.raises(ValueError):
+        store.append([Event("u", "c", 5), Event("u", "d", -1)])
+    with pytest.raises(ValueError):  # caught before the transaction: a wrong type is never coerced
+        store.append([Event("u", "e", 6), Event("u", 7, 7)])
+    with pytest.raises(ValueError):
+        store.append([Event("u", "f", 8), {"user_id": "u", "item_id": "g", "surprise": 1}])
+    assert store.history("u") == ["kept"]
+    assert store.append([]) == 0
+    store.append([Event("u", "after", 9)])  # the store still writes after a failed batch
+    assert store.history("u") == ["kept", "after"]
+
+
+def test_write_fails_cleanly_while_another_writer_holds_the_lock(db):
+    store = SQLiteEventStore(db, timeout_s=0.3)
+    store.append([Event("u", "a", 1)])
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    t0 = time.monotonic()
+    with pytest.raises(EventStoreError, match="nothing stored"):
+        store.append([Event("u", "b", 2), Event("u", "c", 3)])
+    assert time.monotonic() - t0 >= 0.25  # it waited for the busy timeout
+    assert store.history("u") == ["a"]  # WAL: readers are not blocked by the writer
+    store.ping()
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert store.append([Event("u", "b", 2)]) == 1
+    assert store.history("u") == ["a", "b"]
+    store.close()
+
+
+def test_events_survive_closing_and_reopening(db):
+    with open_event_store(str(db)) as s:
+        s.append([Event("u", "a", 1), Event("u", "b", 2)])
+    with open_event_store(f"sqlite://{db}") as s:
+        assert s.history("u") == ["a", "b"]
+
+
+def test_events_survive_a_killed_writer_process(db):
+    # The writer exits without closing anything right after append() returns: what append()
+    # acknowledged must be in the file.
+    code = (
+        "import os, sys\n"
+        "from distilrec.stores import Event, open_event_store\n"
+        "s = open_event_store(sys.argv[1])\n"
+        "n = s.append([Event('u', 'a', 1), Event('u', 'b', 2)])\n"
+        "print(n, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, f"sqlite://{db}"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "2"
+    with open_event_store(str(db)) as s:
+        assert s.history("u") == ["a", "b"]
+
+
+def test_two_store_objects_on_one_file_see_each_others_writes(db):
+    a, b = open_event_store(str(db)), open_event_store(f"sqlite://{db}")
+    a.append([Event("u", "from-a", 1)])
+    assert b.history("u") == ["from-a"]
+    b.append([Event("u", "from-b", 2)])
+    assert a.history("u") == ["from-a", "from-b"]
+    a.close()
+    b.close()
+
+
+def _writer(path: str, worker: int, batches: int) -> None:
+    s = open_event_store(path)
+    for i in range(batches):
+        s.append([Event(f"w{worker}", f"i{i}", i), Event("shared", f"w{worker}-{i}", i)])
+    s.close()
+
+
+def test_several_processes_append_concurrently(db):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(db), w, 40)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    with open_event_store(str(db)) as s:
+        assert s.count() == 3 * 40 * 2
+        for w in range(3):
+            assert s.history(f"w{w}") == [f"i{i}" for i in range(40)]
+        assert len(s.history("shared")) == 120
+
+
+def test_threads_share_one_store_object(store):
+    def work(t):
+        for i in range(20):
+            store.append([Event(f"t{t}", str(i), i)])
+            assert store.history(f"t{t}")[-1] == str(i)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert store.count() == 80
+
+
+def test_uri_forms():
+    assert parse_store_uri("sqlite:///tmp/x/events.db") == ("sqlite", "/tmp/x/events.db", {})
+    assert parse_store_uri("sqlite:////tmp/x/events.db") == ("sqlite", "/tmp/x/events.db", {})
+    assert parse_store_uri("sqlite:///tmp/e.db?timeout=0.5") == ("sqlite", "/tmp/e.db", {"timeout_s": 0.5})
+    assert parse_store_uri("/var/lib/events.db") == ("sqlite", "/var/lib/events.db", {})
+
+
+@pytest.mark.parametrize("uri, match", [
+    ("redis://localhost:6379/0", "not implemented yet"),
+    ("rediss://cache:6380/1", "not implemented yet"),
+    ("postgres://db/events", "unsupported event store scheme 'postgres'"),
+    ("sqlite://somehost/events.db", "no host"),
+    ("sqlite:///", "no file path"),
+    ("sqlite:///tmp/e.db?pool=3", "unknown sqlite event store option"),
+    ("sqlite:///tmp/e.db?timeout=soon", "timeout must be seconds"),
+    ("sqlite:///tmp/e.db?timeout=0", "timeout must be > 0"),
+    (":memory:", "in-memory"),
+    ("", "empty"),
+])
+def test_unsupported_uris_are_clear_errors(uri, match):
+    with pytest.raises(UnsupportedStoreError, match=match):
+        open_event_store(uri)
+
+
+def test_unwritable_location_is_a_store_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(EventStoreError):
+        open_event_store(str(blocker / "events.db"))
+    with pytest.raises(EventStoreError):  # a file that is not a SQLite database
+        open_event_store(str(blocker))
+
+
+def test_closed_store_refuses_work(db):
+    s = open_event_store(str(db))
+    s.close()
+    with pytest.raises(EventStoreError):
+        s.history("u")
