@@ -73,7 +73,11 @@ def demo(output: str) -> int:
     try:
         report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
         print(f"\nstarting the Serve application from services/serve_config.yaml on 127.0.0.1:{http_port} ...")
-        serve_cfg = load_config(model_uri=output, host="127.0.0.1", port=http_port)
+        events_db = Path(output) / "events.db"  # a fresh event store for every demo run
+        for f in events_db.parent.glob("events.db*"):
+            f.unlink()
+        serve_cfg = load_config(model_uri=output, host="127.0.0.1", port=http_port,
+                                app_args={"event_store": f"sqlite://{events_db}"})
         for app in serve_cfg["applications"]:  # keep the demo's output readable: no per-request logs
             app["logging_config"] = {"log_level": "WARNING"}
         deploy(serve_cfg)
@@ -90,6 +94,14 @@ def demo(output: str) -> int:
             ):
                 r = c.post("/v1/recommend", json=body)
                 _print(f"POST /v1/recommend {json.dumps(body)} -> {r.status_code}", r.json())
+            # A live event: the user watches the top recommendation; the next answer reflects it.
+            before = c.post("/v1/recommend", json={"user_id": "u0", "k": 3}).json()["items"]
+            event = {"events": [{"user_id": "u0", "item_id": before[0]["item_id"]}]}
+            r = c.post("/v1/events", json=event)
+            _print(f"POST /v1/events {json.dumps(event)} -> {r.status_code}", r.json())
+            after = c.post("/v1/recommend", json={"user_id": "u0", "k": 3}).json()["items"]
+            _print("POST /v1/recommend {\"user_id\": \"u0\", \"k\": 3} before -> after the event",
+                   {"before": [i["item_id"] for i in before], "after": [i["item_id"] for i in after]})
         names = ("ray_distilrec_requests_total", "ray_distilrec_stage_latency_ms_count",
                  "ray_distilrec_scorer_batch_size_count")
         lines = read_metrics(metrics_port, names)
@@ -106,7 +118,8 @@ def demo(output: str) -> int:
     return 0
 
 
-def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port: int | None) -> int:
+def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port: int | None,
+              event_store: str | None) -> int:
     import ray
 
     from distilrec.artifacts import ArtifactError, read_manifest
@@ -119,7 +132,8 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
         print(f"distilrec serve: --model {model!r}: {e}", file=sys.stderr)
         return 2
     ensure_ray(1, metrics_export_port=metrics_port)
-    deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port))
+    deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port,
+                       app_args={"event_store": event_store} if event_store else None))
     print(f"serving model {manifest['version']} on http://{host}:{port} (OpenAPI at /docs); Ctrl-C stops")
     try:
         while True:
@@ -140,15 +154,20 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="the whole path on synthetic data, offline, then a few HTTP requests")
     d.add_argument("--output", default="demo-out", help="where the artifacts go (default: ./demo-out)")
     pl = sub.add_parser("pipeline", help="teacher → distillation → evaluation → artifact")
-    pl.add_argument("--dataset", required=True, help="synthetic[:users=..,items=..,seed=..] | movielens:PATH")
+    pl.add_argument("--dataset", required=True,
+                    help="synthetic[:users=..,items=..,seed=..] | movielens:PATH_OR_NAME[,skip_bad_rows=1] | "
+                         "files:interactions=PATH[,items=PATH][,skip_bad_rows=1]")
     pl.add_argument("--output", required=True, help="output folder (report.json, models/)")
     pl.add_argument("--config", help="PipelineConfig YAML (encoder, teacher, student, teacher_train, distill)")
+    pl.add_argument("--resume", action="store_true", help="continue the latest run in --output from its checkpoints")
     s = sub.add_parser("serve", help="serve a trained model over HTTP on a local Ray instance")
     s.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--config", help="serve config YAML (default: services/serve_config.yaml)")
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
+    s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db "
+                                         "(default: the serve config's)")
     args = p.parse_args(argv)
 
     if args.cmd == "demo":
@@ -162,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distilrec pipeline: --config {args.config!r}: {e}", file=sys.stderr)
             return 2
         try:
-            run_pipeline(args.dataset, args.output, cfg)
+            run_pipeline(args.dataset, args.output, cfg, resume=args.resume)
         except (ValueError, FileNotFoundError) as e:
             print(f"distilrec pipeline: --dataset {args.dataset!r}: {e}", file=sys.stderr)
             return 2
         return 0
-    return serve_cmd(args.model, args.host, args.port, args.config, args.metrics_port)
+    return serve_cmd(args.model, args.host, args.port, args.config, args.metrics_port, args.event_store)
 
 
 if __name__ == "__main__":

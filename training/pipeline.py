@@ -6,7 +6,8 @@ Launch (locally, or as a RayJob entrypoint on a cluster)::
     python -m training.pipeline --dataset movielens:../shared/datasets/ml-latest-small --output out
 
 Writes ``OUT/report.json`` (layout in DESIGN.md), ``OUT/models/<version>/`` (the artifact serving
-loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray``.
+loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray/<run id>/<stage>``, and
+``--resume`` continues the latest run from them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import fsspec
@@ -26,7 +28,7 @@ from distilrec.artifacts import ItemTable, write_artifact
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
 from distilrec.data import Dataset, Split, load_dataset
 from distilrec.evaluate import build_report, evaluate_baselines, evaluate_model, format_table, scoring_cost
-from distilrec.text import build_tiny_encoder, embed_texts
+from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
 from training.teacher import train_teacher
 
@@ -51,6 +53,7 @@ def item_embeddings(ds: Dataset, encoder: str, workdir: Path) -> tuple[np.ndarra
     """Encode every item's text once (cached by content). ``encoder='tiny'`` builds a local BERT."""
     if encoder == "tiny":
         encoder = build_tiny_encoder(workdir / "encoder", ds.texts)
+    encoder = resolve_encoder(encoder)
     return embed_texts(ds.texts, encoder, cache_dir=workdir / "cache"), encoder
 
 
@@ -62,8 +65,24 @@ def histories_frame(ds: Dataset) -> pd.DataFrame:
     return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts})
 
 
-def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig()) -> dict:
-    """Run the whole path on dataset ``spec``; return the report (also written to ``output``)."""
+def training_storage(out: Path, resume: bool) -> str:
+    """Ray Train storage for this run: ``OUT/ray/<run id>``. A new run id unless ``resume``, in which
+    case the latest run's id is reused and Ray Train restarts each stage from its latest checkpoint."""
+    latest = out / "ray" / "LATEST_RUN"
+    if resume and latest.exists():
+        run_id = latest.read_text().strip()
+        console.print(f"[bold]resuming[/] run {run_id} from its latest checkpoints")
+    else:
+        run_id = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
+        latest.parent.mkdir(parents=True, exist_ok=True)
+        latest.write_text(run_id)
+    return str(out / "ray" / run_id)
+
+
+def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(), resume: bool = False) -> dict:
+    """Run the whole path on dataset ``spec``; return the report (also written to ``output``).
+
+    ``resume=True`` continues the latest run in ``output`` from its Ray Train checkpoints."""
     out = Path(output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(spec)
@@ -77,7 +96,7 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig())
     models = evaluate_baselines(split, ds.n_items)
 
     ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
-    storage = str(out / "ray")
+    storage = training_storage(out, resume)
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
     teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
@@ -121,11 +140,13 @@ def load_config(path: str | None) -> PipelineConfig:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True, help="synthetic[:k=v,...] | movielens:PATH")
+    p.add_argument("--dataset", required=True,
+                   help="synthetic[:k=v,...] | movielens:PATH_OR_NAME | files:interactions=PATH[,items=PATH]")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--config", help="PipelineConfig YAML")
+    p.add_argument("--resume", action="store_true", help="continue the latest run from its checkpoints")
     args = p.parse_args(argv)
-    run_pipeline(args.dataset, args.output, load_config(args.config))
+    run_pipeline(args.dataset, args.output, load_config(args.config), resume=args.resume)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def test_teacher_and_student_beat_popularity(pipeline_output):
 
 def test_ray_train_checkpointed_every_run(pipeline_output):
     for run in ("teacher", "student"):
-        ckpts = sorted(p for p in (pipeline_output / "ray" / run).glob("checkpoint_*") if p.is_dir())
+        run_id = (pipeline_output / "ray" / "LATEST_RUN").read_text().strip()
+        ckpts = sorted(p for p in (pipeline_output / "ray" / run_id / run).glob("checkpoint_*") if p.is_dir())
         assert ckpts, f"no Ray Train checkpoint for {run}"
         assert (ckpts[-1] / "model.safetensors").exists()
         history = json.loads((ckpts[-1] / "history.json").read_text())
@@ -50,3 +51,26 @@ def test_artifact_rebuilds_both_models(pipeline_output):
     assert len(art.items) == report["dataset"]["items"]
     assert art.student.cfg.n_items == art.teacher.cfg.n_items == len(art.items)
     assert sum(len(h) for h in art.histories.values()) == report["dataset"]["interactions"]
+
+
+def test_resume_continues_from_the_latest_checkpoint(ray_cluster, tmp_path):
+    from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
+    from training.pipeline import run_pipeline
+
+    def cfg(epochs):
+        return PipelineConfig(teacher_train=TrainConfig(epochs=epochs, patience=10),
+                              distill=DistillConfig(epochs=epochs, patience=10), student_without_teacher=False)
+
+    def teacher_history():
+        run_id = (tmp_path / "ray" / "LATEST_RUN").read_text().strip()
+        last = max(p for p in (tmp_path / "ray" / run_id / "teacher").glob("checkpoint_*") if p.is_dir())
+        return run_id, json.loads((last / "history.json").read_text())
+
+    spec = "synthetic:users=80,items=30,seed=5"
+    run_pipeline(spec, str(tmp_path), cfg(2))
+    first_run, first = teacher_history()
+    run_pipeline(spec, str(tmp_path), cfg(3), resume=True)
+    resumed_run, resumed = teacher_history()
+    assert resumed_run == first_run
+    assert [h["epoch"] for h in resumed] == [0, 1, 2]
+    assert resumed[:2] == first  # the first two epochs were not trained again
