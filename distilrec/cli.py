@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import sys
 import time
@@ -58,6 +59,15 @@ def read_metrics(port: int, names: tuple[str, ...], timeout_s: float = 45.0) -> 
         time.sleep(1.0)
     missing = [n for n in names if not any(ln.startswith(n) for ln in lines)]
     raise RuntimeError(f"metrics not exported on port {port} after {timeout_s:.0f}s: {missing}")
+
+
+_NOISE_LABELS = re.compile(r'(Component|NodeAddress|SessionName|Version|WorkerId|otel_scope_\w+|replica|'
+                           r'application)="[^"]*",?')
+
+
+def _short_metric_line(line: str) -> str:
+    """A Prometheus sample without Ray's per-process labels, for printing."""
+    return _NOISE_LABELS.sub("", line).replace(",}", "}").replace("{}", "")
 
 
 def demo(output: str) -> int:
@@ -107,8 +117,7 @@ def demo(output: str) -> int:
         lines = read_metrics(metrics_port, names)
         print(f"\nPrometheus metrics on http://127.0.0.1:{metrics_port}/metrics (excerpt):")
         for ln in lines:
-            if ln.startswith(names):
-                print("  " + ln)
+            print("  " + _short_metric_line(ln))
         t, s = report["models"]["teacher"], report["models"]["student"]
         print(f"\nteacher NDCG@10 {t['ndcg@10']:.4f}, student {s['ndcg@10']:.4f}, "
               f"popularity {report['models']['popularity']['ndcg@10']:.4f}; artifacts in {output}")
