@@ -5,7 +5,8 @@ Launch (locally, or as a RayJob entrypoint on a cluster)::
     distilrec pipeline --dataset synthetic --output out
     python -m training.pipeline --dataset movielens:../shared/datasets/ml-latest-small --output out
 
-Writes ``OUT/report.json`` (layout in DESIGN.md), ``OUT/models/<version>/`` (the artifact serving
+Writes ``OUT/report.json`` (layout in DESIGN.md), ``training_curves.png``, ``quality_cost.png``,
+``OUT/models/<version>/`` (the artifact serving
 loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray/<run id>/<stage>``, and
 ``--resume`` continues the latest run from them.
 """
@@ -28,6 +29,7 @@ from distilrec.artifacts import ItemTable, write_artifact
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
 from distilrec.data import Dataset, Split, load_dataset
 from distilrec.evaluate import build_report, evaluate_baselines, evaluate_model, format_table, scoring_cost
+from distilrec.plots import plot_quality_cost, plot_training_curves
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
 from training.teacher import train_teacher
@@ -46,7 +48,8 @@ def ensure_ray(num_workers: int, metrics_export_port: int | None = None) -> None
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 1), _metrics_export_port=metrics_export_port)
+        # Logical CPUs, not cores: room for the training workers and the Serve replicas side by side.
+        ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 2), _metrics_export_port=metrics_export_port)
 
 
 def item_embeddings(ds: Dataset, encoder: str, workdir: Path) -> tuple[np.ndarray, str]:
@@ -126,6 +129,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
         json.dump(report, f, indent=2)
     with fsspec.open(str(out / "training_curves.json"), "w") as f:
         json.dump(curves, f, indent=2)
+    plot_training_curves(curves, out / "training_curves.png")
+    plot_quality_cost(report, out / "quality_cost.png")
     console.print(format_table(report))
     console.print(f"report: {out / 'report.json'}\nartifact: {report['artifact']}")
     return report

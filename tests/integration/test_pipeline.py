@@ -26,6 +26,12 @@ def test_report_has_the_documented_layout(pipeline_output):
         assert m["params"] > 0 and m["macs_per_candidate"] > 0 and m["score_ms_p50_1000"] > 0
 
 
+def test_plots_are_written_as_png(pipeline_output):
+    for name in ("training_curves.png", "quality_cost.png"):
+        data = (pipeline_output / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
 def test_teacher_and_student_beat_popularity(pipeline_output):
     models = json.loads((pipeline_output / "report.json").read_text())["models"]
     pop = models["popularity"]["ndcg@10"]
