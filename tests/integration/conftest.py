@@ -89,3 +89,20 @@ def serve_url(serve_config):
     deploy(serve_config)
     http = serve_config["http_options"]
     return f"http://{http['host']}:{http['port']}"
+
+
+@pytest.fixture(scope="session")
+def client(serve_url):
+    """An HTTP client for the session's Serve application."""
+    import httpx
+
+    with httpx.Client(base_url=serve_url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def artifact(pipeline_output):
+    """The artifact the session's application serves."""
+    from distilrec.artifacts import load_artifact
+
+    return load_artifact(str(pipeline_output))

@@ -14,22 +14,10 @@ import uuid
 import httpx
 import pytest
 
-from distilrec.artifacts import load_artifact
 from distilrec.cli import read_metrics
 from distilrec.stores import open_event_store
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def client(serve_url):
-    with httpx.Client(base_url=serve_url, timeout=60) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def artifact(pipeline_output):
-    return load_artifact(str(pipeline_output))
 
 
 @pytest.fixture

@@ -8,21 +8,9 @@ import time
 import httpx
 import pytest
 
-from distilrec.artifacts import load_artifact
 from distilrec.cli import read_metrics
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def client(serve_url):
-    with httpx.Client(base_url=serve_url, timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def artifact(pipeline_output):
-    return load_artifact(str(pipeline_output))
 
 
 def test_health_and_readiness(client, artifact):
