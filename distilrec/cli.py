@@ -38,8 +38,9 @@ def free_port() -> int:
 def _print(title: str, payload) -> None:
     from rich.console import Console
 
-    Console().print(f"[bold cyan]{title}[/]")
-    Console().print_json(json.dumps(payload))
+    console = Console()
+    console.print(f"[bold cyan]{title}[/]")
+    console.print_json(json.dumps(payload))
 
 
 def read_metrics(port: int, names: tuple[str, ...], timeout_s: float = 45.0) -> list[str]:

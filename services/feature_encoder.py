@@ -35,8 +35,10 @@ class FeatureEncoder:
         self.store = open_event_store(event_store)
         self.events_stored = metrics.events_stored_total()
 
-    def encode(self, user_id: str | None, history: list[str] | None) -> dict:
-        """``{"rows": [...] (time order), "known_user": bool, "unknown_items": [...], "store_ok": bool}``.
+    def encode(self, user_id: str | None, history: list[str] | None, exclude: list[str] | None = None) -> dict:
+        """``{"rows": [...] (time order), "known_user": bool, "unknown_items": [...], "store_ok": bool,
+        "exclude_rows": [...]}``; ``exclude_rows`` are the rows of the known ``exclude`` ids (unknown
+        ones can never be recommended, so they are ignored).
 
         ``store_ok`` is false when the event store could not be read: the rows then lack the user's
         posted events, and the caller reports the answer as degraded."""
@@ -58,7 +60,9 @@ class FeatureEncoder:
                 unknown.append(item)
             else:
                 rows.append(row)
-        return {"rows": rows, "known_user": known_user, "unknown_items": unknown, "store_ok": store_ok}
+        exclude_rows, _ = self.item_rows(exclude or [])
+        return {"rows": rows, "known_user": known_user, "unknown_items": unknown, "store_ok": store_ok,
+                "exclude_rows": exclude_rows}
 
     def item_rows(self, item_ids: list[str]) -> tuple[list[int], list[str]]:
         """Rows of the known ids, and the ids that are not in the catalogue."""

@@ -174,13 +174,12 @@ class Ingress:
     @app.post("/v1/recommend", response_model=RecommendResponse,
               responses={422: {"model": ErrorResponse}})
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        feats = await self._timed("encode", self.encoder.encode.remote(req.user_id, req.history))
+        feats = await self._timed("encode", self.encoder.encode.remote(req.user_id, req.history, req.exclude))
         if feats["unknown_items"]:
             shown = ", ".join(repr(i) for i in feats["unknown_items"][:5])
             raise ApiError(422, "unknown_item", f"history has item ids not in the catalogue: {shown}")
-        excluded, _ = await self.encoder.item_rows.remote(req.exclude) if req.exclude else ([], [])
-        drop = sorted(set(feats["rows"]) | set(excluded))
-        degraded = not feats.get("store_ok", True)
+        drop = sorted(set(feats["rows"]) | set(feats["exclude_rows"]))
+        degraded = not feats["store_ok"]
         if not feats["rows"]:
             self.cold_start.inc()
             items = await self._timed("rank", self.ranker.popular.remote(drop, req.k))

@@ -9,6 +9,7 @@ restarted run resumes from the latest checkpoint, and the best one by validation
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -94,7 +95,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             opt.load_state_dict(state["optimizer"])
             start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
 
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if tc.use_gpu else _nullcontext()
+    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if tc.use_gpu else contextlib.nullcontext()
     for epoch in range(start_epoch, tc.epochs):
         if stale >= tc.patience:
             break
@@ -138,14 +139,6 @@ def worker_loop(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def fit(
