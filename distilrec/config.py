@@ -19,34 +19,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TeacherConfig(_Strict):
-    """Shapes of the teacher: a causal transformer over the user's history.
+class _SequenceConfig(_Strict):
+    """Shapes shared by both models: a causal transformer over the user's history.
 
-    Items are rows ``0 .. n_items-1`` of the item table; ``n_items`` is the padding index.
+    Items are rows ``0 .. n_items-1`` of the item table; ``n_items`` is the padding index. With
+    ``time_buckets > 0`` every history position also gets an embedding of the log-scaled time since
+    the previous interaction (``distilrec.models.time_gap_buckets``), so the model can tell the
+    current session from older history.
     """
 
-    kind: Literal["teacher"] = "teacher"
     n_items: int = Field(gt=0)
     text_dim: int = Field(ge=0, description="width of the item text embeddings (0 = no text)")
+    d_model: int = Field(gt=0)
+    n_heads: int = Field(gt=0)
+    n_layers: int = Field(gt=0)
+    max_len: int = Field(gt=0, description="longest history the model reads (the most recent items)")
+    dropout: float = Field(ge=0.0, lt=1.0)
+    time_buckets: int = Field(24, ge=0, description="log2 time-gap buckets (0 = no time features)")
+
+
+class TeacherConfig(_SequenceConfig):
+    """The teacher: wide and deep enough to be the best model; scored offline and for distillation."""
+
+    kind: Literal["teacher"] = "teacher"
     d_model: int = Field(64, gt=0)
     n_heads: int = Field(2, gt=0)
     n_layers: int = Field(2, gt=0)
-    max_len: int = Field(200, gt=0, description="longest history the model reads")
+    max_len: int = Field(200, gt=0)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
 
-class StudentConfig(_Strict):
-    """Shapes of the student: a recency-weighted pooled history and a narrow MLP user tower.
-
-    Scoring a candidate is one dot product of width ``d_model``.
-    """
+class StudentConfig(_SequenceConfig):
+    """The student: the same kind of model, one narrow layer over a short history, so that scoring a
+    request costs a small fraction of the teacher's; a candidate is one ``d_model``-wide dot product."""
 
     kind: Literal["student"] = "student"
-    n_items: int = Field(gt=0)
-    text_dim: int = Field(ge=0)
-    d_model: int = Field(32, gt=0)
-    hidden: int = Field(64, gt=0)
-    max_len: int = Field(200, gt=0)
+    d_model: int = Field(48, gt=0)
+    n_heads: int = Field(1, gt=0)
+    n_layers: int = Field(1, gt=0)
+    max_len: int = Field(50, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 

@@ -38,35 +38,51 @@ def _no_cost() -> dict:
 
 
 def evaluate_model(model: torch.nn.Module, split: Split, stage: str = "test") -> dict[str, float]:
-    return evaluate_scores(model_score_fn(model), split.histories(stage), split.targets(stage))
+    return evaluate_scores(model_score_fn(model), split.histories(stage), split.targets(stage),
+                           times=split.history_times(stage))
 
 
 def scoring_cost(model: torch.nn.Module, n_candidates: int = 1000, runs: int = 200, seed: int = 0) -> dict:
     """Parameters, MACs per candidate, and p50/p99 milliseconds to score one full-length history
     against ``n_candidates`` candidates on one CPU thread (``runs`` timed runs after warm-up)."""
-    model = model.cpu().eval()
+    return scoring_costs({"model": model}, n_candidates, runs, seed)["model"]
+
+
+def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, runs: int = 200,
+                  seed: int = 0) -> dict[str, dict]:
+    """:func:`scoring_cost` of several models, timed in turns (model a, model b, a, b, …) so that a
+    slower or busier stretch of a shared machine falls on all of them alike and their ratio holds.
+
+    Each model scores one full-length history (with timestamps a minute to an hour apart) against
+    the same ``n_candidates`` random candidates."""
     g = torch.Generator().manual_seed(seed)
-    n = model.cfg.n_items
-    hist = torch.randint(0, n, (1, model.cfg.max_len), generator=g)
-    cands = torch.randint(0, n, (n_candidates,), generator=g)
+    inputs = {}
+    for name, model in models.items():
+        model.cpu().eval()
+        n, length = model.cfg.n_items, model.cfg.max_len
+        hist = torch.randint(0, n, (1, length), generator=g)
+        stamps = torch.cumsum(torch.randint(60, 3600, (1, length), generator=g), 1)
+        inputs[name] = (hist, stamps, torch.randint(0, n, (n_candidates,), generator=g))
+    times: dict[str, list[float]] = {name: [] for name in models}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        times = []
         with torch.no_grad():
             for i in range(runs + 10):
-                t0 = time.perf_counter()
-                model.score(hist, cands)
-                if i >= 10:
-                    times.append((time.perf_counter() - t0) * 1000)
+                for name, model in models.items():
+                    hist, stamps, cands = inputs[name]
+                    t0 = time.perf_counter()
+                    model.score(hist, cands, times=stamps)
+                    if i >= 10:
+                        times[name].append((time.perf_counter() - t0) * 1000)
     finally:
         torch.set_num_threads(threads)
-    return {
+    return {name: {
         "params": count_params(model),
         "macs_per_candidate": round(float(model.macs_per_candidate(n_candidates)), 1),
-        "score_ms_p50_1000": round(float(np.percentile(times, 50)), 4),
-        "score_ms_p99_1000": round(float(np.percentile(times, 99)), 4),
-    }
+        "score_ms_p50_1000": round(float(np.percentile(times[name], 50)), 4),
+        "score_ms_p99_1000": round(float(np.percentile(times[name], 99)), 4),
+    } for name, model in models.items()}
 
 
 def build_report(ds: Dataset, models: dict[str, dict], extra: dict | None = None) -> dict:

@@ -40,30 +40,34 @@ def ndcg_hr(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
 
 
 def evaluate_scores(
-    score_fn: Callable[[list[np.ndarray]], np.ndarray],
+    score_fn: Callable[..., np.ndarray],
     histories: Sequence[np.ndarray],
     targets: np.ndarray,
     k: int = 10,
     batch_size: int = 256,
+    times: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Score users in batches with ``score_fn(histories) -> (B, N)`` and return NDCG@k and HR@k."""
+    """Score users in batches with ``score_fn(histories) -> (B, N)`` (``score_fn(histories, times)``
+    when ``times`` aligned with the histories are given) and return NDCG@k and HR@k."""
     ranks = []
     for start in range(0, len(histories), batch_size):
         h = list(histories[start:start + batch_size])
-        ranks.append(rank_of_targets(score_fn(h), h, targets[start:start + batch_size]))
+        scores = score_fn(h) if times is None else score_fn(h, list(times[start:start + batch_size]))
+        ranks.append(rank_of_targets(scores, h, targets[start:start + batch_size]))
     ndcg, hr = ndcg_hr(np.concatenate(ranks), k)
     return {f"ndcg@{k}": ndcg, f"hr@{k}": hr}
 
 
-def model_score_fn(model: torch.nn.Module) -> Callable[[list[np.ndarray]], np.ndarray]:
-    """Adapt a :mod:`distilrec.models` model to ``score_fn`` (eval mode, no grad)."""
+def model_score_fn(model: torch.nn.Module) -> Callable[..., np.ndarray]:
+    """Adapt a :mod:`distilrec.models` model to ``score_fn(histories, times=None)`` (eval mode, no grad)."""
     from distilrec.models import pad_histories
 
-    def fn(histories: list[np.ndarray]) -> np.ndarray:
+    def fn(histories: list[np.ndarray], times: list[np.ndarray] | None = None) -> np.ndarray:
         model.eval()
         with torch.no_grad():
-            hist = pad_histories(histories, model.cfg.n_items, model.cfg.max_len)
             device = next(model.parameters()).device
-            return model.score(hist.to(device)).float().cpu().numpy()
+            hist = pad_histories(histories, model.cfg.n_items, model.cfg.max_len).to(device)
+            t = pad_histories(times, 0, model.cfg.max_len).to(device) if times is not None else None
+            return model.score(hist, times=t).float().cpu().numpy()
 
     return fn

@@ -91,30 +91,59 @@ class _ItemTower(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
 
-class Teacher(nn.Module):
-    """Causal transformer (pre-norm, SASRec-style) over the history; score = ⟨h_last, item⟩."""
+def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor, n_buckets: int) -> torch.Tensor:
+    """``(B, L)`` unix seconds → ``(B, L)`` buckets of the time since the previous real item.
 
-    def __init__(self, cfg: TeacherConfig, text_emb: torch.Tensor | None = None):
+    Bucket ``1 + floor(log2(gap + 1))`` (capped at ``n_buckets - 1``), so 1 is "the same second" and
+    each further bucket doubles the gap; 0 means "no previous item" (the first item, padding, or a
+    position whose time is unknown). A negative gap (clock skew) counts as 0 seconds.
+
+    >>> t = torch.tensor([[0, 100, 100, 107, 1000]])
+    >>> time_gap_buckets(t, torch.tensor([[False, True, True, True, True]]), 24).tolist()
+    [[0, 0, 1, 4, 10]]
+    """
+    prev_valid = F.pad(valid[:, :-1], (1, 0), value=False)
+    gap = (times - F.pad(times[:, :-1], (1, 0))).clamp_min(0).double()
+    buckets = (1 + torch.floor(torch.log2(gap + 1))).long().clamp_max(n_buckets - 1)
+    return torch.where(valid & prev_valid, buckets, torch.zeros_like(buckets))
+
+
+class _SequenceModel(nn.Module):
+    """Causal transformer (pre-norm, SASRec-style) over the history; score = ⟨h_last, item⟩.
+
+    The input at each position is the item's vector (id embedding + projected text), a position
+    embedding (counted from the most recent item), and, with ``cfg.time_buckets``, an embedding of the
+    time since the previous interaction. ``times`` is a ``(B, L)`` tensor of unix seconds aligned with
+    ``hist`` (any value at padding); without it every time bucket is 0 ("unknown").
+    """
+
+    def __init__(self, cfg: TeacherConfig | StudentConfig, text_emb: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
         self.items = _ItemTower(cfg.n_items, cfg.text_dim, d, text_emb)
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         nn.init.normal_(self.pos_emb.weight, std=0.02)
+        self.gap_emb = nn.Embedding(cfg.time_buckets, d) if cfg.time_buckets else None
+        if self.gap_emb is not None:
+            nn.init.normal_(self.gap_emb.weight, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
 
-    def encode(self, hist: torch.Tensor) -> torch.Tensor:
-        """``(B, L) -> (B, L, D)``: hidden state after each position (causal)."""
-        b, length = hist.shape
-        if length > self.cfg.max_len:
-            hist = hist[:, -self.cfg.max_len:]
-            length = self.cfg.max_len
+    def encode(self, hist: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, L) -> (B, L, D)``: hidden state after each position (causal). Only the most recent
+        ``max_len`` positions are read."""
+        hist = hist[:, -self.cfg.max_len:]
+        length = hist.shape[1]
         table = self.items.all()
         x = table[hist] * (self.cfg.d_model ** 0.5)
         x = x + self.pos_emb.weight[self.cfg.max_len - length:]
         valid = hist != self.cfg.n_items
+        if self.gap_emb is not None and times is not None:
+            x = x + self.gap_emb(time_gap_buckets(times[:, -length:].long(), valid, self.cfg.time_buckets))
+        elif self.gap_emb is not None:
+            x = x + self.gap_emb.weight[0]
         x = self.drop(x) * valid.unsqueeze(-1)
         causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
         # A query may attend to earlier real items, and always to itself (so no row is empty).
@@ -124,27 +153,49 @@ class Teacher(nn.Module):
             x = block(x, mask) * valid.unsqueeze(-1)
         return self.norm(x)
 
+    def item_vectors(self) -> torch.Tensor:
+        """``(N, D)``: vectors of the trained catalogue (serving precomputes them once)."""
+        return self.items.all()[:-1]
+
+    def text_item_vectors(self, text_emb: torch.Tensor) -> torch.Tensor:
+        """``(M, text_dim) -> (M, D)``: vectors of items that have no trained id embedding."""
+        return self.items.text_vectors(text_emb)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., D) -> (..., N)``: scores of every catalogue item."""
-        return hidden @ self.items.all()[:-1].T
+        return hidden @ self.item_vectors().T
 
-    def user_vector(self, hist: torch.Tensor) -> torch.Tensor:
+    def user_vector(self, hist: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L) -> (B, D)``: the representation after the last (most recent) item."""
-        return self.encode(hist)[:, -1]
+        return self.encode(hist, times)[:, -1]
 
-    def score(self, hist: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, hist: torch.Tensor, candidates: torch.Tensor | None = None,
+              times: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L) -> (B, N)``, or ``(B, C)`` for candidate rows ``(C,)``."""
-        u = self.user_vector(hist)
-        items = self.items.all()[:-1]
+        items = self.item_vectors()
         if candidates is not None:
             items = items[candidates]
-        return u @ items.T
+        return self.user_vector(hist, times) @ items.T
 
     def macs_per_candidate(self, n_candidates: int = 1000) -> float:
-        """Multiply-accumulates to score one full-length history against ``n_candidates``, per candidate."""
+        """Multiply-accumulates to score one full-length history against ``n_candidates``, per candidate:
+        the user tower (projections ``4·d²``, feed-forward ``8·d²`` per position, attention ``2·L·d``
+        per position and layer) shared by the candidates, plus one ``d``-wide dot product each."""
         d, length = self.cfg.d_model, self.cfg.max_len
-        per_layer = length * 4 * d * d + 2 * length * length * d + length * 8 * d * d
+        per_layer = length * 12 * d * d + 2 * length * length * d
         return (self.cfg.n_layers * per_layer) / n_candidates + d
+
+
+class Teacher(_SequenceModel):
+    """The teacher (:class:`TeacherConfig`: 2 layers of width 64 over the last 200 items by default)."""
+
+
+class Student(_SequenceModel):
+    """The student (:class:`StudentConfig`: 1 layer of width 48 over the last 50 items by default).
+
+    It learns from the teacher's softened scores and the true next item (``distilrec.losses``); at
+    serving time its user vector is computed once per request and each candidate costs one dot product.
+    """
 
 
 class _Block(nn.Module):
@@ -169,76 +220,6 @@ class _Block(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, length, d)))
         return x + self.drop(self.ff(self.ln2(x)))
-
-
-class Student(nn.Module):
-    """Pooled-history user tower: a learned recency-weighted mean of the history's item vectors and the
-    most recent item's vector go through a narrow MLP.
-
-    ``pooled(t) = Σ_j w[t-j]·e_j / Σ_j w[t-j]`` over the real items ``j ≤ t``;
-    ``user(t) = pooled(t) + MLP([pooled(t); e_t])``; score = ⟨user, item⟩.
-    """
-
-    def __init__(self, cfg: StudentConfig, text_emb: torch.Tensor | None = None):
-        super().__init__()
-        self.cfg = cfg
-        d = cfg.d_model
-        self.items = _ItemTower(cfg.n_items, cfg.text_dim, d, text_emb)
-        self.recency = nn.Parameter(torch.zeros(cfg.max_len))  # log-weight by distance from the end
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(2 * d), nn.Linear(2 * d, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden, d),
-        )
-
-    def _tower(self, pooled: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        return pooled + self.mlp(torch.cat([pooled, last], -1))
-
-    def user_vector(self, hist: torch.Tensor) -> torch.Tensor:
-        """``(B, L) -> (B, D)`` for the whole history."""
-        hist = hist[:, -self.cfg.max_len:]
-        length = hist.shape[1]
-        valid = (hist != self.cfg.n_items).float()
-        w = torch.exp(self.recency[:length].flip(0)) * valid  # (B, L); position L-1 has distance 0
-        e = self.items.all()[hist]
-        pooled = (w.unsqueeze(-1) * e).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-6)
-        return self._tower(pooled, e[:, -1])
-
-    def prefix_user_vectors(self, hist: torch.Tensor) -> torch.Tensor:
-        """``(B, L) -> (B, L, D)``: the user vector after every prefix (for training on all positions)."""
-        length = hist.shape[1]
-        if length > self.cfg.max_len:
-            raise ValueError(f"history longer than max_len={self.cfg.max_len}")
-        valid = (hist != self.cfg.n_items).float()
-        idx = torch.arange(length, device=hist.device)
-        dist = idx[:, None] - idx[None, :]  # (L, L): t - j
-        kernel = torch.exp(self.recency[dist.clamp_min(0)]) * (dist >= 0)
-        w = kernel.unsqueeze(0) * valid.unsqueeze(1)  # (B, L, L)
-        e = self.items.all()[hist]
-        pooled = (w @ e) / w.sum(-1, keepdim=True).clamp_min(1e-6)
-        return self._tower(pooled, e)
-
-    def item_vectors(self) -> torch.Tensor:
-        """``(N, D)``: vectors of the trained catalogue (precomputed once by serving)."""
-        return self.items.all()[:-1]
-
-    def text_item_vectors(self, text_emb: torch.Tensor) -> torch.Tensor:
-        """``(M, text_dim) -> (M, D)``: vectors of items that have no trained id embedding."""
-        return self.items.text_vectors(text_emb)
-
-    def logits(self, users: torch.Tensor) -> torch.Tensor:
-        return users @ self.item_vectors().T
-
-    def score(self, hist: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, L) -> (B, N)``, or ``(B, C)`` for candidate rows ``(C,)``."""
-        items = self.item_vectors()
-        if candidates is not None:
-            items = items[candidates]
-        return self.user_vector(hist) @ items.T
-
-    def macs_per_candidate(self, n_candidates: int = 1000) -> float:
-        d, h, length = self.cfg.d_model, self.cfg.hidden, self.cfg.max_len
-        user = length * d + 2 * d * h + h * d
-        return user / n_candidates + d
 
 
 MODELS = {"teacher": (Teacher, TeacherConfig), "student": (Student, StudentConfig)}

@@ -85,17 +85,23 @@ class TextEncoder:
         from tqdm.auto import tqdm
 
         out = []
+        # Texts of similar length share a batch, so that little of each batch is padding.
+        order = np.argsort([len(t) for t in texts], kind="stable")
         starts = range(0, len(texts), self.batch_size)
         for s in tqdm(starts, desc="encoding item text", unit="batch", disable=not progress):
             batch = self.tokenizer(
-                list(texts[s:s + self.batch_size]), padding=True, truncation=True,
+                [texts[i] for i in order[s:s + self.batch_size]], padding=True, truncation=True,
                 max_length=self.max_length, return_tensors="pt",
             ).to(self.device)
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
             out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+        if not out:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        emb = np.empty((len(texts), self.dim), dtype=np.float32)
+        emb[order] = np.concatenate(out)
+        return emb
 
 
 def embed_texts(texts: Sequence[str], encoder: str, cache_dir: str | Path | None = None,

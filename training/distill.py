@@ -43,7 +43,10 @@ def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, 
     return fit(
         name, build_student, student_loss, TrainConfig.model_validate(
             train.model_dump(exclude={"temperature", "alpha"})),
-        split.train, split.train, split.val_target, storage_path, text_emb,
+        split, storage_path, text_emb,
         extra={"model": cfg.model_dump(), "temperature": train.temperature, "alpha": train.alpha,
-               "teacher": model_to_bytes(teacher) if teacher is not None else None},
+               "teacher": model_to_bytes(teacher) if teacher is not None else None,
+               # The batch carries the teacher's whole reach, so that it scores the student's positions
+               # with all the history it was trained on.
+               "context_len": max(cfg.max_len, teacher.cfg.max_len if teacher is not None else 0)},
     )

@@ -24,7 +24,8 @@ import torch
 
 from distilrec.artifacts import model_from_bytes, model_to_bytes
 from distilrec.config import TrainConfig
-from distilrec.losses import next_item_batch
+from distilrec.data import Split
+from distilrec.losses import crop_window, next_item_batch
 from distilrec.metrics import evaluate_scores, model_score_fn
 
 VAL_METRIC = "val_ndcg@10"
@@ -41,14 +42,36 @@ class TrainOutput:
 
 
 class _Users(torch.utils.data.Dataset):
-    def __init__(self, seqs: list[np.ndarray]):
-        self.seqs = [s for s in seqs if len(s) >= 2]
+    """One item per user: ``(item rows, unix seconds)``, users with at least two items."""
+
+    def __init__(self, seqs: list[np.ndarray], times: list[np.ndarray] | None):
+        times = times if times else [np.zeros(len(s), dtype=np.int64) for s in seqs]
+        self.users = [(s, t) for s, t in zip(seqs, times) if len(s) >= 2]
 
     def __len__(self) -> int:
-        return len(self.seqs)
+        return len(self.users)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.seqs[i]
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.users[i]
+
+
+class _Collate:
+    """Crops each user to a training window (:func:`crop_window`) and builds the padded batch
+    ``(inputs, targets, times)``. ``window``: the positions the trained model reads; ``context``: the
+    history length of the batch (longer than ``window`` when a teacher with a longer reach scores the
+    student's positions)."""
+
+    def __init__(self, pad: int, window: int, context: int, seed: int):
+        self.pad, self.window, self.context = pad, window, context
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, users: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, ...]:
+        seqs, times = [], []
+        for s, t in users:
+            s, t = crop_window(s, t, self.window, self.rng, context=self.context)
+            seqs.append(s)
+            times.append(t)
+        return next_item_batch(seqs, self.pad, self.context, times)
 
 
 def _quiet_report_logs() -> None:
@@ -79,10 +102,11 @@ def worker_loop(config: dict[str, Any]) -> None:
     params = [p for p in loss_module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
-    pad, max_len = model.cfg.n_items, model.cfg.max_len
+    window = model.cfg.max_len
     loader = torch.utils.data.DataLoader(
-        _Users(config["train_seqs"]), batch_size=tc.batch_size, shuffle=True,
-        collate_fn=lambda seqs: next_item_batch(seqs, pad, max_len),
+        _Users(config["train_seqs"], config["train_times"]), batch_size=tc.batch_size, shuffle=True,
+        collate_fn=_Collate(model.cfg.n_items, window, max(window, config.get("context_len", window)),
+                            seed=tc.seed * 1000 + rank),
     )
     loader = ray.train.torch.prepare_data_loader(loader)
 
@@ -103,9 +127,10 @@ def worker_loop(config: dict[str, Any]) -> None:
             loader.sampler.set_epoch(epoch)
         loss_module.train()
         t0, total, n, samples = time.perf_counter(), 0.0, 0, 0
-        for inputs, targets in loader:
+        for inputs, targets, times in loader:
+            inputs, targets, times = inputs.to(device), targets.to(device), times.to(device)
             with amp:
-                loss = loss_module(inputs, targets)
+                loss = loss_module(inputs, targets, times)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -116,7 +141,8 @@ def worker_loop(config: dict[str, Any]) -> None:
 
         val = torch.zeros(1, device=device)
         if rank == 0:
-            val[0] = evaluate_scores(model_score_fn(model), config["val_histories"], config["val_targets"])["ndcg@10"]
+            val[0] = evaluate_scores(model_score_fn(model), config["val_histories"], config["val_targets"],
+                                     times=config["val_times"])["ndcg@10"]
         if world > 1:
             torch.distributed.broadcast(val, src=0)
         val_ndcg = float(val[0])
@@ -146,9 +172,7 @@ def fit(
     build_model: Callable[[dict], torch.nn.Module],
     build_loss: Callable[[torch.nn.Module, dict], torch.nn.Module],
     train: TrainConfig,
-    train_seqs: list[np.ndarray],
-    val_histories: list[np.ndarray],
-    val_targets: np.ndarray,
+    split: Split,
     storage_path: str,
     text_emb: np.ndarray | None,
     extra: dict[str, Any] | None = None,
@@ -163,7 +187,9 @@ def fit(
 
     config = {
         "name": name, "build_model": build_model, "build_loss": build_loss, "train": train.model_dump(),
-        "train_seqs": train_seqs, "val_histories": val_histories, "val_targets": val_targets,
+        "train_seqs": split.train, "train_times": split.history_times("val"),
+        "val_histories": split.histories("val"), "val_targets": split.targets("val"),
+        "val_times": split.history_times("val"),
         "text_emb": text_emb, "threads_per_worker": max(1, (os.cpu_count() or 1) // train.num_workers),
         **(extra or {}),
     }

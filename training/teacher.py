@@ -33,7 +33,5 @@ def teacher_loss(model: Teacher, config: dict[str, Any]) -> TeacherTrain:
 def train_teacher(split: Split, text_emb: np.ndarray | None, cfg: TeacherConfig, train: TrainConfig,
                   storage_path: str, name: str = "teacher") -> TrainOutput:
     """Train the teacher on ``split.train``; early stopping and checkpoint choice on validation."""
-    return fit(
-        name, build_teacher, teacher_loss, train, split.train, split.train, split.val_target,
-        storage_path, text_emb, extra={"model": cfg.model_dump()},
-    )
+    return fit(name, build_teacher, teacher_loss, train, split, storage_path, text_emb,
+               extra={"model": cfg.model_dump()})

@@ -121,13 +121,16 @@ def _as_str(values: Sequence, what: str) -> pd.Series:
 class Split:
     """Leave-one-out by time: the last item is the test target, the one before validation.
 
-    ``train[u]`` is user u's history without the last two items; ``val_history(u)`` adds nothing
-    (validation sees train), ``test_history(u)`` is train + the validation target.
+    ``train[u]`` is user u's history without the last two items; ``histories("val")`` is train,
+    ``histories("test")`` is train + the validation target. ``times[u]`` holds the unix seconds of
+    user u's whole sequence (empty when the dataset has none); ``history_times(stage)`` aligns them
+    with ``histories(stage)``.
     """
 
     train: list[np.ndarray]
     val_target: np.ndarray
     test_target: np.ndarray
+    times: list[np.ndarray] = field(default_factory=list)
 
     @classmethod
     def leave_one_out(cls, ds: Dataset) -> "Split":
@@ -135,6 +138,7 @@ class Split:
             train=[s[:-2] for s in ds.sequences],
             val_target=np.array([s[-2] for s in ds.sequences], dtype=np.int64),
             test_target=np.array([s[-1] for s in ds.sequences], dtype=np.int64),
+            times=list(ds.timestamps),
         )
 
     def histories(self, stage: str) -> list[np.ndarray]:
@@ -144,6 +148,15 @@ class Split:
         if stage == "test":
             return [np.append(h, t) for h, t in zip(self.train, self.val_target)]
         raise ValueError(f"unknown stage {stage!r} (expected 'val' or 'test')")
+
+    def history_times(self, stage: str) -> list[np.ndarray] | None:
+        """Timestamps aligned with ``histories(stage)``; ``None`` when the dataset has none."""
+        if not self.times:
+            return None
+        drop = {"val": 2, "test": 1}.get(stage)
+        if drop is None:
+            raise ValueError(f"unknown stage {stage!r} (expected 'val' or 'test')")
+        return [t[:-drop] for t in self.times]
 
     def targets(self, stage: str) -> np.ndarray:
         return {"val": self.val_target, "test": self.test_target}[stage]

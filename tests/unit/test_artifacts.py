@@ -168,9 +168,9 @@ def test_weights_missing_a_tensor(tmp_path, items, histories, student):
     from safetensors.torch import save as st_save
 
     uri = _write(str(tmp_path / "out"), items, histories, student, version="v1")
-    state = {k: v.contiguous() for k, v in student.state_dict().items() if k != "recency"}
+    state = {k: v.contiguous() for k, v in student.state_dict().items() if k != "pos_emb.weight"}
     (tmp_path / "out" / "models" / "v1" / "student" / "model.safetensors").write_bytes(st_save(state))
-    with pytest.raises(ArtifactError, match="recency"):
+    with pytest.raises(ArtifactError, match="pos_emb"):
         load_artifact(uri)
 
 
@@ -200,13 +200,13 @@ def test_unknown_model_kind_is_an_artifact_error(student):
 
 
 def test_model_bytes_round_trip_without_text():
-    m = Student(StudentConfig(n_items=5, text_dim=0, d_model=8, hidden=8, max_len=4))
+    m = Student(StudentConfig(n_items=5, text_dim=0, d_model=8, n_heads=1, n_layers=1, max_len=4))
     back = model_from_bytes(*model_to_bytes(m), text_emb=None)
     torch.testing.assert_close(_scores(back, ((1, 2),)), _scores(m, ((1, 2),)))
 
 
 def test_item_table_smaller_than_the_student_without_text(memory_uri, histories):
-    m = Student(StudentConfig(n_items=N_ITEMS, text_dim=0, d_model=8, hidden=8, max_len=4))
+    m = Student(StudentConfig(n_items=N_ITEMS, text_dim=0, d_model=8, n_heads=1, n_layers=1, max_len=4))
     fewer = ItemTable([f"m{i}" for i in range(5)], ["t"] * 5, ["t"] * 5, np.zeros((5, 0), dtype=np.float32))
     _write(memory_uri, fewer, histories, m)
     with pytest.raises(ArtifactError, match="student has 12 items, item table 5"):

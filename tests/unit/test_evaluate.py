@@ -29,7 +29,7 @@ def small():
 def _models(n_items):
     t = Teacher(TeacherConfig(n_items=n_items, text_dim=4, d_model=8, n_heads=2, n_layers=1, max_len=12),
                 text_emb=torch.randn(n_items, 4))
-    s = Student(StudentConfig(n_items=n_items, text_dim=4, d_model=8, hidden=16, max_len=12),
+    s = Student(StudentConfig(n_items=n_items, text_dim=4, d_model=8, n_heads=1, n_layers=1, max_len=12),
                 text_emb=torch.randn(n_items, 4))
     return t, s
 

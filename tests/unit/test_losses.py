@@ -41,33 +41,45 @@ def test_next_item_batch_one_item_sequence_has_no_target():
     assert targets.tolist() == [[IGNORE], [2]]
 
 
+def _position_logits(model, seqs, max_len):
+    """Model logits at every next-item position, encoding each user's own (unpadded) input alone.
+
+    Positions are aligned to the end of the input the model reads, so position t of a training
+    sequence is *not* the same as scoring the prefix up to t on its own.
+    """
+    out = []
+    for s in seqs:
+        inp = list(s)[-(max_len + 1):][:-1]
+        hidden = model.encode(torch.tensor([inp]))[0]
+        out.extend(model.logits(hidden))
+    return out
+
+
 def test_student_without_teacher_is_plain_cross_entropy(student):
     wrapper = StudentTrain(student, teacher=None).eval()
     assert wrapper.alpha == 0.0
     inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
     loss = wrapper(inputs, targets)
-    # independent reference: one user vector per prefix, full softmax over the catalogue
+    # independent reference: each user alone, full softmax over the catalogue
     with torch.no_grad():
-        ref = torch.stack([
-            F.cross_entropy(student.score(torch.tensor([h])), torch.tensor([y]))
-            for h, y in _positions(SEQS, student.cfg.max_len)
-        ]).mean()
+        logits = _position_logits(student, SEQS, student.cfg.max_len)
+        ys = [y for _, y in _positions(SEQS, student.cfg.max_len)]
+        ref = torch.stack([F.cross_entropy(lg[None], torch.tensor([y])) for lg, y in zip(logits, ys)]).mean()
     assert loss.ndim == 0
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
 
 
-def _teacher_position_logits(teacher, seqs, max_len):
-    """Teacher logits at every next-item position, encoding each user's own (unpadded) input alone.
-
-    The teacher's positions are aligned to the end of the input it reads, so position t of a training
-    sequence is *not* the same as scoring the prefix up to t on its own (unlike the student).
-    """
-    out = []
-    for s in seqs:
-        inp = list(s)[-(max_len + 1):][:-1]
-        hidden = teacher.encode(torch.tensor([inp]))[0]
-        out.extend(teacher.logits(hidden))
-    return out
+def test_student_trains_on_its_own_reach_of_a_longer_batch(student, teacher):
+    # A batch built for the teacher's reach (8) is longer than the student's (6): the student's loss
+    # covers the last 6 positions only, and the teacher scores them with its whole context.
+    seqs = [np.arange(10) % PAD]
+    inputs, targets = next_item_batch(seqs, pad=PAD, max_len=teacher.cfg.max_len)
+    assert inputs.shape[1] == 8
+    loss = StudentTrain(student, None).eval()(inputs, targets)
+    with torch.no_grad():
+        hidden = student.encode(inputs[:, -6:])[0]
+        ref = F.cross_entropy(student.logits(hidden), targets[0, -6:])
+    torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_teacher_train_is_cross_entropy_over_every_position(teacher):
@@ -75,7 +87,7 @@ def test_teacher_train_is_cross_entropy_over_every_position(teacher):
     inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=teacher.cfg.max_len)
     loss = wrapper(inputs, targets)
     with torch.no_grad():
-        logits = _teacher_position_logits(teacher, SEQS, teacher.cfg.max_len)
+        logits = _position_logits(teacher, SEQS, teacher.cfg.max_len)
         ys = [y for _, y in _positions(SEQS, teacher.cfg.max_len)]
         ref = torch.stack([F.cross_entropy(lg[None], torch.tensor([y])) for lg, y in zip(logits, ys)]).mean()
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-5)
@@ -88,9 +100,9 @@ def test_distillation_loss_mixes_cross_entropy_and_softened_kl(student, teacher)
     loss = wrapper(inputs, targets)
     ce, kl = [], []
     with torch.no_grad():
-        t_logits = _teacher_position_logits(teacher, SEQS, student.cfg.max_len)
-        for (h, y), t in zip(_positions(SEQS, student.cfg.max_len), t_logits):
-            s = student.score(torch.tensor([h]))[0]
+        t_logits = _position_logits(teacher, SEQS, student.cfg.max_len)
+        s_logits = _position_logits(student, SEQS, student.cfg.max_len)
+        for (h, y), t, s in zip(_positions(SEQS, student.cfg.max_len), t_logits, s_logits):
             ce.append(F.cross_entropy(s[None], torch.tensor([y])))
             p_t = F.softmax(t / temperature, -1)
             kl.append((p_t * (F.log_softmax(t / temperature, -1) - F.log_softmax(s / temperature, -1))).sum())
@@ -117,7 +129,7 @@ def test_teacher_stays_in_eval_mode_and_gets_no_gradients(student, teacher):
     assert all(p.grad is None for p in teacher.parameters())
     assert all(not p.requires_grad for p in teacher.parameters())
     assert student.items.id_emb.weight.grad is not None
-    assert student.recency.grad is not None
+    assert student.pos_emb.weight.grad is not None
     wrapper.eval()
     assert not teacher.training and not student.training
 
