@@ -35,7 +35,8 @@ from safetensors.torch import save as st_save
 
 from distilrec.models import MODELS
 
-FORMAT = 1
+# 2: transformer student with time-gap features (format 1 held a pooled-history student).
+FORMAT = 2
 
 
 class ArtifactError(RuntimeError):
@@ -76,7 +77,10 @@ def model_from_bytes(config: bytes, weights: bytes, text_emb: np.ndarray | None)
     if kind not in MODELS:
         raise ArtifactError(f"unknown model kind {kind!r} in config")
     cls, cfg_cls = MODELS[kind]
-    cfg = cfg_cls.model_validate(meta)
+    try:
+        cfg = cfg_cls.model_validate(meta)
+    except ValueError as e:  # pydantic's ValidationError
+        raise ArtifactError(f"{kind} config does not fit this build: {e}") from None
     emb = torch.from_numpy(np.array(text_emb, dtype=np.float32)) if cfg.text_dim else None
     try:
         model = cls(cfg, text_emb=emb)

@@ -218,3 +218,11 @@ def test_item_table_smaller_than_the_student_with_text(memory_uri, items, histor
     _write(memory_uri, fewer, histories, student)
     with pytest.raises(ArtifactError):
         load_artifact(memory_uri)
+
+
+def test_config_from_another_build_is_an_artifact_error(student):
+    config, weights = model_to_bytes(student)
+    meta = json.loads(config)
+    meta["hidden"] = 64  # a field this build's StudentConfig does not know
+    with pytest.raises(ArtifactError, match="student config does not fit this build"):
+        model_from_bytes(json.dumps(meta).encode(), weights, None)
