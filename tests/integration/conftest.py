@@ -57,6 +57,7 @@ def pipeline_output(ray_cluster, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("pipeline")
     cfg = PipelineConfig(
+        encoder="tiny",
         teacher_train=TrainConfig(epochs=8, patience=3, lr=3e-3, batch_size=32),
         distill=DistillConfig(epochs=10, patience=3, lr=5e-3, batch_size=32),
         student_without_teacher=False,

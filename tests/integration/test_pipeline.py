@@ -64,7 +64,7 @@ def test_resume_continues_from_the_latest_checkpoint(ray_cluster, tmp_path):
     from training.pipeline import run_pipeline
 
     def cfg(epochs):
-        return PipelineConfig(teacher_train=TrainConfig(epochs=epochs, patience=10),
+        return PipelineConfig(encoder="tiny", teacher_train=TrainConfig(epochs=epochs, patience=10),
                               distill=DistillConfig(epochs=epochs, patience=10), student_without_teacher=False)
 
     def teacher_history():

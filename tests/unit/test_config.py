@@ -42,6 +42,6 @@ def test_distill_alpha_bounds():
 
 def test_pipeline_config_defaults():
     cfg = PipelineConfig()
-    assert cfg.encoder == "tiny"
+    assert cfg.encoder == "minilm"
     assert cfg.teacher == {} and cfg.student == {}
     assert cfg.student_without_teacher is True
