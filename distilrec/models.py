@@ -1,14 +1,17 @@
 """The teacher and the student. Bare models: no loss, no Ray; serving loads them unchanged.
 
-Both score items of the catalogue (rows ``0 .. n_items-1``); a history is a left-padded
-``LongTensor (B, L)`` whose padding value is ``n_items``. An item's vector is its id embedding plus
-a linear projection of its text embedding, so an item with no trained id (a new one) can still be
-scored from its text alone (:meth:`Student.text_item_vectors`).
+Both are causal transformers over the user's history and score items of the catalogue (rows
+``0 .. n_items-1``); a history is a left-padded ``LongTensor (B, L)`` whose padding value is
+``n_items``, optionally with the unix seconds of each item ``(B, L)`` for the time-gap features. An
+item's vector is its id embedding plus a linear projection of its text embedding, so an item with no
+trained id (a new one) can still be scored from its text alone (:meth:`Student.text_item_vectors`).
 
 >>> import torch
 >>> from distilrec.config import StudentConfig
 >>> m = Student(StudentConfig(n_items=10, text_dim=4), text_emb=torch.randn(10, 4))
->>> m.score(pad_histories([[1, 2, 3]], 10, m.cfg.max_len)).shape
+>>> hist = pad_histories([[1, 2, 3]], 10, m.cfg.max_len)
+>>> times = pad_histories([[1_700_000_000, 1_700_000_060, 1_700_086_400]], 0, m.cfg.max_len)
+>>> m.score(hist, times=times).shape
 torch.Size([1, 10])
 """
 
@@ -25,7 +28,8 @@ from distilrec.config import StudentConfig, TeacherConfig
 
 
 def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) -> torch.Tensor:
-    """Left-pad (and keep the most recent ``max_len`` of) each history: ``(B, L)`` with L ≤ max_len."""
+    """Left-pad (and keep the most recent ``max_len`` of) each history: ``(B, L)`` with L ≤ max_len.
+    Timestamps are padded the same way (``pad=0``) so that they stay aligned with the items."""
     length = max(1, min(max_len, max((len(h) for h in histories), default=1)))
     out = np.full((len(histories), length), pad, dtype=np.int64)
     for i, h in enumerate(histories):
@@ -131,9 +135,11 @@ class _SequenceModel(nn.Module):
         self.blocks = nn.ModuleList(_Block(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
 
-    def encode(self, hist: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, hist: torch.Tensor, times: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """``(B, L) -> (B, L, D)``: hidden state after each position (causal). Only the most recent
-        ``max_len`` positions are read."""
+        ``max_len`` positions are read. ``last_only=True`` gives ``(B, 1, D)``, the last position
+        alone, and the last layer then computes only what that position needs (keys and values of
+        every position, the query, attention and feed-forward of one): the scoring path."""
         hist = hist[:, -self.cfg.max_len:]
         length = hist.shape[1]
         table = self.items.all()
@@ -149,8 +155,12 @@ class _SequenceModel(nn.Module):
         # A query may attend to earlier real items, and always to itself (so no row is empty).
         mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
         mask = mask.unsqueeze(1)
-        for block in self.blocks:
-            x = block(x, mask) * valid.unsqueeze(-1)
+        for i, block in enumerate(self.blocks):
+            if last_only and i == len(self.blocks) - 1:
+                x, valid = block(x, mask, last_only=True), valid[:, -1:]
+            else:
+                x = block(x, mask)
+            x = x * valid.unsqueeze(-1)
         return self.norm(x)
 
     def item_vectors(self) -> torch.Tensor:
@@ -167,7 +177,7 @@ class _SequenceModel(nn.Module):
 
     def user_vector(self, hist: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, L) -> (B, D)``: the representation after the last (most recent) item."""
-        return self.encode(hist, times)[:, -1]
+        return self.encode(hist, times, last_only=True)[:, -1]
 
     def score(self, hist: torch.Tensor, candidates: torch.Tensor | None = None,
               times: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,11 +189,14 @@ class _SequenceModel(nn.Module):
 
     def macs_per_candidate(self, n_candidates: int = 1000) -> float:
         """Multiply-accumulates to score one full-length history against ``n_candidates``, per candidate:
-        the user tower (projections ``4·d²``, feed-forward ``8·d²`` per position, attention ``2·L·d``
-        per position and layer) shared by the candidates, plus one ``d``-wide dot product each."""
+        the user tower shared by the candidates, plus one ``d``-wide dot product each. Every layer but
+        the last costs, per position, the projections ``4·d²``, the feed-forward ``8·d²`` and the
+        attention ``2·L·d``; the last computes keys and values ``2·d²`` per position and the rest
+        (query and output ``2·d²``, feed-forward ``8·d²``, attention ``2·L·d``) for the last one only."""
         d, length = self.cfg.d_model, self.cfg.max_len
-        per_layer = length * 12 * d * d + 2 * length * length * d
-        return (self.cfg.n_layers * per_layer) / n_candidates + d
+        full_layer = length * 12 * d * d + 2 * length * length * d
+        last_layer = length * 2 * d * d + 10 * d * d + 2 * length * d
+        return ((self.cfg.n_layers - 1) * full_layer + last_layer) / n_candidates + d
 
 
 class Teacher(_SequenceModel):
@@ -214,11 +227,19 @@ class _Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.p = dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``mask (B, 1, L, L)``; ``last_only=True`` returns ``(B, 1, D)`` for the last position alone."""
         b, length, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        h, dh = self.ln1(x), d // self.heads
+        if last_only:
+            q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
+            k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).view(b, length, 2, self.heads, dh).permute(
+                2, 0, 3, 1, 4)
+            x, mask = x[:, -1:], mask[:, :, -1:]
+        else:
+            q, k, v = self.qkv(h).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, length, d)))
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.drop(self.ff(self.ln2(x)))
 
 

@@ -285,10 +285,25 @@ def test_model_without_text_scores_with_autograd():
 # ------------------------------------------------------------------------------------------- costs
 
 def test_macs_per_candidate_counts_the_layer_shapes():
-    m = Student(StudentConfig(n_items=50, text_dim=0, d_model=8, n_heads=1, n_layers=1, max_len=10))
-    # per position: q, k, v, out projections 4·8·8 and feed-forward 2·8·32; attention 2·10·8;
+    m = Student(StudentConfig(n_items=50, text_dim=0, d_model=8, n_heads=1, n_layers=2, max_len=10))
+    # first layer, every position: q, k, v, out projections 4·8·8, feed-forward 2·8·32, attention 2·10·8;
+    # last layer: k, v for 10 positions, then q, out, feed-forward and attention for the last one;
     # shared by 100 candidates, plus one 8-wide dot product each
-    assert m.macs_per_candidate(100) == (10 * (4 * 64 + 2 * 8 * 32) + 2 * 10 * 10 * 8) / 100 + 8
+    first = 10 * (4 * 64 + 2 * 8 * 32) + 2 * 10 * 10 * 8
+    last = 10 * 2 * 64 + (2 * 64 + 2 * 8 * 32) + 2 * 10 * 8
+    assert m.macs_per_candidate(100) == (first + last) / 100 + 8
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_user_vector_equals_the_last_position_of_the_full_encoding(kind, teacher, student):
+    m = teacher if kind == "teacher" else student
+    m.eval()
+    hist = pad_histories([[1, 2, 3, 4, 5, 6, 7], [8, 9], [10]], PAD, m.cfg.max_len)
+    times = torch.cumsum(torch.arange(hist.numel()).view(hist.shape) * 37, 1)
+    with torch.no_grad():
+        full = m.encode(hist, times)[:, -1]
+        torch.testing.assert_close(m.user_vector(hist, times), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m.encode(hist, times, last_only=True)[:, -1], full, rtol=1e-5, atol=1e-5)
 
 
 def test_default_student_costs_under_a_tenth_of_the_default_teacher():
