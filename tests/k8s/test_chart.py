@@ -453,3 +453,22 @@ def test_names_are_chart_prefixed_and_short():
         assert name.startswith(FULLNAME), name
         assert len(name) <= 63
         assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+@pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
+def test_worker_groups_are_consistent(values):
+    """What the KubeRay operator's own validation refuses: replicas outside min..max, duplicate group names,
+    a head or worker without the Ray container first."""
+    for doc in render(values):
+        if doc["kind"] not in ("RayService", "RayJob", "RayCronJob"):
+            continue
+        spec = doc["spec"]
+        cluster = (spec["rayClusterConfig"] if doc["kind"] == "RayService" else
+                   spec["rayClusterSpec"] if doc["kind"] == "RayJob" else spec["jobTemplate"]["rayClusterSpec"])
+        groups = cluster["workerGroupSpecs"]
+        assert len({g["groupName"] for g in groups}) == len(groups)
+        for g in groups:
+            assert g["minReplicas"] <= g["replicas"] <= g["maxReplicas"], (doc["kind"], g["groupName"])
+            assert g["template"]["spec"]["containers"][0]["name"] == "ray-worker"
+        assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["name"] == "ray-head"
+        assert all(isinstance(v, str) for v in cluster["headGroupSpec"]["rayStartParams"].values())
