@@ -56,7 +56,8 @@ def _strict(node):
 def crd_validator(kind: str, version: str = "v1") -> jsonschema.Draft7Validator:
     if not CRD_DIR.is_dir():
         pytest.skip(f"the KubeRay CRDs are not at {CRD_DIR} (../shared is absent)")
-    crd = yaml.safe_load((CRD_DIR / RAY_KINDS[kind]).read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: the CRDs are 13-25k lines
+    crd = yaml.load((CRD_DIR / RAY_KINDS[kind]).read_text(), Loader=loader)
     assert crd["spec"]["names"]["kind"] == kind
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
     return jsonschema.Draft7Validator(_strict(schema))
