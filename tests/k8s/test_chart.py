@@ -310,9 +310,13 @@ def test_network_policy_opens_only_what_is_needed():
     assert len(of_kind(render(), "NetworkPolicy")) == 2  # Ray pods + the in-chart Redis
 
 
-def test_only_the_head_mounts_a_service_account_token():
+def test_only_the_autoscaled_head_mounts_a_service_account_token():
     for where, spec in pod_specs(one(render(), "RayService")):
         assert spec["automountServiceAccountToken"] is (where == "head"), where
+    for where, spec in pod_specs(one(render(), "RayJob")):  # no autoscaler in training clusters
+        assert spec["automountServiceAccountToken"] is False, where
+    off = one(render((str(CHART / "ci" / "monitoring-off-values.yaml"),)), "RayService")  # autoscaling off
+    assert not any(spec["automountServiceAccountToken"] for _, spec in pod_specs(off))
     assert one(render(), "ServiceAccount")["automountServiceAccountToken"] is False
 
 

@@ -271,8 +271,8 @@ metadata:
     {{- include "distilrec.componentLabels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
 spec:
   serviceAccountName: {{ include "distilrec.serviceAccountName" $ctx }}
-  {{- /* Only the head needs the API token: the in-tree autoscaler sidecar runs there. */}}
-  automountServiceAccountToken: {{ eq .role "head" }}
+  {{- /* Only a head with KubeRay's in-tree autoscaler sidecar needs an API token. */}}
+  automountServiceAccountToken: {{ and (eq .role "head") (default false .autoscaler) }}
   securityContext:
     {{- toYaml $v.podSecurityContext | nindent 4 }}
   {{- with $v.imagePullSecrets }}
