@@ -476,3 +476,11 @@ def test_worker_groups_are_consistent(values):
             assert g["template"]["spec"]["containers"][0]["name"] == "ray-worker"
         assert cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["name"] == "ray-head"
         assert all(isinstance(v, str) for v in cluster["headGroupSpec"]["rayStartParams"].values())
+
+
+def test_packaged_chart_carries_the_serve_config(tmp_path):
+    """`helm package` follows the symlink: the .tgz renders the same serveConfigV2 without the repository."""
+    run([helm(), "package", str(CHART), "-d", str(tmp_path)])
+    tgz = next(tmp_path.glob("distilrec-*.tgz"))
+    docs = [d for d in yaml.safe_load_all(helm_template(chart=tgz).stdout) if d]
+    assert _serve_config(docs) == _serve_config(render())
