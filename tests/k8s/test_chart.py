@@ -245,7 +245,7 @@ def test_object_store_credentials_come_from_the_existing_secret():
             assert _env(c)["AWS_ENDPOINT_URL"]["value"] == "https://minio.storage.svc:9000"
     wait = one(docs, "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["initContainers"][0]
     assert wait["envFrom"] == [{"secretRef": {"name": "distilrec-s3"}}]
-    assert wait["command"][-1] == "s3://ml-models/distilrec"
+    assert wait["command"][-2] == "s3://ml-models/distilrec"
 
 
 def test_in_chart_redis_keeps_an_append_only_file_on_a_volume():
@@ -484,3 +484,47 @@ def test_packaged_chart_carries_the_serve_config(tmp_path):
     tgz = next(tmp_path.glob("distilrec-*.tgz"))
     docs = [d for d in yaml.safe_load_all(helm_template(chart=tgz).stdout) if d]
     assert _serve_config(docs) == _serve_config(render())
+
+
+def test_wait_for_model_init_container_waits_then_finds_the_model(tmp_path):
+    """The head's init container script, run as rendered: it polls while there is no model and exits 0
+    once the pipeline's output holds models/LATEST."""
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from distilrec.artifacts import ItemTable, write_artifact
+    from distilrec.config import StudentConfig
+    from distilrec.models import Student
+
+    head = one(render(), "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    wait = next(c for c in head["initContainers"] if c["name"] == "wait-for-model")
+    assert wait["command"][:2] == ["python", "-c"] and wait["command"][-2] == "/artifacts/distilrec"
+    out = tmp_path / "distilrec"
+    proc = subprocess.Popen([sys.executable, "-c", wait["command"][2], str(out), "0.2"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert "waiting for the first model" in first, first
+        assert proc.poll() is None
+        n, dim = 5, 4
+        cfg = StudentConfig(n_items=n, text_dim=dim, d_model=8, hidden=8, max_len=4)
+        emb = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
+        ids = [f"i{k}" for k in range(n)]
+        version_uri = write_artifact(
+            str(out), items=ItemTable(ids, ids, ids, emb), student=Student(cfg, text_emb=torch.from_numpy(emb)),
+            teacher=None, histories=pd.DataFrame({"user_id": ["u0"], "item_id": ["i1"], "timestamp": [1]}),
+            dataset={"name": "toy"}, metrics={}, encoder=None)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        rest = proc.stdout.read()
+        assert proc.returncode == 0, rest
+        assert f"found at {out}" in rest and version_uri.rstrip("/").rsplit("/", 1)[-1] in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
