@@ -528,3 +528,15 @@ def test_wait_for_model_init_container_waits_then_finds_the_model(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_ray_token_authentication():
+    """authOptions.mode token by default (KubeRay generates the token Secret and gives it to Ray's pods);
+    when disabled, every Ray container says so explicitly."""
+    svc = one(render(), "RayService")["spec"]["rayClusterConfig"]
+    assert svc["authOptions"] == {"mode": "token"}
+    assert one(render(), "RayJob")["spec"]["rayClusterSpec"]["authOptions"] == {"mode": "token"}
+    off = one(render((str(CHART / "ci" / "monitoring-off-values.yaml"),)), "RayService")
+    assert off["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
+    for where, spec in pod_specs(off):
+        assert _env(spec["containers"][0])["RAY_AUTH_MODE"]["value"] == "disabled", where

@@ -193,6 +193,11 @@ app.kubernetes.io/component: {{ .component }}
   value: /tmp/matplotlib
 - name: HF_HOME
   value: /tmp/huggingface
+{{- if eq .Values.ray.authMode "disabled" }}
+{{- /* Explicit, so that no Ray process turns token auth on by itself (KubeRay sets it for "token"). */}}
+- name: RAY_AUTH_MODE
+  value: disabled
+{{- end }}
 {{- if eq .Values.artifacts.type "objectStore" }}
 {{- with .Values.artifacts.objectStore.region }}
 - name: AWS_DEFAULT_REGION
