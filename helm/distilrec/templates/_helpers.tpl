@@ -297,12 +297,12 @@ spec:
       ports:
         {{- include "distilrec.rayPorts" (dict "head" (eq .role "head") "serve" .serve "autoscaler" (and .serve $v.serve.autoscaling.enabled)) | trim | nindent 8 }}
       env:
-        {{- include "distilrec.rayEnv" $ctx | nindent 8 }}
+        {{- include "distilrec.rayEnv" $ctx | trim | nindent 8 }}
         {{- if .serve }}
-        {{- include "distilrec.serveEnv" $ctx | nindent 8 }}
+        {{- include "distilrec.serveEnv" $ctx | trim | nindent 8 }}
         {{- end }}
       {{- with (include "distilrec.rayEnvFrom" $ctx) }}
-      {{- . | nindent 6 }}
+      {{- . | trim | nindent 6 }}
       {{- end }}
       resources:
         {{- $res := deepCopy $g.resources }}
