@@ -26,12 +26,12 @@ def k8s_version() -> str:
     return kubernetes_validate.latest_version()
 
 
-def validate_core(doc: dict) -> None:
-    """Raise with the resource's kind/name when it does not validate strictly."""
+def validate_core(doc: dict, version: str | None = None) -> None:
+    """Raise with the resource's kind/name when it does not validate strictly (newest version by default)."""
     import kubernetes_validate
 
     try:
-        kubernetes_validate.validate(doc, k8s_version(), strict=True)
+        kubernetes_validate.validate(doc, version or k8s_version(), strict=True)
     except kubernetes_validate.ValidationError as e:
         raise AssertionError(f"{doc['kind']}/{doc['metadata'].get('name')}: {e.message} at "
                              f"{'/'.join(str(p) for p in e.path)}") from None

@@ -540,3 +540,14 @@ def test_ray_token_authentication():
     assert off["spec"]["rayClusterConfig"]["authOptions"] == {"mode": "disabled"}
     for where, spec in pod_specs(off):
         assert _env(spec["containers"][0])["RAY_AUTH_MODE"]["value"] == "disabled", where
+
+
+@pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
+def test_core_kinds_validate_on_the_oldest_supported_kubernetes(values):
+    """Chart.yaml's kubeVersion floor is honest: core kinds also validate strictly against that version."""
+    from k8s_schemas import validate_core
+
+    floor = re.match(r">=\s*(\d+\.\d+)", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]).group(1)
+    for doc in render(values):
+        if doc["apiVersion"].split("/")[0] not in ("ray.io", "monitoring.coreos.com"):
+            validate_core(doc, f"{floor}.0")
