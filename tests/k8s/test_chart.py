@@ -551,3 +551,48 @@ def test_core_kinds_validate_on_the_oldest_supported_kubernetes(values):
     for doc in render(values):
         if doc["apiVersion"].split("/")[0] not in ("ray.io", "monitoring.coreos.com"):
             validate_core(doc, f"{floor}.0")
+
+
+def test_in_chart_redis_command_really_runs(tmp_path):
+    """The StatefulSet's own command line, run by a real redis-server (Debian's redis-server; /data and the
+    port swapped for a temporary folder and a free port): the password is required, the probe's
+    `redis-cli ping` (authenticated through REDISCLI_AUTH) answers PONG, and writes land in the
+    append-only file."""
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from k8s_helpers import tool
+
+    server = tool("redis-server", "apt-get install redis-server")
+    cli = tool("redis-cli", "apt-get install redis-server")
+    c = one(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = c["args"][0].replace("--dir /data", f"--dir {tmp_path}").replace("--port 6379", f"--port {port}")
+    script = script.replace("exec redis-server", f"exec {server} --bind 127.0.0.1")
+    env = {**os.environ, "REDIS_PASSWORD": "s3cret-pw", "REDISCLI_AUTH": "s3cret-pw"}
+    proc = subprocess.Popen(c["command"] + [script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        probe = c["readinessProbe"]["exec"]["command"]
+        for _ in range(100):
+            p = subprocess.run(probe[:1] + ["-p", str(port)] + probe[1:], env=env, capture_output=True, text=True)
+            if p.stdout.strip() == "PONG":
+                break
+            time.sleep(0.1)
+        assert p.stdout.strip() == "PONG", p.stdout + p.stderr
+        anon = {k: v for k, v in env.items() if k != "REDISCLI_AUTH"}
+        denied = subprocess.run([cli, "-p", str(port), "set", "k", "v"], env=anon, capture_output=True, text=True)
+        assert "NOAUTH" in denied.stdout + denied.stderr
+        ok = subprocess.run([cli, "-p", str(port), "set", "k", "v"], env=env, capture_output=True, text=True)
+        assert ok.stdout.strip() == "OK"
+        info = subprocess.run([cli, "-p", str(port), "config", "get", "appendfsync"], env=env, capture_output=True,
+                              text=True).stdout.split()
+        assert info == ["appendfsync", "always"]
+        aof = [f for f in tmp_path.rglob("*.aof") if f.stat().st_size > 0]
+        assert aof and any(b"k" in f.read_bytes() for f in aof), list(tmp_path.rglob("*"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
