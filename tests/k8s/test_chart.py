@@ -289,10 +289,12 @@ def test_pods_meet_the_restricted_pod_security_profile(values):
 
 @pytest.mark.parametrize("values", VALUES_CASES, ids=VALUES_IDS)
 def test_autoscaler_sidecar_is_restricted_too(values):
-    svc = of_kind(render(values), "RayService")
-    opts = svc[0]["spec"]["rayClusterConfig"].get("autoscalerOptions") if svc else None
-    if not opts:
-        pytest.skip("no autoscaler")
+    cluster = one(render(values), "RayService")["spec"]["rayClusterConfig"]
+    opts = cluster.get("autoscalerOptions")
+    assert cluster["enableInTreeAutoscaling"] is values_for(values)["serve"]["autoscaling"]["enabled"]
+    if not cluster["enableInTreeAutoscaling"]:
+        assert opts is None
+        return
     assert opts["securityContext"]["allowPrivilegeEscalation"] is False
     assert opts["securityContext"]["capabilities"]["drop"] == ["ALL"]
 
