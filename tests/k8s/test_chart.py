@@ -514,7 +514,7 @@ def test_wait_for_model_init_container_waits_then_finds_the_model(tmp_path):
         assert "waiting for the first model" in first, first
         assert proc.poll() is None
         n, dim = 5, 4
-        cfg = StudentConfig(n_items=n, text_dim=dim, d_model=8, hidden=8, max_len=4)
+        cfg = StudentConfig(n_items=n, text_dim=dim, d_model=8, max_len=4)  # fields every StudentConfig has
         emb = np.random.default_rng(0).normal(size=(n, dim)).astype(np.float32)
         ids = [f"i{k}" for k in range(n)]
         version_uri = write_artifact(
