@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def plot_training_curves(curves: dict[str, list[dict]], path: str | Path) -> Path:
+def plot_training_curves(curves: dict[str, list[dict]], path: str | Path) -> str:
     """Loss and validation NDCG@10 per epoch, one line per trained model."""
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
     for name, history in curves.items():
@@ -30,7 +30,7 @@ def plot_training_curves(curves: dict[str, list[dict]], path: str | Path) -> Pat
     return _save(fig, path)
 
 
-def plot_quality_cost(report: dict, path: str | Path) -> Path:
+def plot_quality_cost(report: dict, path: str | Path) -> str:
     """Test NDCG@10 against multiply-accumulates per candidate (log scale); baselines as lines."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, m in report["models"].items():
@@ -49,9 +49,14 @@ def plot_quality_cost(report: dict, path: str | Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+def _save(fig, path: str | Path) -> str:
+    """Write ``fig`` as PNG to a local path or any fsspec URI (``s3://…``)."""
+    import fsspec
+
+    path = str(path)
+    if "://" not in path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with fsspec.open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return path

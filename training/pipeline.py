@@ -14,8 +14,10 @@ loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray/<run 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import posixpath
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -68,31 +70,48 @@ def histories_frame(ds: Dataset) -> pd.DataFrame:
     return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts})
 
 
-def training_storage(out: Path, resume: bool) -> str:
-    """Ray Train storage for this run: ``OUT/ray/<run id>``. A new run id unless ``resume``, in which
-    case the latest run's id is reused and Ray Train restarts each stage from its latest checkpoint."""
-    latest = out / "ray" / "LATEST_RUN"
-    if resume and latest.exists():
-        run_id = latest.read_text().strip()
+def training_storage(out: str, resume: bool) -> str:
+    """Ray Train storage for this run: ``OUT/ray/<run id>`` (``OUT`` a local folder or an fsspec URI
+    such as ``s3://bucket/prefix``). A new run id unless ``resume``, in which case the latest run's id
+    is reused and Ray Train restarts each stage from its latest checkpoint."""
+    fs, root = fsspec.core.url_to_fs(out)
+    latest = posixpath.join(root, "ray", "LATEST_RUN")
+    if resume and fs.exists(latest):
+        run_id = fs.cat_file(latest).decode().strip()
         console.print(f"[bold]resuming[/] run {run_id} from its latest checkpoints")
     else:
         run_id = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
-        latest.parent.mkdir(parents=True, exist_ok=True)
-        latest.write_text(run_id)
-    return str(out / "ray" / run_id)
+        fs.makedirs(posixpath.dirname(latest), exist_ok=True)
+        fs.pipe_file(latest, run_id.encode())
+    return f"{out.rstrip('/')}/ray/{run_id}"
+
+
+def output_locations(output: str) -> tuple[str, Path]:
+    """``(OUT, local work folder)``. ``OUT`` is an absolute local path or the URI as given; the work
+    folder (the text-embedding cache, a locally built encoder) is ``OUT`` itself when it is local,
+    else a folder under ``$DISTILREC_CACHE_DIR`` (default ``~/.cache/distilrec``) named after the URI."""
+    if "://" not in output:
+        out = Path(output).expanduser().resolve()
+        out.mkdir(parents=True, exist_ok=True)
+        return str(out), out
+    out = output.rstrip("/")
+    cache = Path(os.environ.get("DISTILREC_CACHE_DIR", "~/.cache/distilrec")).expanduser()
+    work = cache / "work" / hashlib.sha256(out.encode()).hexdigest()[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    return out, work
 
 
 def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(), resume: bool = False) -> dict:
     """Run the whole path on dataset ``spec``; return the report (also written to ``output``).
 
-    ``resume=True`` continues the latest run in ``output`` from its Ray Train checkpoints."""
-    out = Path(output).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    ``output`` is a local folder or an fsspec URI (``s3://bucket/prefix``); ``resume=True`` continues
+    the latest run in ``output`` from its Ray Train checkpoints."""
+    out, work = output_locations(output)
     ds = load_dataset(spec)
     split = Split.leave_one_out(ds)
     console.print(f"[bold]dataset[/] {ds.name}: {ds.n_users} users, {ds.n_items} items, "
                   f"{ds.n_interactions} interactions")
-    text_emb, encoder = item_embeddings(ds, cfg.encoder, out)
+    text_emb, encoder = item_embeddings(ds, cfg.encoder, work)
     text_dim = int(text_emb.shape[1])
 
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
@@ -124,17 +143,17 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json())})
     items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
     report["artifact"] = write_artifact(
-        str(out), items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
+        out, items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
         dataset=report["dataset"], metrics=models, encoder=encoder,
     )
-    with fsspec.open(str(out / "report.json"), "w") as f:
+    with fsspec.open(f"{out}/report.json", "w") as f:
         json.dump(report, f, indent=2)
-    with fsspec.open(str(out / "training_curves.json"), "w") as f:
+    with fsspec.open(f"{out}/training_curves.json", "w") as f:
         json.dump(curves, f, indent=2)
-    plot_training_curves(curves, out / "training_curves.png")
-    plot_quality_cost(report, out / "quality_cost.png")
+    plot_training_curves(curves, f"{out}/training_curves.png")
+    plot_quality_cost(report, f"{out}/quality_cost.png")
     console.print(format_table(report))
-    console.print(f"report: {out / 'report.json'}\nartifact: {report['artifact']}")
+    console.print(f"report: {out}/report.json\nartifact: {report['artifact']}")
     return report
 
 

@@ -17,5 +17,14 @@ def test_training_curves_and_quality_cost_are_pngs(tmp_path):
     }}
     for path in (plot_training_curves(curves, tmp_path / "a" / "curves.png"),
                  plot_quality_cost(report, tmp_path / "cost.png")):
-        data = path.read_bytes()
+        data = open(path, "rb").read()
         assert data.startswith(PNG) and len(data) > 5000
+
+
+def test_plots_go_to_any_fsspec_uri():
+    import fsspec
+
+    path = plot_training_curves({"teacher": [{"epoch": 0, "loss": 1.0, "val_ndcg@10": 0.1}]},
+                                "memory://plots-test/out/curves.png")
+    with fsspec.open(path, "rb") as f:
+        assert f.read().startswith(PNG)
