@@ -5,7 +5,7 @@ written last. A version folder holds everything serving needs, and serving rebui
 it alone::
 
     manifest.json                 format, version, created_at, dataset, metrics, encoder
-    items.parquet                 item_id, title, text (row i = model item row i)
+    items.parquet                 item_id, title, text, attributes (JSON; row i = model item row i)
     item_text_emb.safetensors     text_emb (N, text_dim)
     histories.parquet             user_id, item_id, timestamp (known interactions, time order)
     student/config.json, student/model.safetensors
@@ -109,16 +109,26 @@ def load_model(uri: str, text_emb: np.ndarray | None) -> torch.nn.Module:
 
 @dataclass
 class ItemTable:
-    """The catalogue as the models see it: row ``i`` is item ``item_ids[i]``."""
+    """The catalogue as the models see it: row ``i`` is item ``item_ids[i]``.
+
+    ``attributes[i]`` is ``{"genres": ["Comedy", …], "tags": […]}`` (for filters and explanations);
+    when not given it is read back from the item text (``"title. genres: a, b. tags: x"``, the form
+    every dataset loader writes), so artifacts written before the column existed still have it.
+    """
 
     item_ids: list[str]
     titles: list[str]
     texts: list[str]
     text_emb: np.ndarray  # (N, text_dim)
+    attributes: list[dict[str, list[str]]] | None = None
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.index = {it: i for i, it in enumerate(self.item_ids)}
+        if self.attributes is None:
+            from distilrec.catalog import parse_attributes
+
+            self.attributes = [parse_attributes(t, x) for t, x in zip(self.titles, self.texts)]
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -170,7 +180,8 @@ def write_artifact(
                 _write_bytes(fs, posixpath.join(base, "encoder", f.name), f.read_bytes())
         enc_meta.update(embedded=True, name_or_path="encoder")
 
-    table = pd.DataFrame({"item_id": items.item_ids, "title": items.titles, "text": items.texts})
+    table = pd.DataFrame({"item_id": items.item_ids, "title": items.titles, "text": items.texts,
+                          "attributes": [json.dumps(a, ensure_ascii=False) for a in items.attributes]})
     _write_bytes(fs, posixpath.join(base, "items.parquet"), _parquet(table))
     _write_bytes(fs, posixpath.join(base, "item_text_emb.safetensors"),
                  st_save({"text_emb": torch.from_numpy(np.ascontiguousarray(items.text_emb, dtype=np.float32))}))
@@ -236,8 +247,9 @@ def load_artifact(uri: str, with_teacher: bool = False) -> Artifact:
     manifest = read_manifest(uri)
     table = pd.read_parquet(io.BytesIO(_read_bytes(fs, posixpath.join(base, "items.parquet"))))
     emb = st_load(_read_bytes(fs, posixpath.join(base, "item_text_emb.safetensors")))["text_emb"].numpy()
+    attributes = [json.loads(a) for a in table["attributes"]] if "attributes" in table.columns else None
     items = ItemTable(table["item_id"].astype(str).tolist(), table["title"].astype(str).tolist(),
-                      table["text"].astype(str).tolist(), emb)
+                      table["text"].astype(str).tolist(), emb, attributes)
     student = load_model(f"{_proto(uri)}{posixpath.join(base, 'student')}", emb)
     teacher = None
     if with_teacher:

@@ -98,6 +98,22 @@ class NewItem:
                    np.asarray(d["embedding"], dtype=np.float32), d["encoder"])
 
 
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: ``seq`` grows with every write; ``committed`` is the unix time (float) at
+    which its batch was written (for the event-to-effect metric)."""
+
+    item_id: str
+    timestamp: int
+    seq: int
+    committed: float
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+
+
 def _check_items(items: Iterable[NewItem]) -> list[NewItem]:
     items = list(items)
     for it in items:
@@ -119,10 +135,14 @@ class EventStore(ABC):
         Raises ``ValueError`` for a malformed event and :class:`EventStoreError` when the store cannot
         write; in both cases nothing of the batch is stored."""
 
-    @abstractmethod
     def history(self, user_id: str, limit: int | None = None) -> list[str]:
         """The item ids of the user's most recent ``limit`` events (all when ``None``), oldest first
         (by timestamp, then by arrival). An unknown user has ``[]``."""
+        return [e.item_id for e in self.events(user_id, limit)]
+
+    @abstractmethod
+    def events(self, user_id: str, limit: int | None = None) -> list["StoredEvent"]:
+        """Like :meth:`history`, with each event's timestamp, store sequence and commit time."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -164,7 +184,8 @@ CREATE TABLE IF NOT EXISTS events (
     user_id TEXT    NOT NULL CHECK (length(user_id) > 0),
     item_id TEXT    NOT NULL CHECK (length(item_id) > 0),
     ts      INTEGER NOT NULL CHECK (ts >= 0),
-    type    TEXT    NOT NULL CHECK (length(type) > 0)
+    type    TEXT    NOT NULL CHECK (length(type) > 0),
+    committed REAL  NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_user_ts_seq ON events (user_id, ts, seq);
 CREATE TABLE IF NOT EXISTS items (
@@ -222,6 +243,9 @@ class SQLiteEventStore(EventStore):
             if conn.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
                 raise EventStoreError(f"event store {self.path} has a newer schema than this build reads")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            if "committed" not in columns:  # a schema-1 file: add the column (old rows get 0)
+                conn.execute("ALTER TABLE events ADD COLUMN committed REAL NOT NULL DEFAULT 0")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             self._drop(conn)
@@ -277,7 +301,9 @@ class SQLiteEventStore(EventStore):
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to timeout_s)
-            conn.executemany("INSERT INTO events (user_id, item_id, ts, type) VALUES (?, ?, ?, ?)", rows)
+            committed = time.time()
+            conn.executemany("INSERT INTO events (user_id, item_id, ts, type, committed) VALUES (?, ?, ?, ?, ?)",
+                             [(*r, committed) for r in rows])
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
@@ -291,20 +317,19 @@ class SQLiteEventStore(EventStore):
             raise EventStoreError(f"event store {self.path}: write failed, nothing stored: {e}") from None
         return len(rows)
 
-    def history(self, user_id: str, limit: int | None = None) -> list[str]:
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
+        _check_limit(limit)
         conn = self._conn()
         try:
             rows = conn.execute(
-                "SELECT item_id FROM (SELECT item_id, ts, seq FROM events WHERE user_id = ? "
-                "ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
+                "SELECT item_id, ts, seq, committed FROM (SELECT item_id, ts, seq, committed FROM events "
+                "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
                 (user_id, -1 if limit is None else limit),
             ).fetchall()
         except sqlite3.Error as e:
             self._drop(conn)
             raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
-        return [r[0] for r in rows]
+        return [StoredEvent(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
 
     def ping(self) -> None:
         conn = self._conn()
@@ -463,23 +488,27 @@ class RedisEventStore(EventStore):
 
         def write():
             last = self.r.incrby(self._k("seq"), len(rows))
+            committed = int(time.time() * 1000)
             pipe = self.r.pipeline(transaction=True)
             for n, (user, item, ts, typ) in enumerate(rows):
                 seq = last - len(rows) + 1 + n
-                pipe.zadd(self._k("ev", user), {f"{seq:016d}|{typ}|{item}": ts})
+                pipe.zadd(self._k("ev", user), {f"{seq:016d}|{committed}|{typ}|{item}": ts})
             pipe.execute()
 
         self._call("write (nothing stored)", write)
         return len(rows)
 
-    def history(self, user_id: str, limit: int | None = None) -> list[str]:
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
+        _check_limit(limit)
         if limit == 0:
             return []
         start = 0 if limit is None else -limit
-        members = self._call("read", lambda: self.r.zrange(self._k("ev", user_id), start, -1))
-        return [m.decode().split("|", 2)[2] for m in members]
+        members = self._call("read", lambda: self.r.zrange(self._k("ev", user_id), start, -1, withscores=True))
+        out = []
+        for m, ts in members:
+            seq, committed, _, item = m.decode().split("|", 3)
+            out.append(StoredEvent(item, int(ts), int(seq), int(committed) / 1000))
+        return out
 
     def ping(self) -> None:
         self._call("ping", self.r.ping)

@@ -96,3 +96,15 @@ def test_redis_password_from_the_environment(redis_server, monkeypatch):
         s.ping()
         assert redis_server.password not in repr(s)
     assert redis_server.password not in redact(redis_server.url())
+
+
+def test_stored_events_carry_sequence_and_commit_time(store_uri):
+    import time
+
+    with open_event_store(store_uri) as s:
+        t0 = time.time()
+        s.append([Event("u", "a", 5), Event("u", "b", 3)])
+        ev = s.events("u")
+        assert [e.item_id for e in ev] == ["b", "a"] and [e.timestamp for e in ev] == [3, 5]
+        assert ev[0].seq > ev[1].seq  # b arrived second
+        assert all(t0 - 1 <= e.committed <= time.time() + 1 for e in ev)
