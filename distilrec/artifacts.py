@@ -143,6 +143,7 @@ class Artifact:
     teacher: torch.nn.Module | None
     histories: dict[str, list[str]]
     encoder_uri: str | None
+    history_times: dict[str, list[int]] | None = None  # unix seconds, aligned with ``histories``
 
     @property
     def version(self) -> str:
@@ -258,10 +259,13 @@ def load_artifact(uri: str, with_teacher: bool = False) -> Artifact:
         raise ArtifactError(f"{uri}: student has {student.cfg.n_items} items, item table {len(items)}")
     hist_df = pd.read_parquet(io.BytesIO(_read_bytes(fs, posixpath.join(base, "histories.parquet"))))
     histories: dict[str, list[str]] = {}
-    for user, item in zip(hist_df["user_id"].astype(str), hist_df["item_id"].astype(str)):
+    times: dict[str, list[int]] = {}
+    ts = hist_df["timestamp"].astype("int64") if "timestamp" in hist_df.columns else pd.Series(0, index=hist_df.index)
+    for user, item, t in zip(hist_df["user_id"].astype(str), hist_df["item_id"].astype(str), ts):
         histories.setdefault(user, []).append(item)
+        times.setdefault(user, []).append(int(t))
     enc = manifest.get("encoder", {})
     encoder_uri = None
     if enc.get("name_or_path"):
         encoder_uri = f"{_proto(uri)}{posixpath.join(base, 'encoder')}" if enc.get("embedded") else enc["name_or_path"]
-    return Artifact(uri, manifest, items, student, teacher, histories, encoder_uri)
+    return Artifact(uri, manifest, items, student, teacher, histories, encoder_uri, times)

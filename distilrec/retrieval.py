@@ -99,3 +99,25 @@ def make_retrieval(kind: str, items: torch.Tensor):
         except ImportError:
             raise ValueError("retrieval: faiss needs faiss-cpu: pip install 'distilrec[faiss]'") from None
     raise ValueError(f"retrieval must be 'exact' or 'faiss', not {kind!r}")
+
+
+def impute_item_vectors(text_vectors: torch.Tensor, text_emb: torch.Tensor, trained_text_emb: torch.Tensor,
+                        trained_id_part: torch.Tensor, neighbours: int = 5, temperature: float = 0.05) -> torch.Tensor:
+    """Vectors ``(M, D)`` for items that have only text: the model's text vector ``text_vectors (M, D)``
+    plus the learnt id component of the ``neighbours`` trained items whose text is the most similar
+    (cosine over ``text_emb (M, t)`` / ``trained_text_emb (N, t)``, softmax weights at ``temperature``).
+    ``trained_id_part (N, D)`` is each trained item's vector minus its own text vector. Nothing but the
+    new item's text is used; ``neighbours = 0`` gives the bare text vector.
+
+    >>> tv, e = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+    >>> impute_item_vectors(tv, e, torch.eye(2), torch.tensor([[5.0, 0.0], [0.0, 5.0]]), neighbours=1)
+    tensor([[5., 0.]])
+    """
+    if neighbours <= 0 or trained_text_emb.shape[0] == 0:
+        return text_vectors
+    k = min(neighbours, trained_text_emb.shape[0])
+    sims = torch.nn.functional.normalize(text_emb.float(), dim=1) @ \
+        torch.nn.functional.normalize(trained_text_emb.float(), dim=1).T
+    top = torch.topk(sims, k, dim=1)
+    w = torch.softmax(top.values / temperature, dim=1)
+    return text_vectors + (w.unsqueeze(-1) * trained_id_part[top.indices]).sum(1)
