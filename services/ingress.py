@@ -149,7 +149,7 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.")
-_STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+_STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 @app.exception_handler(ApiError)

@@ -29,12 +29,15 @@ def _rec(client, **payload) -> dict:
 
 
 def _replica_ids(app: str = "distilrec") -> dict[str, set[str]]:
-    from ray.util.state import list_actors
+    """``{deployment: {replica actor names}}`` of the live replicas (Serve names them
+    ``SERVE_REPLICA::{app}#{deployment}#{replica id}`` in the ``serve`` namespace)."""
+    import ray
 
     out: dict[str, set[str]] = {}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        if a.class_name.startswith(f"ServeReplica:{app}:"):
-            out.setdefault(a.class_name.rsplit(":", 1)[1], set()).add(a.actor_id)
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = a["name"]
+        if a["namespace"] == "serve" and name.startswith(f"SERVE_REPLICA::{app}#"):
+            out.setdefault(name.split("#")[1], set()).add(name)
     return out
 
 
@@ -43,7 +46,7 @@ def _bad_inputs(item: str) -> list[tuple[str, object, int, str]]:
     huge = json.dumps({"events": [{"user_id": "u", "item_id": item, "type": "x" * 60}] * 20_000}).encode()
     return [
         ("/v1/recommend", b"{not json", 422, "invalid_request"),
-        ("/v1/recommend", b"\xff\xfe\x00", 422, "invalid_request"),
+        ("/v1/recommend", b"\xff\xfe\x00", 400, "invalid_request"),  # not UTF-8
         ("/v1/recommend", {"user_id": "u", "k": 0}, 422, "invalid_request"),
         ("/v1/recommend", {"user_id": "u", "k": 1000}, 422, "invalid_request"),
         ("/v1/recommend", {"user_id": "u", "k": 2.5}, 422, "invalid_request"),
@@ -221,15 +224,13 @@ def test_model_swap_under_load_fails_no_request_and_a_broken_artifact_is_refused
 
 def test_a_killed_scorer_replica_gives_degraded_answers_not_errors(client, artifact):
     import ray
-    from ray.util.state import list_actors
 
     users = list(artifact.histories)[:5]
     assert all(not _rec(client, user_id=u, k=3)["degraded"] for u in users)
-    scorers = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-               if a.class_name == "ServeReplica:distilrec:StudentScorer"]
+    scorers = _replica_ids()["StudentScorer"]
     assert scorers
-    for a in scorers:
-        ray.kill(ray.get_actor(a.name, namespace=a.ray_namespace), no_restart=True)
+    for name in scorers:
+        ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     degraded = 0
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
