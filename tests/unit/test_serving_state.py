@@ -17,7 +17,8 @@ from distilrec.stores import NewItem, open_event_store
 from services.ranker import RankerBundle
 from services.scorer import ScorerBundle
 from services.state import ServingState
-from tests.unit.conftest import N_ITEMS
+
+N_ITEMS = 12  # the conftest fixtures' catalogue
 
 
 @pytest.fixture
