@@ -213,6 +213,7 @@ def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_confi
     two = copy.deepcopy(serve_config)
     for dep in two["applications"][0]["deployments"]:
         if dep["name"] == "FeatureEncoder":
+            dep.pop("autoscaling_config", None)
             dep["num_replicas"] = 2
     deploy(two)
     try:

@@ -84,6 +84,10 @@ def test_bad_inputs_are_json_4xx_and_no_replica_dies(client, artifact, admin):
         assert r.status_code == status, (shown, r.status_code, r.text[:300])
         assert r.json()["error"]["code"] == code, (shown, r.text[:300])
         assert "Traceback" not in r.text and 'File "' not in r.text
+    # A body sent in chunks, without Content-Length, is measured too.
+    r = client.post("/v1/events", content=iter([b'{"events": [' + b'{"user_id": "u", "item_id": "x"},' * 40_000]),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large", r.text[:300]
     # Non-ASCII ids and text are ordinary strings.
     body = _rec(client, user_id="ユーザー-ñ", k=3)
     assert body["cold_start"] is True and len(body["items"]) == 3

@@ -29,6 +29,7 @@ def _with(serve_config: dict, deployment: str, **options) -> dict:
     for dep in cfg["applications"][0]["deployments"]:
         if dep["name"] == deployment:
             dep.pop("num_replicas", None)
+            dep.pop("autoscaling_config", None)
             dep.update(options)
     return cfg
 
