@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from ray import serve
 
 from distilrec.artifacts import Artifact
-from distilrec.catalog import compose_text
+from distilrec.catalog import compose_text, parse_attributes
 from distilrec.stores import EventStoreError, NewItem, open_event_store
 from services import metrics
 from services.state import ServingState
@@ -211,7 +211,9 @@ class FeatureEncoder:
             return {"added": 0, "error": "text_features_unavailable",
                     "message": f"the text encoder gives {emb.shape[1]} dimensions, the model reads {b.text_dim}"}
         name = str((b.manifest.get("encoder") or {}).get("name_or_path"))
-        new = [NewItem(it["item_id"], it["title"], text, dict(it.get("attributes") or {}), e, name)
+        # Attributes given, or read from the text as for trained items ("title. genres: a, b").
+        new = [NewItem(it["item_id"], it["title"], text,
+                       dict(it.get("attributes") or parse_attributes(it["title"], it.get("text") or "")), e, name)
                for it, text, e in zip(items, texts, emb)]
         try:
             seq = self.store.add_items(new)

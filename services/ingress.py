@@ -18,8 +18,9 @@ is too slow or is overloaded, the answer comes from the ranker's co-occurrence /
 with ``"degraded": true``; when the event store cannot be read the answer lacks the stored events and
 is degraded too. Admin endpoints need ``Authorization: Bearer $DISTILREC_ADMIN_TOKEN`` when that
 variable is set. Request bodies are limited to ``MAX_BODY_BYTES``. Every response carries Serve's
-``X-Request-Id`` (the client's, when it sent one), which the replicas' JSON logs carry as ``request_id``. Every error is JSON ``{"error": {"code": ...,
-"message": ...}}`` with a stable ``code``; a response never carries a stack trace.
+``X-Request-Id`` (the client's, when it sent one), which the replicas' JSON logs carry as
+``request_id``. Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a stable
+``code``; a response never carries a stack trace.
 """
 
 

@@ -51,6 +51,8 @@ def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_c
         while not stop.is_set():
             r = await c.post("/v1/recommend", json={"user_id": users[n % len(users)], "k": 10})
             codes.append(r.status_code)
+            if r.status_code == 503:  # back-pressure on an overloaded machine: what a client sees
+                assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"]
             n += 16
 
     async def load() -> None:
@@ -68,7 +70,10 @@ def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_c
         stop.set()
         thread.join(timeout=60)
         assert peak == 2, "the scorer did not scale up under load"
-        assert codes and set(codes) == {200}
+        # Every request is answered: 200, or (while a replica starts on a saturated machine) a 503 with
+        # Retry-After from a stage deadline; never a 500.
+        assert codes and set(codes) <= {200, 503}, set(codes)
+        assert codes.count(200) >= 0.95 * len(codes), f"{codes.count(503)} of {len(codes)} were 503"
         deadline = time.monotonic() + 120
         while _scorer_replicas() != 1 and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -80,37 +85,45 @@ def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_c
 
 def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, serve_config, redis_server, artifact,
                                                                      admin):
+    """A second application beside the session's (route ``/redis``) on a Redis event store, with two
+    encoder replicas; the password comes from the environment, as the chart passes it from a Secret."""
+    from ray import serve
+
     from distilrec.stores import open_event_store
     from services.run import deploy
 
     prefix = f"app{uuid.uuid4().hex[:6]}"
-    uri = redis_server.url(with_password=False) + f"?prefix={prefix}"
-    cfg = _with(serve_config, "FeatureEncoder", num_replicas=2)
-    cfg["applications"][0]["args"]["event_store"] = uri
-    # The password comes from the environment, as the chart passes it from a Secret.
-    cfg["applications"][0]["runtime_env"]["env_vars"]["DISTILREC_REDIS_PASSWORD"] = redis_server.password
-    deploy(cfg)
+    app = copy.deepcopy(_with(serve_config, "FeatureEncoder", num_replicas=2)["applications"][0])
+    app.update(name="distilrec-redis", route_prefix="/redis")
+    app["args"]["event_store"] = redis_server.url(with_password=False) + f"?prefix={prefix}"
+    app["runtime_env"]["env_vars"]["DISTILREC_REDIS_PASSWORD"] = redis_server.password
+    both = copy.deepcopy(serve_config)
+    both["applications"].append(app)
+    deploy(both)
     try:
         user, item = f"u-{uuid.uuid4().hex[:8]}", artifact.items.item_ids[7]
-        assert client.post("/v1/events", json={"events": [{"user_id": user, "item_id": item}]}).json() == {"stored": 1}
+        r = client.post("/redis/v1/events", json={"events": [{"user_id": user, "item_id": item}]})
+        assert r.json() == {"stored": 1}, r.text
         with open_event_store(redis_server.url() + f"?prefix={prefix}") as store:
             assert store.history(user) == [item]  # in Redis before the 2xx
+        assert client.post("/v1/recommend", json={"user_id": user, "k": 3}).json()["cold_start"] is True  # not in SQLite
         new_id = f"n-{uuid.uuid4().hex[:6]}"
-        r = client.post("/v1/items", headers=admin, json={"items": [{
+        r = client.post("/redis/v1/items", headers=admin, json={"items": [{
             "item_id": new_id, "title": "Redis Item", "text": artifact.items.texts[7]}]})
         assert r.status_code == 200, r.text
         for _ in range(6):  # either encoder replica reads the same store
-            body = client.post("/v1/recommend", json={"user_id": user, "k": 60}).json()
+            body = client.post("/redis/v1/recommend", json={"user_id": user, "k": 60}).json()
             assert body["cold_start"] is False and item not in [i["item_id"] for i in body["items"]]
             assert new_id in [i["item_id"] for i in body["items"]]
         redis_server.restart()  # appendonly + appendfsync always: acknowledged writes survive
         deadline = time.monotonic() + 30
         while True:
-            body = client.post("/v1/recommend", json={"user_id": user, "k": 60}).json()
+            body = client.post("/redis/v1/recommend", json={"user_id": user, "k": 60}).json()
             if not body["degraded"] or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         assert body["cold_start"] is False and body["degraded"] is False
         assert new_id in [i["item_id"] for i in body["items"]]
     finally:
-        deploy(serve_config)
+        deploy(serve_config)  # the declarative config without it: the second application is deleted
+    assert "distilrec-redis" not in serve.status().applications
