@@ -126,4 +126,7 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
         assert new_id in [i["item_id"] for i in body["items"]]
     finally:
         deploy(serve_config)  # the declarative config without it: the second application is deleted
+    deadline = time.monotonic() + 60
+    while "distilrec-redis" in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert "distilrec-redis" not in serve.status().applications
