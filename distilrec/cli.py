@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--config", help="serve config YAML (default: services/serve_config.yaml)")
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
-    s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db "
-                                         "(default: the serve config's)")
+    s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db or "
+                                         "redis://host:6379/0 (default: the serve config's)")
     args = p.parse_args(argv)
 
     if args.cmd == "demo":
