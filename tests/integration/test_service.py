@@ -255,6 +255,8 @@ def test_a_killed_scorer_replica_gives_degraded_answers_not_errors(client, artif
 
 
 def test_service_metrics_are_exported(client, artifact, metrics_port):
+    """The service's own metrics, as exported on the Ray metrics port. The degraded, reload and
+    new-item counters exist once the tests above made them count (they run first, in file order)."""
     user = f"new-{uuid.uuid4().hex[:8]}"
     assert client.post("/v1/events", json={"events": [{"user_id": user, "item_id": artifact.items.item_ids[4]}]}
                        ).status_code == 200
