@@ -5,7 +5,7 @@ written last. A version folder holds everything serving needs, and serving rebui
 it alone::
 
     manifest.json                 format, version, created_at, dataset, metrics, encoder
-    items.parquet                 item_id, title, text (row i = model item row i)
+    items.parquet                 item_id, title, text, attributes (JSON; row i = model item row i)
     item_text_emb.safetensors     text_emb (N, text_dim)
     histories.parquet             user_id, item_id, timestamp (known interactions, time order)
     student/config.json, student/model.safetensors
@@ -113,16 +113,26 @@ def load_model(uri: str, text_emb: np.ndarray | None) -> torch.nn.Module:
 
 @dataclass
 class ItemTable:
-    """The catalogue as the models see it: row ``i`` is item ``item_ids[i]``."""
+    """The catalogue as the models see it: row ``i`` is item ``item_ids[i]``.
+
+    ``attributes[i]`` is ``{"genres": ["Comedy", …], "tags": […]}`` (for filters and explanations);
+    when not given it is read back from the item text (``"title. genres: a, b. tags: x"``, the form
+    every dataset loader writes), so artifacts written before the column existed still have it.
+    """
 
     item_ids: list[str]
     titles: list[str]
     texts: list[str]
     text_emb: np.ndarray  # (N, text_dim)
+    attributes: list[dict[str, list[str]]] | None = None
     index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.index = {it: i for i, it in enumerate(self.item_ids)}
+        if self.attributes is None:
+            from distilrec.catalog import parse_attributes
+
+            self.attributes = [parse_attributes(t, x) for t, x in zip(self.titles, self.texts)]
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -137,6 +147,7 @@ class Artifact:
     teacher: torch.nn.Module | None
     histories: dict[str, list[str]]
     encoder_uri: str | None
+    history_times: dict[str, list[int]] | None = None  # unix seconds, aligned with ``histories``
 
     @property
     def version(self) -> str:
@@ -174,7 +185,8 @@ def write_artifact(
                 _write_bytes(fs, posixpath.join(base, "encoder", f.name), f.read_bytes())
         enc_meta.update(embedded=True, name_or_path="encoder")
 
-    table = pd.DataFrame({"item_id": items.item_ids, "title": items.titles, "text": items.texts})
+    table = pd.DataFrame({"item_id": items.item_ids, "title": items.titles, "text": items.texts,
+                          "attributes": [json.dumps(a, ensure_ascii=False) for a in items.attributes]})
     _write_bytes(fs, posixpath.join(base, "items.parquet"), _parquet(table))
     _write_bytes(fs, posixpath.join(base, "item_text_emb.safetensors"),
                  st_save({"text_emb": torch.from_numpy(np.ascontiguousarray(items.text_emb, dtype=np.float32))}))
@@ -240,8 +252,9 @@ def load_artifact(uri: str, with_teacher: bool = False) -> Artifact:
     manifest = read_manifest(uri)
     table = pd.read_parquet(io.BytesIO(_read_bytes(fs, posixpath.join(base, "items.parquet"))))
     emb = st_load(_read_bytes(fs, posixpath.join(base, "item_text_emb.safetensors")))["text_emb"].numpy()
+    attributes = [json.loads(a) for a in table["attributes"]] if "attributes" in table.columns else None
     items = ItemTable(table["item_id"].astype(str).tolist(), table["title"].astype(str).tolist(),
-                      table["text"].astype(str).tolist(), emb)
+                      table["text"].astype(str).tolist(), emb, attributes)
     student = load_model(f"{_proto(uri)}{posixpath.join(base, 'student')}", emb)
     teacher = None
     if with_teacher:
@@ -250,10 +263,13 @@ def load_artifact(uri: str, with_teacher: bool = False) -> Artifact:
         raise ArtifactError(f"{uri}: student has {student.cfg.n_items} items, item table {len(items)}")
     hist_df = pd.read_parquet(io.BytesIO(_read_bytes(fs, posixpath.join(base, "histories.parquet"))))
     histories: dict[str, list[str]] = {}
-    for user, item in zip(hist_df["user_id"].astype(str), hist_df["item_id"].astype(str)):
+    times: dict[str, list[int]] = {}
+    ts = hist_df["timestamp"].astype("int64") if "timestamp" in hist_df.columns else pd.Series(0, index=hist_df.index)
+    for user, item, t in zip(hist_df["user_id"].astype(str), hist_df["item_id"].astype(str), ts):
         histories.setdefault(user, []).append(item)
+        times.setdefault(user, []).append(int(t))
     enc = manifest.get("encoder", {})
     encoder_uri = None
     if enc.get("name_or_path"):
         encoder_uri = f"{_proto(uri)}{posixpath.join(base, 'encoder')}" if enc.get("embedded") else enc["name_or_path"]
-    return Artifact(uri, manifest, items, student, teacher, histories, encoder_uri)
+    return Artifact(uri, manifest, items, student, teacher, histories, encoder_uri, times)

@@ -136,14 +136,30 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
     from services.run import DEFAULT_CONFIG, deploy, load_config
     from training.pipeline import ensure_ray
 
+    from distilrec.stores import UnsupportedStoreError, parse_store_uri, redact
+
     try:
         manifest = read_manifest(model)
     except ArtifactError as e:
         print(f"distilrec serve: --model {model!r}: {e}", file=sys.stderr)
         return 2
+    if event_store:
+        try:
+            parse_store_uri(event_store)
+        except UnsupportedStoreError as e:
+            print(f"distilrec serve: --event-store {redact(event_store)!r}: {e}", file=sys.stderr)
+            return 2
     ensure_ray(1, metrics_export_port=metrics_port)
-    deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port,
-                       app_args={"event_store": event_store} if event_store else None))
+    try:
+        deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port,
+                           app_args={"event_store": event_store} if event_store else None))
+    except (RuntimeError, ValueError) as e:
+        print(f"distilrec serve: the application did not start: {e}", file=sys.stderr)
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
+        return 1
     print(f"serving model {manifest['version']} on http://{host}:{port} (OpenAPI at /docs); Ctrl-C stops")
     try:
         while True:
@@ -176,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--config", help="serve config YAML (default: services/serve_config.yaml)")
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
-    s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db "
-                                         "(default: the serve config's)")
+    s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db or "
+                                         "redis://host:6379/0 (default: the serve config's)")
     args = p.parse_args(argv)
 
     if args.cmd == "demo":

@@ -5,13 +5,21 @@ A store is opened from a URI, so that other backends can join later under their 
 
     ``sqlite:///ABS/PATH.db[?timeout=SECONDS]``   SQLite file (three slashes, like ``file:///``)
     ``/abs/path.db`` or ``rel/path.db``            the same, as a plain path
-    ``redis://host:6379/0``                        reserved for a shared Redis backend (not implemented)
+    ``redis://[:PASSWORD@]host:6379/0[?prefix=distilrec&timeout=5]``   Redis (``rediss://`` for TLS),
+                                                   shared by many pods; see :class:`RedisEventStore`
 
 The SQLite store runs in WAL mode with ``synchronous=FULL``: :meth:`EventStore.append` returns only
 after its whole batch is committed and the write-ahead log is fsynced, and a batch is stored
 all-or-nothing. Several processes on one node can share the file (each store object opens its own
 connections; writers wait up to ``timeout`` seconds for the write lock). The file's parent folders
 are created. SQLite needs a local filesystem: several pods on several nodes need the shared backend.
+
+Besides events, a store keeps what every serving replica must agree on and what must survive a restart:
+
+* **new items** (``POST /v1/items``): :meth:`EventStore.add_items` / :meth:`EventStore.items_since`, each
+  with its text, attributes and text embedding, numbered by a store-wide sequence;
+* a small **sync state** ``(items_seq, reload_generation)`` read once per request
+  (:meth:`EventStore.sync_state`), so that a replica that is behind refreshes before it answers.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "events.db")
@@ -25,6 +33,7 @@ are created. SQLite needs a local filesystem: several pods on several nodes need
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -35,11 +44,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_S = 5.0
-PLANNED_SCHEMES = {"redis", "rediss"}
-SCHEMA_VERSION = 1
+REDIS_SCHEMES = {"redis", "rediss"}
+SCHEMA_VERSION = 2
+REDIS_PASSWORD_ENV = "DISTILREC_REDIS_PASSWORD"
 
 
 class EventStoreError(RuntimeError):
@@ -62,6 +74,57 @@ class Event:
     type: str = "view"
 
 
+@dataclass(frozen=True)
+class NewItem:
+    """An item added at serving time: its text, attributes (``{"genres": ["Comedy"]}``) and its text
+    embedding ``(text_dim,)`` float32 from ``encoder`` (the artifact's text encoder)."""
+
+    item_id: str
+    title: str
+    text: str
+    attributes: dict[str, list[str]]
+    embedding: np.ndarray
+    encoder: str
+
+    def to_json(self) -> str:
+        return json.dumps({"item_id": self.item_id, "title": self.title, "text": self.text,
+                           "attributes": self.attributes, "encoder": self.encoder,
+                           "embedding": np.asarray(self.embedding, dtype=np.float32).tolist()})
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> "NewItem":
+        d = json.loads(data)
+        return cls(d["item_id"], d["title"], d["text"], d["attributes"],
+                   np.asarray(d["embedding"], dtype=np.float32), d["encoder"])
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as stored: ``seq`` grows with every write; ``committed`` is the unix time (float) at
+    which its batch was written (for the event-to-effect metric)."""
+
+    item_id: str
+    timestamp: int
+    seq: int
+    committed: float
+
+
+def _check_limit(limit: int | None) -> None:
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+
+
+def _check_items(items: Iterable[NewItem]) -> list[NewItem]:
+    items = list(items)
+    for it in items:
+        if not isinstance(it, NewItem) or not isinstance(it.item_id, str) or not it.item_id:
+            raise ValueError(f"not a new item: {it!r}")
+    ids = [it.item_id for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the same item id twice in one batch")
+    return items
+
+
 class EventStore(ABC):
     """Append-only interaction log keyed by user, shared by every replica that opens the same URI."""
 
@@ -72,14 +135,36 @@ class EventStore(ABC):
         Raises ``ValueError`` for a malformed event and :class:`EventStoreError` when the store cannot
         write; in both cases nothing of the batch is stored."""
 
-    @abstractmethod
     def history(self, user_id: str, limit: int | None = None) -> list[str]:
         """The item ids of the user's most recent ``limit`` events (all when ``None``), oldest first
         (by timestamp, then by arrival). An unknown user has ``[]``."""
+        return [e.item_id for e in self.events(user_id, limit)]
+
+    @abstractmethod
+    def events(self, user_id: str, limit: int | None = None) -> list["StoredEvent"]:
+        """Like :meth:`history`, with each event's timestamp, store sequence and commit time."""
 
     @abstractmethod
     def ping(self) -> None:
         """Raise :class:`EventStoreError` unless the store can be read."""
+
+    @abstractmethod
+    def add_items(self, items: Iterable[NewItem]) -> int:
+        """Store new items durably, all or nothing (an id stored before is replaced: its text changed);
+        returns the store's item sequence after the write. Raises like :meth:`append`."""
+
+    @abstractmethod
+    def items_since(self, seq: int) -> list[tuple[int, NewItem]]:
+        """``[(seq, item), ...]`` of the items written after ``seq`` (the latest version of each), in
+        sequence order; ``items_since(0)`` is every new item."""
+
+    @abstractmethod
+    def sync_state(self) -> tuple[int, int]:
+        """``(items_seq, reload_generation)``: one cheap read that tells a replica whether it is behind."""
+
+    @abstractmethod
+    def request_reload(self) -> int:
+        """Bump the reload generation (``POST /v1/model/reload``); returns the new one."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release connections; the store must not be used afterwards."""
@@ -99,9 +184,21 @@ CREATE TABLE IF NOT EXISTS events (
     user_id TEXT    NOT NULL CHECK (length(user_id) > 0),
     item_id TEXT    NOT NULL CHECK (length(item_id) > 0),
     ts      INTEGER NOT NULL CHECK (ts >= 0),
-    type    TEXT    NOT NULL CHECK (length(type) > 0)
+    type    TEXT    NOT NULL CHECK (length(type) > 0),
+    committed REAL  NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_user_ts_seq ON events (user_id, ts, seq);
+CREATE TABLE IF NOT EXISTS items (
+    item_id TEXT    PRIMARY KEY CHECK (length(item_id) > 0),
+    seq     INTEGER NOT NULL,
+    body    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS items_seq ON items (seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('items_seq', 0), ('reload', 0);
 """
 
 
@@ -146,6 +243,9 @@ class SQLiteEventStore(EventStore):
             if conn.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
                 raise EventStoreError(f"event store {self.path} has a newer schema than this build reads")
             conn.executescript(_SCHEMA)
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            if "committed" not in columns:  # a schema-1 file: add the column (old rows get 0)
+                conn.execute("ALTER TABLE events ADD COLUMN committed REAL NOT NULL DEFAULT 0")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
             self._drop(conn)
@@ -201,7 +301,9 @@ class SQLiteEventStore(EventStore):
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to timeout_s)
-            conn.executemany("INSERT INTO events (user_id, item_id, ts, type) VALUES (?, ?, ?, ?)", rows)
+            committed = time.time()
+            conn.executemany("INSERT INTO events (user_id, item_id, ts, type, committed) VALUES (?, ?, ?, ?, ?)",
+                             [(*r, committed) for r in rows])
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
@@ -215,20 +317,19 @@ class SQLiteEventStore(EventStore):
             raise EventStoreError(f"event store {self.path}: write failed, nothing stored: {e}") from None
         return len(rows)
 
-    def history(self, user_id: str, limit: int | None = None) -> list[str]:
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
+    def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
+        _check_limit(limit)
         conn = self._conn()
         try:
             rows = conn.execute(
-                "SELECT item_id FROM (SELECT item_id, ts, seq FROM events WHERE user_id = ? "
-                "ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
+                "SELECT item_id, ts, seq, committed FROM (SELECT item_id, ts, seq, committed FROM events "
+                "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
                 (user_id, -1 if limit is None else limit),
             ).fetchall()
         except sqlite3.Error as e:
             self._drop(conn)
             raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
-        return [r[0] for r in rows]
+        return [StoredEvent(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
 
     def ping(self) -> None:
         conn = self._conn()
@@ -237,6 +338,62 @@ class SQLiteEventStore(EventStore):
         except sqlite3.Error as e:
             self._drop(conn)
             raise EventStoreError(f"event store {self.path}: {e}") from None
+
+    def _write(self, what: str, fn) -> Any:
+        """Run ``fn(conn)`` in one immediate transaction; all or nothing."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            out = fn(conn)
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._drop(conn)
+            if isinstance(e, sqlite3.IntegrityError):
+                raise ValueError(f"invalid {what} (nothing stored): {e}") from None
+            self._drop(conn)
+            raise EventStoreError(f"event store {self.path}: {what} write failed, nothing stored: {e}") from None
+        return out
+
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        conn = self._conn()
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.Error as e:
+            self._drop(conn)
+            raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
+
+    def add_items(self, items: Iterable[NewItem]) -> int:
+        items = _check_items(items)
+
+        def write(conn: sqlite3.Connection) -> int:
+            seq = conn.execute("SELECT value FROM meta WHERE key = 'items_seq'").fetchone()[0]
+            for it in items:
+                seq += 1
+                conn.execute("INSERT INTO items (item_id, seq, body) VALUES (?, ?, ?) ON CONFLICT (item_id) "
+                             "DO UPDATE SET seq = excluded.seq, body = excluded.body", (it.item_id, seq, it.to_json()))
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'items_seq'", (seq,))
+            return seq
+
+        return self._write("items", write) if items else self.sync_state()[0]
+
+    def items_since(self, seq: int) -> list[tuple[int, NewItem]]:
+        rows = self._read("SELECT seq, body FROM items WHERE seq > ? ORDER BY seq", (int(seq),))
+        return [(int(q), NewItem.from_json(body)) for q, body in rows]
+
+    def sync_state(self) -> tuple[int, int]:
+        meta = dict(self._read("SELECT key, value FROM meta"))
+        return int(meta.get("items_seq", 0)), int(meta.get("reload", 0))
+
+    def request_reload(self) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'reload'")
+            return conn.execute("SELECT value FROM meta WHERE key = 'reload'").fetchone()[0]
+
+        return int(self._write("reload", write))
 
     def count(self) -> int:
         """All stored events (for tests and operators)."""
@@ -258,6 +415,150 @@ class SQLiteEventStore(EventStore):
                 pass
 
 
+# -------------------------------------------------------------------------------------------- Redis
+
+class RedisEventStore(EventStore):
+    """A Redis server shared by every pod (redis-py; ``redis://`` or ``rediss://`` for TLS).
+
+    Keys (under ``prefix``, default ``distilrec``): ``{prefix}:ev:{user_id}`` a sorted set per user
+    (score = timestamp, member = ``"{seq:016d}|{type}|{item_id}"``, so equal timestamps keep their
+    arrival order), ``{prefix}:seq`` the event counter, ``{prefix}:items`` a hash of new items,
+    ``{prefix}:items:seq`` their sequence (a sorted set), ``{prefix}:meta`` the sync state.
+
+    A batch of events (or items) is written in one ``MULTI``/``EXEC`` transaction: Redis applies it
+    whole or not at all, and :meth:`append` returns after ``EXEC`` is acknowledged. That reply means
+    *durable* only when the server persists every write before it answers: run Redis with
+    ``appendonly yes`` and ``appendfsync always`` (with the default ``everysec`` up to a second of
+    acknowledged events can be lost on a crash of the Redis host). The store checks these settings
+    when it opens (where ``CONFIG GET`` is allowed) and logs a warning when they are weaker.
+    The password comes from the URL or, when the URL has none, from ``$DISTILREC_REDIS_PASSWORD``.
+    """
+
+    def __init__(self, url: str, prefix: str = "distilrec", timeout_s: float = DEFAULT_TIMEOUT_S):
+        import redis
+
+        self._redis_mod = redis
+        parts = urlsplit(url)
+        password = unquote(parts.password) if parts.password else os.environ.get(REDIS_PASSWORD_ENV) or None
+        self.url_safe = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
+        self.prefix = prefix
+        self.timeout_s = float(timeout_s)
+        try:
+            self.r = redis.Redis.from_url(url, password=password, socket_timeout=self.timeout_s,
+                                          socket_connect_timeout=self.timeout_s, health_check_interval=30,
+                                          retry_on_timeout=False)
+            self.r.ping()
+        except redis.RedisError as e:
+            raise EventStoreError(f"cannot reach the Redis event store {self.url_safe}: {e}") from None
+        self.durable = self._check_durability()
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"RedisEventStore({self.url_safe!r}, prefix={self.prefix!r})"
+
+    def _check_durability(self) -> bool | None:
+        try:
+            cfg = self.r.config_get("append*")
+        except self._redis_mod.RedisError:
+            log.info("Redis event store %s: CONFIG GET not allowed; cannot check persistence", self.url_safe)
+            return None
+        ok = cfg.get("appendonly") == "yes" and cfg.get("appendfsync") == "always"
+        if not ok:
+            log.warning("Redis event store %s: appendonly=%s appendfsync=%s; acknowledged events are durable "
+                        "only with appendonly yes and appendfsync always", self.url_safe,
+                        cfg.get("appendonly"), cfg.get("appendfsync"))
+        return ok
+
+    def _k(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _call(self, what: str, fn):
+        try:
+            return fn()
+        except self._redis_mod.RedisError as e:
+            raise EventStoreError(f"Redis event store {self.url_safe}: {what} failed: {e}") from None
+
+    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
+        now = int(time.time())
+        rows = [_row(e, now) for e in events]
+        for user, item, ts, typ in rows:
+            if not user or not item or not typ or ts < 0:
+                raise ValueError(f"invalid event (nothing of the batch stored): {(user, item, ts, typ)!r}")
+        if not rows:
+            return 0
+
+        def write():
+            last = self.r.incrby(self._k("seq"), len(rows))
+            committed = int(time.time() * 1000)
+            pipe = self.r.pipeline(transaction=True)
+            for n, (user, item, ts, typ) in enumerate(rows):
+                seq = last - len(rows) + 1 + n
+                pipe.zadd(self._k("ev", user), {f"{seq:016d}|{committed}|{typ}|{item}": ts})
+            pipe.execute()
+
+        self._call("write (nothing stored)", write)
+        return len(rows)
+
+    def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
+        _check_limit(limit)
+        if limit == 0:
+            return []
+        start = 0 if limit is None else -limit
+        members = self._call("read", lambda: self.r.zrange(self._k("ev", user_id), start, -1, withscores=True))
+        out = []
+        for m, ts in members:
+            seq, committed, _, item = m.decode().split("|", 3)
+            out.append(StoredEvent(item, int(ts), int(seq), int(committed) / 1000))
+        return out
+
+    def ping(self) -> None:
+        self._call("ping", self.r.ping)
+
+    def count(self) -> int:
+        """All stored events (for tests and operators): a SCAN over the user keys."""
+        def n():
+            return sum(self.r.zcard(k) for k in self.r.scan_iter(self._k("ev", "*"), count=1000))
+        return int(self._call("read", n))
+
+    def add_items(self, items: Iterable[NewItem]) -> int:
+        items = _check_items(items)
+        if not items:
+            return self.sync_state()[0]
+
+        def write() -> int:
+            last = self.r.hincrby(self._k("meta"), "items_seq", len(items))
+            pipe = self.r.pipeline(transaction=True)
+            for n, it in enumerate(items):
+                seq = last - len(items) + 1 + n
+                pipe.hset(self._k("items"), it.item_id, it.to_json())
+                pipe.zadd(self._k("items", "seq"), {it.item_id: seq})
+            pipe.execute()
+            return last
+
+        return int(self._call("items write (nothing stored)", write))
+
+    def items_since(self, seq: int) -> list[tuple[int, NewItem]]:
+        def read():
+            ids = self.r.zrangebyscore(self._k("items", "seq"), f"({int(seq)}", "+inf", withscores=True)
+            if not ids:
+                return []
+            bodies = self.r.hmget(self._k("items"), [i for i, _ in ids])
+            return [(int(q), NewItem.from_json(b)) for (_, q), b in zip(ids, bodies) if b is not None]
+        return self._call("read", read)
+
+    def sync_state(self) -> tuple[int, int]:
+        items, reload = self._call("read", lambda: self.r.hmget(self._k("meta"), ["items_seq", "reload"]))
+        return int(items or 0), int(reload or 0)
+
+    def request_reload(self) -> int:
+        return int(self._call("write", lambda: self.r.hincrby(self._k("meta"), "reload", 1)))
+
+    def close(self) -> None:
+        try:
+            self.r.close()
+        except Exception:  # noqa: BLE001 - closing is best effort
+            pass
+
+
 # ------------------------------------------------------------------------------------------ factory
 
 def parse_store_uri(uri: str) -> tuple[str, str, dict[str, Any]]:
@@ -276,13 +577,12 @@ def parse_store_uri(uri: str) -> tuple[str, str, dict[str, Any]]:
     else:
         parts = urlsplit(uri)
         scheme = parts.scheme.lower()
-        if scheme in PLANNED_SCHEMES:
-            raise UnsupportedStoreError(
-                f"event store scheme {scheme!r} is not implemented yet; "
-                "use sqlite:///ABS/PATH.db (or a plain file path)")
+        if scheme in REDIS_SCHEMES:
+            return scheme, uri, _redis_options(uri, parts)
         if scheme != "sqlite":
             raise UnsupportedStoreError(
-                f"unsupported event store scheme {scheme!r}; supported: sqlite:///ABS/PATH.db or a plain file path")
+                f"unsupported event store scheme {scheme!r}; supported: sqlite:///ABS/PATH.db, a plain file path, "
+                "redis://host:port/db or rediss://…")
         if parts.netloc:
             raise UnsupportedStoreError(
                 f"a sqlite URI has no host (got {parts.netloc!r}); write sqlite:///ABS/PATH.db with three slashes")
@@ -305,7 +605,55 @@ def parse_store_uri(uri: str) -> tuple[str, str, dict[str, Any]]:
     return "sqlite", location, options
 
 
+def _redis_options(uri: str, parts) -> dict[str, Any]:
+    try:
+        port = parts.port
+    except ValueError:
+        raise UnsupportedStoreError("the Redis URL has an invalid port") from None
+    if not parts.hostname:
+        raise UnsupportedStoreError("a Redis URL needs a host: redis://[:password@]host:port/db")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise UnsupportedStoreError(f"the Redis database must be a number, got {parts.path.strip('/')!r}")
+    del port
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key == "prefix":
+            if not value:
+                raise UnsupportedStoreError("prefix must not be empty")
+            options["prefix"] = value
+        elif key == "timeout":
+            try:
+                options["timeout_s"] = float(value)
+            except ValueError:
+                raise UnsupportedStoreError(f"timeout must be seconds, got {value!r}") from None
+            if not options["timeout_s"] > 0:
+                raise UnsupportedStoreError(f"timeout must be > 0, got {value!r}")
+        else:
+            raise UnsupportedStoreError(f"unknown Redis event store option {key!r} (known: prefix, timeout)")
+    return options
+
+
+def redact(uri: str) -> str:
+    """The store URI without a password (for logs and error messages).
+
+    >>> redact("redis://:s3cret@cache:6379/0")
+    'redis://:***@cache:6379/0'
+    """
+    parts = urlsplit(str(uri))
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return parts._replace(netloc=netloc).geturl()
+    return str(uri)
+
+
 def open_event_store(uri: str) -> EventStore:
     """Open (creating when needed) the store that ``uri`` names; see the module docstring."""
     scheme, location, options = parse_store_uri(uri)
+    if scheme in REDIS_SCHEMES:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise UnsupportedStoreError("the Redis event store needs redis-py: pip install 'distilrec[redis]'") from None
+        # The query string holds distilrec's options only; redis-py gets the URL without it.
+        return RedisEventStore(urlsplit(location)._replace(query="").geturl(), **options)
     return SQLiteEventStore(location, **options)

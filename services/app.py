@@ -5,17 +5,21 @@ locally (``distilrec serve``) and in the chart's RayService (``serveConfigV2``):
 
     args:
       model_uri: /models/out        # a pipeline output folder, a version folder, or s3://…
-      event_store: sqlite:///tmp/distilrec/events.db   # shared by every replica on the node
+      model_poll_s: 30              # look for a newer version under model_uri (0 = off)
+      event_store: sqlite:///tmp/distilrec/events.db   # or redis://host:6379/0
+      scorer_model: student         # or teacher (benchmarks)
+      retrieval: exact              # or faiss (large catalogues)
 """
 
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
 
-from distilrec.stores import parse_store_uri
+from distilrec.stores import REDIS_SCHEMES, parse_store_uri
 from services.feature_encoder import FeatureEncoder
 from services.ingress import Ingress
 from services.ranker import Ranker
@@ -29,18 +33,24 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model_uri: str = Field(description="pipeline output folder, artifact version folder, or fsspec URI")
+    model_poll_s: float = Field(30.0, ge=0, description="seconds between looks for a newer version (0 = off)")
     scorer_threads: int = Field(1, ge=1, description="torch threads per scorer replica")
+    scorer_model: Literal["student", "teacher"] = Field("student", description="the model the scorer serves")
+    retrieval: Literal["exact", "faiss"] = Field("exact", description="candidate retrieval over item vectors")
     event_store: str = Field(
         DEFAULT_EVENT_STORE,
-        description="where POST /v1/events writes and the encoder reads: sqlite:///ABS/PATH.db[?timeout=S] "
-                    "or a file path (parent folders are created; redis:// is reserved for a shared backend)")
+        description="events and new items: sqlite:///ABS/PATH.db[?timeout=S], a file path (parent folders are "
+                    "created), or redis://[:password@]host:port/db[?prefix=P] / rediss://… (shared by many pods; "
+                    "password also from $DISTILREC_REDIS_PASSWORD)")
 
     @field_validator("event_store")
     @classmethod
     def _known_store(cls, uri: str) -> str:
         # A clear deploy error for an unsupported scheme, before any replica starts. A relative path would
         # resolve against each Ray worker's own working directory, so it is refused.
-        _, location, _ = parse_store_uri(uri)
+        scheme, location, _ = parse_store_uri(uri)
+        if scheme in REDIS_SCHEMES:
+            return uri
         if not os.path.isabs(os.path.expanduser(location)):
             raise ValueError(f"event_store needs an absolute path, got {location!r}")
         return uri
@@ -48,7 +58,8 @@ class AppArgs(BaseModel):
 
 def build_app(args: dict) -> Application:
     a = AppArgs.model_validate(args)
-    encoder = FeatureEncoder.bind(a.model_uri, a.event_store)
-    scorer = StudentScorer.bind(a.model_uri, threads=a.scorer_threads)
-    ranker = Ranker.bind(a.model_uri)
+    encoder = FeatureEncoder.bind(a.model_uri, a.event_store, model_poll_s=a.model_poll_s)
+    scorer = StudentScorer.bind(a.model_uri, a.event_store, scorer_model=a.scorer_model, retrieval=a.retrieval,
+                                threads=a.scorer_threads, model_poll_s=a.model_poll_s)
+    ranker = Ranker.bind(a.model_uri, a.event_store, model_poll_s=a.model_poll_s)
     return Ingress.bind(encoder, scorer, ranker, a.model_uri)

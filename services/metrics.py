@@ -39,3 +39,43 @@ def cold_start_total() -> metrics.Counter:
 def events_stored_total() -> metrics.Counter:
     return metrics.Counter("distilrec_events_stored_total",
                            "Events committed to the event store (POST /v1/events).")
+
+
+def degraded_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_degraded_total", "Answers given by a fallback, by reason.",
+                           tag_keys=("reason",))
+
+
+def candidates_per_request() -> metrics.Histogram:
+    return metrics.Histogram("distilrec_candidates_per_request", "Candidates the ranker received per request.",
+                             boundaries=[10, 25, 50, 100, 200, 500, 1000, 2500, 5000, 10000])
+
+
+def event_store_errors() -> metrics.Counter:
+    return metrics.Counter("distilrec_event_store_errors_total", "Event store reads or writes that failed.",
+                           tag_keys=("op",))
+
+
+def model_info() -> metrics.Gauge:
+    return metrics.Gauge("distilrec_model_info", "1 for the model version this replica serves.",
+                         tag_keys=("version",))
+
+
+def model_created() -> metrics.Gauge:
+    return metrics.Gauge("distilrec_model_created_timestamp_seconds",
+                         "Creation time (unix seconds) of the model this replica serves.")
+
+
+def model_reloads() -> metrics.Counter:
+    return metrics.Counter("distilrec_model_reloads_total", "Model versions swapped in (ok) or refused.",
+                           tag_keys=("result",))
+
+
+def event_to_effect() -> metrics.Histogram:
+    return metrics.Histogram("distilrec_event_to_effect_seconds",
+                             "Seconds from an event's commit to the first recommendation on this replica "
+                             "that reflects it.", boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30])
+
+
+def items_added_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_items_added_total", "New items stored by POST /v1/items.")

@@ -73,14 +73,27 @@ def event_store_path(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("events") / "events.db"
 
 
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def admin() -> dict[str, str]:
+    """Headers of an admin request (the session's app has ``DISTILREC_ADMIN_TOKEN`` set)."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 @pytest.fixture(scope="session")
 def serve_config(pipeline_output, event_store_path) -> dict:
     """``services/serve_config.yaml`` with the session's model, HTTP port and event store.
-    The store's busy timeout is short so that the test of a locked store answers in seconds."""
+    The store's busy timeout is short so that the test of a locked store answers in seconds; replicas
+    look for a new model version every 3 s; admin endpoints need the session's token."""
     from services.run import load_config
 
-    return load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=_free_port(),
-                       app_args={"event_store": f"sqlite://{event_store_path}?timeout=2"})
+    cfg = load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=_free_port(),
+                      app_args={"event_store": f"sqlite://{event_store_path}?timeout=2", "model_poll_s": 3})
+    for app in cfg["applications"]:
+        app["runtime_env"] = {"env_vars": {"DISTILREC_ADMIN_TOKEN": ADMIN_TOKEN}}
+    return cfg
 
 
 @pytest.fixture(scope="session")

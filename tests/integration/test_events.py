@@ -174,7 +174,7 @@ def _wait_ready(client, timeout_s: float = 60.0) -> None:
         time.sleep(0.5)
 
 
-def test_events_survive_a_redeploy(client, artifact, serve_config):
+def test_events_and_new_items_survive_a_redeploy(client, artifact, serve_config, admin):
     from ray import serve
 
     from services.run import APP_NAME, deploy
@@ -183,6 +183,10 @@ def test_events_survive_a_redeploy(client, artifact, serve_config):
     items = artifact.items.item_ids[5:8]
     r = _post_events(client, [{"user_id": user, "item_id": it, "timestamp": 1000 + i} for i, it in enumerate(items)])
     assert r.json() == {"stored": 3}
+    new_id = f"kept-{uuid.uuid4().hex[:8]}"
+    r = client.post("/v1/items", headers=admin, json={"items": [{"item_id": new_id, "title": "Kept Across Restarts",
+                                                                 "attributes": {"genres": ["drama"]}}]})
+    assert r.json() == {"added": 1}, r.text
     expected = _ids(_recommend(client, user_id=user, k=5))
 
     serve.delete(APP_NAME)
@@ -196,6 +200,9 @@ def test_events_survive_a_redeploy(client, artifact, serve_config):
     assert body["cold_start"] is False
     assert not set(_ids(body)) & set(items)
     assert _ids(body) == expected
+    # The new item is still known: an event can name it and it is recommendable.
+    assert _post_events(client, [{"user_id": _new_user(), "item_id": new_id}]).json() == {"stored": 1}
+    assert new_id in _ids(_recommend(client, history=[artifact.items.item_ids[0]], k=100))
 
 
 def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_config):
@@ -206,6 +213,7 @@ def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_confi
     two = copy.deepcopy(serve_config)
     for dep in two["applications"][0]["deployments"]:
         if dep["name"] == "FeatureEncoder":
+            dep.pop("autoscaling_config", None)
             dep["num_replicas"] = 2
     deploy(two)
     try:

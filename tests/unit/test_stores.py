@@ -178,8 +178,10 @@ def test_uri_forms():
 
 
 @pytest.mark.parametrize("uri, match", [
-    ("redis://localhost:6379/0", "not implemented yet"),
-    ("rediss://cache:6380/1", "not implemented yet"),
+    ("redis://localhost:6379/x", "database must be a number"),
+    ("redis:///0", "needs a host"),
+    ("redis://localhost:6379/0?pool=3", "unknown Redis event store option"),
+    ("rediss://cache:6380/1?timeout=-1", "timeout must be > 0"),
     ("postgres://db/events", "unsupported event store scheme 'postgres'"),
     ("sqlite://somehost/events.db", "no host"),
     ("sqlite:///", "no file path"),
@@ -192,6 +194,17 @@ def test_uri_forms():
 def test_unsupported_uris_are_clear_errors(uri, match):
     with pytest.raises(UnsupportedStoreError, match=match):
         open_event_store(uri)
+
+
+def test_redis_uri_forms():
+    assert parse_store_uri("redis://:pw@cache:6379/2?prefix=rec&timeout=2") == (
+        "redis", "redis://:pw@cache:6379/2?prefix=rec&timeout=2", {"prefix": "rec", "timeout_s": 2.0})
+    assert parse_store_uri("rediss://cache:6380/0")[0] == "rediss"
+
+
+def test_unreachable_redis_is_a_store_error():
+    with pytest.raises(EventStoreError, match="cannot reach"):
+        open_event_store("redis://127.0.0.1:1/0?timeout=0.5")
 
 
 def test_unwritable_location_is_a_store_error(tmp_path):

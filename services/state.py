@@ -1,0 +1,171 @@
+"""Per-replica model state with hot reload: :class:`ServingState` (shared by every deployment).
+
+Each replica of each stage builds what it needs from the artifact (a *bundle*: the scorer's model and
+item vectors, the ranker's catalogue, the encoder's id index) and keeps it in one attribute. A new
+model version is loaded and built in a background thread while the old bundle keeps serving, then
+swapped in with one assignment, so
+
+* a request reads ``state.bundle`` once and uses that bundle to the end: it never sees half of a
+  version, and a swap never fails a request;
+* stages exchange item **ids**, never model rows, so when two stages of one request are on different
+  versions for the moment of a swap the answer is still valid (an id that one stage does not know is
+  left out; ``model_version`` is the scorer's);
+* an artifact that fails to load or to build (missing files, weights that do not fit, non-finite
+  scores) is refused: the old bundle stays, the reason is logged and kept in :meth:`status`
+  (``GET /v1/model``), and that version is not tried again by polling (a ``POST /v1/model/reload``
+  tries again).
+
+New versions are found by polling ``model_uri`` (its ``models/LATEST``) every ``poll_s`` seconds, and
+at once when the store's reload generation grows (``POST /v1/model/reload`` bumps it). New items
+(``POST /v1/items``) live in the event store; the ingress passes the store's ``(items_seq,
+reload_generation)`` with every call, and a replica that is behind applies the missing items to its
+bundle before it answers (:meth:`sync`). A bundle built for a new version gets every stored new item
+before it is swapped in.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable, Generic, Protocol, TypeVar
+
+from distilrec.artifacts import Artifact, load_artifact, resolve
+from distilrec.stores import EventStore, EventStoreError, NewItem
+from services import metrics
+
+log = logging.getLogger("ray.serve")
+
+
+class Bundle(Protocol):
+    version: str
+    manifest: dict
+
+    def add_items(self, items: list[NewItem]) -> None: ...
+
+
+B = TypeVar("B", bound=Bundle)
+
+
+class ServingState(Generic[B]):
+    """The current bundle of one replica, its reloads and its new items (see the module docstring)."""
+
+    def __init__(self, model_uri: str, build: Callable[[Artifact], B], store: EventStore, poll_s: float = 30.0,
+                 with_teacher: bool = False):
+        self.model_uri, self.build, self.store = model_uri, build, store
+        self.poll_s, self.with_teacher = float(poll_s), with_teacher
+        self._lock = threading.RLock()
+        self._loading = threading.Lock()
+        self.refused: dict[str, str] = {}
+        self.last_error: dict[str, Any] | None = None
+        self.reloaded_at: str | None = None
+        self.m_info, self.m_created, self.m_reloads = metrics.model_info(), metrics.model_created(), metrics.model_reloads()
+        uri = resolve(model_uri)
+        self.bundle: B = build(load_artifact(uri, with_teacher=with_teacher))
+        self.uri = uri
+        self.items_seq = 0
+        self.reload_gen = 0
+        try:
+            self.items_seq, self.reload_gen = store.sync_state()
+            self._apply(self.bundle, store.items_since(0))
+        except EventStoreError as e:  # serve the trained catalogue; the next sync tries again
+            self.items_seq = 0
+            log.warning("new items not loaded yet: %s", e)
+        self._export(None)
+        self._stop = threading.Event()
+        if self.poll_s > 0:
+            threading.Thread(target=self._poll, name="model-poll", daemon=True).start()
+
+    # ------------------------------------------------------------------------------ new items
+
+    @staticmethod
+    def _apply(bundle: B, items: list[tuple[int, NewItem]]) -> int:
+        if items:
+            bundle.add_items([it for _, it in items])
+        return max((q for q, _ in items), default=0)
+
+    def sync(self, state: tuple[int, int] | list[int] | None) -> None:
+        """Catch up with the store's ``(items_seq, reload_generation)`` (read here when ``None``)."""
+        try:
+            items_seq, gen = state if state is not None else self.store.sync_state()
+            if items_seq > self.items_seq:
+                with self._lock:
+                    if items_seq > self.items_seq:
+                        got = self.store.items_since(self.items_seq)
+                        self.items_seq = max(self._apply(self.bundle, got), items_seq)
+        except EventStoreError as e:
+            log.warning("could not read new items from the store: %s", e)
+            return
+        if gen > self.reload_gen:
+            self.reload_gen = gen
+            threading.Thread(target=self.check, kwargs={"force": True}, daemon=True).start()
+
+    # ---------------------------------------------------------------------------------- reload
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception:  # noqa: BLE001 - the poller must never die
+                log.exception("model poll failed")
+
+    def check(self, force: bool = False) -> bool:
+        """Load the version ``model_uri`` resolves to when it is not the current one; returns whether
+        a new bundle was swapped in. One load at a time per replica."""
+        with self._loading:
+            try:
+                target = resolve(self.model_uri)
+            except Exception as e:  # noqa: BLE001 - a missing LATEST is a refusal, not a crash
+                self._refuse(str(self.model_uri), f"{type(e).__name__}: {e}")
+                return False
+            if target == self.uri or (target in self.refused and not force):
+                return False
+            t0 = time.perf_counter()
+            try:
+                bundle = self.build(load_artifact(target, with_teacher=self.with_teacher))
+                items = self.store.items_since(0)
+            except Exception as e:  # noqa: BLE001 - any failure refuses the artifact
+                self._refuse(target, f"{type(e).__name__}: {e}")
+                return False
+            with self._lock:
+                self._apply(bundle, items)
+                newer = self.store.items_since(max((q for q, _ in items), default=0)) if items else []
+                self._apply(bundle, newer)
+                old = self.bundle
+                self.bundle, self.uri = bundle, target  # the swap: one assignment
+                self.items_seq = max([self.items_seq] + [q for q, _ in items + newer])
+            self.refused.pop(target, None)
+            self.reloaded_at = datetime.now(timezone.utc).isoformat()
+            self.m_reloads.inc(tags={"result": "ok"})
+            self._export(old)
+            log.info("model %s swapped in for %s (%.1f s)", bundle.version, old.version, time.perf_counter() - t0)
+            return True
+
+    def _refuse(self, target: str, reason: str) -> None:
+        first = target not in self.refused
+        self.refused[target] = reason
+        self.last_error = {"uri": target, "reason": reason, "at": datetime.now(timezone.utc).isoformat()}
+        self.m_reloads.inc(tags={"result": "refused"})
+        (log.error if first else log.warning)("model artifact %s refused, still serving %s: %s",
+                                              target, self.bundle.version, reason)
+
+    def _export(self, old: B | None) -> None:
+        if old is not None and old.version != self.bundle.version:
+            self.m_info.set(0, tags={"version": old.version})
+        self.m_info.set(1, tags={"version": self.bundle.version})
+        created = self.bundle.manifest.get("created_at")
+        try:
+            self.m_created.set(datetime.fromisoformat(created).timestamp())
+        except (TypeError, ValueError):
+            pass
+
+    def status(self) -> dict:
+        m = self.bundle.manifest
+        return {"version": m["version"], "created_at": m.get("created_at"), "uri": self.uri,
+                "dataset": m.get("dataset"), "metrics": m.get("metrics"), "n_items": m.get("n_items"),
+                "reloaded_at": self.reloaded_at, "last_reload_error": self.last_error,
+                "refused": [{"uri": u, "reason": r} for u, r in self.refused.items()]}
+
+    def close(self) -> None:
+        self._stop.set()

@@ -1,0 +1,132 @@
+"""Autoscaling shown, not just configured; and the application on the Redis event store. Both
+redeploy the session's application with a changed config and put the session's config back after."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _scorer_replicas() -> int:
+    from ray import serve
+
+    from services.run import APP_NAME
+
+    dep = serve.status().applications[APP_NAME].deployments["StudentScorer"]
+    return int(dep.replica_states.get("RUNNING", 0))
+
+
+def _with(serve_config: dict, deployment: str, **options) -> dict:
+    cfg = copy.deepcopy(serve_config)
+    for dep in cfg["applications"][0]["deployments"]:
+        if dep["name"] == deployment:
+            dep.pop("num_replicas", None)
+            dep.pop("autoscaling_config", None)
+            dep.update(options)
+    return cfg
+
+
+def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_config, serve_url, artifact):
+    """A test config with short delays (the production one waits 10 s up, 120 s down): 16 clients
+    without pause keep more than one request per scorer replica in flight, so Serve adds the second
+    replica; when the load stops it goes back to one."""
+    from services.run import deploy
+
+    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
+               "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+    deploy(_with(serve_config, "StudentScorer", autoscaling_config=scaling))
+    users = list(artifact.histories)
+    stop = threading.Event()
+    codes: list[int] = []
+
+    async def worker(c: httpx.AsyncClient, n: int) -> None:
+        while not stop.is_set():
+            r = await c.post("/v1/recommend", json={"user_id": users[n % len(users)], "k": 10})
+            codes.append(r.status_code)
+            if r.status_code == 503:  # back-pressure on an overloaded machine: what a client sees
+                assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"]
+            n += 16
+
+    async def load() -> None:
+        async with httpx.AsyncClient(base_url=serve_url, timeout=60) as c:
+            await asyncio.gather(*(worker(c, i) for i in range(16)))
+
+    thread = threading.Thread(target=lambda: asyncio.run(load()), daemon=True)
+    try:
+        assert _scorer_replicas() == 1
+        thread.start()
+        deadline, peak = time.monotonic() + 120, 1
+        while peak < 2 and time.monotonic() < deadline:
+            peak = max(peak, _scorer_replicas())
+            time.sleep(0.5)
+        stop.set()
+        thread.join(timeout=60)
+        assert peak == 2, "the scorer did not scale up under load"
+        # Every request is answered: 200, or (while a replica starts on a saturated machine) a 503 with
+        # Retry-After from a stage deadline; never a 500.
+        assert codes and set(codes) <= {200, 503}, set(codes)
+        assert codes.count(200) >= 0.95 * len(codes), f"{codes.count(503)} of {len(codes)} were 503"
+        deadline = time.monotonic() + 120
+        while _scorer_replicas() != 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _scorer_replicas() == 1, "the scorer did not scale back down after the load"
+    finally:
+        stop.set()
+        deploy(serve_config)
+
+
+def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, serve_config, redis_server, artifact,
+                                                                     admin):
+    """A second application beside the session's (route ``/redis``) on a Redis event store, with two
+    encoder replicas; the password comes from the environment, as the chart passes it from a Secret."""
+    from ray import serve
+
+    from distilrec.stores import open_event_store
+    from services.run import deploy
+
+    prefix = f"app{uuid.uuid4().hex[:6]}"
+    app = copy.deepcopy(_with(serve_config, "FeatureEncoder", num_replicas=2)["applications"][0])
+    app.update(name="distilrec-redis", route_prefix="/redis")
+    app["args"]["event_store"] = redis_server.url(with_password=False) + f"?prefix={prefix}"
+    app["runtime_env"]["env_vars"]["DISTILREC_REDIS_PASSWORD"] = redis_server.password
+    both = copy.deepcopy(serve_config)
+    both["applications"].append(app)
+    deploy(both)
+    try:
+        user, item = f"u-{uuid.uuid4().hex[:8]}", artifact.items.item_ids[7]
+        r = client.post("/redis/v1/events", json={"events": [{"user_id": user, "item_id": item}]})
+        assert r.json() == {"stored": 1}, r.text
+        with open_event_store(redis_server.url() + f"?prefix={prefix}") as store:
+            assert store.history(user) == [item]  # in Redis before the 2xx
+        assert client.post("/v1/recommend", json={"user_id": user, "k": 3}).json()["cold_start"] is True  # not in SQLite
+        new_id = f"n-{uuid.uuid4().hex[:6]}"
+        r = client.post("/redis/v1/items", headers=admin, json={"items": [{
+            "item_id": new_id, "title": "Redis Item", "text": artifact.items.texts[7]}]})
+        assert r.status_code == 200, r.text
+        for _ in range(6):  # either encoder replica reads the same store
+            body = client.post("/redis/v1/recommend", json={"user_id": user, "k": 60}).json()
+            assert body["cold_start"] is False and item not in [i["item_id"] for i in body["items"]]
+            assert new_id in [i["item_id"] for i in body["items"]]
+        redis_server.restart()  # appendonly + appendfsync always: acknowledged writes survive
+        deadline = time.monotonic() + 30
+        while True:
+            body = client.post("/redis/v1/recommend", json={"user_id": user, "k": 60}).json()
+            if not body["degraded"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert body["cold_start"] is False and body["degraded"] is False
+        assert new_id in [i["item_id"] for i in body["items"]]
+    finally:
+        deploy(serve_config)  # the declarative config without it: the second application is deleted
+    deadline = time.monotonic() + 60
+    while "distilrec-redis" in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "distilrec-redis" not in serve.status().applications

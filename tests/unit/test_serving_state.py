@@ -1,0 +1,102 @@
+"""Per-replica serving state without a cluster: the scorer's and ranker's bundles built from a real
+artifact (student and teacher), new items from the store, a version swap, a refused artifact, and an
+artifact written before the ``attributes`` column existed."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from distilrec.artifacts import ItemTable, load_artifact, write_artifact
+from distilrec.stores import NewItem, open_event_store
+from services.ranker import RankerBundle
+from services.scorer import ScorerBundle
+from services.state import ServingState
+
+N_ITEMS = 12  # the conftest fixtures' catalogue
+
+
+@pytest.fixture
+def out(tmp_path, text_emb, student, teacher):
+    ids = [f"m{i}" for i in range(N_ITEMS)]
+    genres = ["red", "blue", "green"]
+    items = ItemTable(ids, [f"T{i}" for i in ids], [f"T{i}. genres: {genres[n % 3]}" for n, i in enumerate(ids)],
+                      text_emb.numpy())
+    hist = pd.DataFrame({"user_id": ["u1"] * 4 + ["u2"] * 3, "item_id": ["m0", "m1", "m2", "m3", "m1", "m2", "m4"],
+                         "timestamp": range(7)})
+    write_artifact(str(tmp_path / "out"), items=items, histories=hist, student=student, teacher=teacher,
+                   dataset={"name": "toy"}, metrics={}, encoder=None, version="v1")
+    return tmp_path / "out"
+
+
+@pytest.fixture
+def store(tmp_path):
+    with open_event_store(f"sqlite://{tmp_path / 'events.db'}") as s:
+        yield s
+
+
+def _new(item_id: str, emb: np.ndarray) -> NewItem:
+    return NewItem(item_id, item_id.upper(), "text", {"genres": ["red"]}, emb.astype(np.float32), "enc")
+
+
+def _search(bundle: ScorerBundle, history: list[str], n: int = N_ITEMS + 5) -> list[str]:
+    from distilrec.models import pad_histories
+
+    rows = [bundle.index[i] for i in history]
+    with torch.no_grad():
+        users = bundle.model.user_vector(pad_histories([rows], bundle.pad, bundle.max_len))
+        _, top = bundle.retrieval.search(users, n)
+    return [bundle.item_ids[r] for r in top[0].tolist()]
+
+
+@pytest.mark.parametrize("which", ["student", "teacher"])
+def test_scorer_serves_either_model_and_new_items_join(out, store, which, text_emb):
+    state = ServingState(str(out), lambda art: ScorerBundle.build(art, which, "exact"), store, poll_s=0,
+                         with_teacher=which == "teacher")
+    assert state.bundle.version == "v1" and len(_search(state.bundle, ["m0"])) == N_ITEMS
+    # A new item with the text of m5 gets (about) m5's vector: it ranks right next to it.
+    store.add_items([_new("fresh", text_emb[5].numpy())])
+    state.sync(None)
+    ranked = _search(state.bundle, ["m0", "m1"])
+    assert "fresh" in ranked and abs(ranked.index("fresh") - ranked.index("m5")) <= 1
+    state.sync(None)  # nothing new: nothing added twice
+    assert _search(state.bundle, ["m0"]).count("fresh") == 1
+
+
+def test_swap_to_a_newer_version_and_refuse_a_broken_one(out, store, student, teacher, text_emb):
+    state = ServingState(str(out), RankerBundle.build, store, poll_s=0)
+    store.add_items([_new("fresh", text_emb[0].numpy())])
+    assert state.check() is False  # nothing newer
+    old = state.bundle
+    art = load_artifact(str(out))
+    write_artifact(str(out), items=art.items, histories=pd.DataFrame({"user_id": ["u1"], "item_id": ["m0"],
+                                                                       "timestamp": [1]}),
+                   student=student, teacher=teacher, dataset={"name": "toy"}, metrics={}, encoder=None, version="v2")
+    assert state.check() is True
+    assert state.bundle.version == "v2" and old.version == "v1"
+    assert "fresh" in state.bundle.catalog.index  # a new bundle gets every stored new item before the swap
+    (out / "models" / "v3").mkdir()
+    (out / "models" / "v3" / "manifest.json").write_text(json.dumps({"format": 1, "version": "v3"}))
+    (out / "models" / "LATEST").write_text("v3")
+    assert state.check() is False
+    assert state.bundle.version == "v2"
+    assert state.last_error["uri"].endswith("v3") and "ArtifactError" in state.last_error["reason"]
+    assert state.status()["refused"][0]["uri"].endswith("v3")
+    assert state.check() is False and state.check(force=True) is False  # polling skips it; force retries
+
+
+def test_an_artifact_without_the_attributes_column_still_loads(out):
+    items_path = out / "models" / "v1" / "items.parquet"
+    table = pd.read_parquet(items_path)
+    assert json.loads(table["attributes"][1]) == {"genres": ["blue"]}
+    buf = io.BytesIO()
+    table.drop(columns=["attributes"]).to_parquet(buf, index=False)
+    items_path.write_bytes(buf.getvalue())
+    art = load_artifact(str(out))
+    assert art.items.attributes[1] == {"genres": ["blue"]}  # read back from the item text
+    assert art.history_times["u1"] == [0, 1, 2, 3]
