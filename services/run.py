@@ -36,7 +36,12 @@ def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None,
             app.setdefault("args", {})["model_uri"] = str(model_uri)
         app.setdefault("args", {}).update(copy.deepcopy(app_args or {}))
         for dep in app.get("deployments", []):
-            dep.update((overrides or {}).get(dep["name"], {}))
+            override = (overrides or {}).get(dep["name"], {})
+            # A fixed replica count and autoscaling exclude each other: the one given replaces the other.
+            for given, dropped in (("num_replicas", "autoscaling_config"), ("autoscaling_config", "num_replicas")):
+                if given in override:
+                    dep.pop(dropped, None)
+            dep.update(override)
     return cfg
 
 

@@ -140,7 +140,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $app "args" $args }}
 {{- range $dep := $app.deployments }}
 {{- $known = append $known $dep.name }}
-{{- range $k, $v := (get $overrides $dep.name | default dict) }}
+{{- $o := get $overrides $dep.name | default dict }}
+{{- /* a fixed replica count and autoscaling exclude each other: the one given replaces the other */}}
+{{- if hasKey $o "num_replicas" }}{{- $_ := unset $dep "autoscaling_config" }}{{- end }}
+{{- if hasKey $o "autoscaling_config" }}{{- $_ := unset $dep "num_replicas" }}{{- end }}
+{{- range $k, $v := $o }}
 {{- $_ := set $dep $k $v }}
 {{- end }}
 {{- end }}
