@@ -67,7 +67,7 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # as the scorer deployment runs it
             for i in range(runs + 10):
                 for name, model in models.items():
                     hist, stamps, cands = inputs[name]

@@ -17,6 +17,7 @@ torch.Size([1, 10])
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -107,9 +108,15 @@ def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor, n_buckets: int) -
     [[0, 0, 1, 4, 10]]
     """
     prev_valid = F.pad(valid[:, :-1], (1, 0), value=False)
-    gap = (times - F.pad(times[:, :-1], (1, 0))).clamp_min(0).double()
-    buckets = (1 + torch.floor(torch.log2(gap + 1))).long().clamp_max(n_buckets - 1)
-    return torch.where(valid & prev_valid, buckets, torch.zeros_like(buckets))
+    gap = times - F.pad(times[:, :-1], (1, 0))
+    # 1 + floor(log2(gap + 1)) = 1 + the number of k >= 1 with gap >= 2**k - 1 (negative gaps: bucket 1)
+    buckets = 1 + torch.bucketize(gap, _gap_bounds(n_buckets, gap.device), right=True)
+    return torch.where(valid & prev_valid, buckets, 0)
+
+
+@functools.lru_cache(maxsize=8)
+def _gap_bounds(n_buckets: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor([2 ** k - 1 for k in range(1, n_buckets - 1)], dtype=torch.long, device=device)
 
 
 class _SequenceModel(nn.Module):
@@ -143,7 +150,7 @@ class _SequenceModel(nn.Module):
         hist = hist[:, -self.cfg.max_len:]
         length = hist.shape[1]
         table = self.items.all()
-        x = table[hist] * (self.cfg.d_model ** 0.5)
+        x = F.embedding(hist, table) * (self.cfg.d_model ** 0.5)  # a gather, faster than table[hist]
         x = x + self.pos_emb.weight[self.cfg.max_len - length:]
         valid = hist != self.cfg.n_items
         if self.gap_emb is not None and times is not None:
@@ -151,10 +158,13 @@ class _SequenceModel(nn.Module):
         elif self.gap_emb is not None:
             x = x + self.gap_emb.weight[0]
         x = self.drop(x) * valid.unsqueeze(-1)
-        causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
         # A query may attend to earlier real items, and always to itself (so no row is empty).
-        mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
-        mask = mask.unsqueeze(1)
+        if last_only and len(self.blocks) == 1:  # the last query alone sees every position: no causal mask
+            mask = (valid | (torch.arange(length, device=hist.device) == length - 1))[:, None, None, :]
+        else:
+            causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
+            mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
+            mask = mask.unsqueeze(1)
         for i, block in enumerate(self.blocks):
             if last_only and i == len(self.blocks) - 1:
                 x, valid = block(x, mask, last_only=True), valid[:, -1:]
@@ -184,7 +194,7 @@ class _SequenceModel(nn.Module):
         """``(B, L) -> (B, N)``, or ``(B, C)`` for candidate rows ``(C,)``."""
         items = self.item_vectors()
         if candidates is not None:
-            items = items[candidates]
+            items = items.index_select(0, candidates)
         return self.user_vector(hist, times) @ items.T
 
     def macs_per_candidate(self, n_candidates: int = 1000) -> float:
@@ -235,7 +245,7 @@ class _Block(nn.Module):
             q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
             k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).view(b, length, 2, self.heads, dh).permute(
                 2, 0, 3, 1, 4)
-            x, mask = x[:, -1:], mask[:, :, -1:]
+            x, mask = x[:, -1:], mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
         else:
             q, k, v = self.qkv(h).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)

@@ -165,7 +165,7 @@ class StudentScorer:
             want.append(min(n, len(b.retrieval)))
         hist = pad_histories(rows, b.pad, b.max_len)
         times = pad_histories(stamps, 0, b.max_len)
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping on the request path
             users = b.model.user_vector(hist, times)  # (B, D)
             scores, top = b.retrieval.search(users, max(want))
         ms = (time.perf_counter() - t0) * 1000

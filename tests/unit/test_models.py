@@ -321,3 +321,16 @@ def test_macs_grow_with_history_length_for_the_teacher():
 def test_count_params(student):
     assert count_params(student) == sum(p.numel() for p in student.parameters())
     assert count_params(student) > N_ITEMS * 16
+
+
+def test_time_gap_buckets_are_log2_of_the_gap():
+    from distilrec.models import time_gap_buckets
+
+    gaps = torch.tensor([0, 1, 2, 3, 7, 8, 59, 60, 3599, 86_400, 10**7, 10**9])
+    times = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(gaps, 0)]).unsqueeze(0)
+    got = time_gap_buckets(times, torch.ones_like(times, dtype=torch.bool), 24)[0, 1:]
+    expected = (1 + torch.floor(torch.log2(gaps.double() + 1))).long().clamp_max(23)
+    assert got.tolist() == expected.tolist()
+    # out-of-order timestamps (clock skew) count as no gap
+    skew = time_gap_buckets(torch.tensor([[100, 40]]), torch.ones(1, 2, dtype=torch.bool), 24)
+    assert skew.tolist() == [[0, 1]]
