@@ -174,6 +174,44 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
     return 0
 
 
+def bench_cost(model: str, output: str, runs: int) -> int:
+    """``distilrec bench cost``: the cost columns of the report, measured again on an idle moment."""
+    import fsspec
+
+    from distilrec.artifacts import ArtifactError, load_artifact
+    from distilrec.evaluate import scoring_costs
+
+    if runs < 20:
+        print(f"distilrec bench cost: --runs {runs}: at least 20 runs are needed for a p99", file=sys.stderr)
+        return 2
+    try:
+        art = load_artifact(model, with_teacher=True)
+    except ArtifactError as e:
+        print(f"distilrec bench cost: --model {model!r}: {e}", file=sys.stderr)
+        return 2
+    costs = scoring_costs({"teacher": art.teacher, "student": art.student}, runs=runs)
+    t, s = costs["teacher"], costs["student"]
+    result = {"artifact": art.uri, "version": art.version, "runs": runs, "models": costs,
+              "teacher_over_student": {"macs": t["macs_per_candidate"] / s["macs_per_candidate"],
+                                       "ms_p50": t["score_ms_p50_1000"] / s["score_ms_p50_1000"],
+                                       "ms_p99": t["score_ms_p99_1000"] / s["score_ms_p99_1000"]}}
+    rows = ["| model | params | MACs / candidate | ms / 1000 p50 | p99 |", "| --- | --- | --- | --- | --- |"]
+    rows += [f"| {name} | {c['params']:,} | {c['macs_per_candidate']:,.0f} | {c['score_ms_p50_1000']:.3f} | "
+             f"{c['score_ms_p99_1000']:.3f} |" for name, c in costs.items()]
+    r = result["teacher_over_student"]
+    rows.append(f"\nteacher / student: {r['macs']:.1f}× the MACs, {r['ms_p50']:.2f}× the p50 time, "
+                f"{r['ms_p99']:.2f}× the p99 time ({runs} runs each, in turns, one thread)")
+    table = "\n".join(rows) + "\n"
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.makedirs(root, exist_ok=True)
+    with fsspec.open(f"{output.rstrip('/')}/cost.json", "w") as f:
+        json.dump(result, f, indent=2)
+    with fsspec.open(f"{output.rstrip('/')}/cost.md", "w") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="distilrec", description="Teacher → student recommender on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -194,8 +232,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
     s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db or "
                                          "redis://host:6379/0 (default: the serve config's)")
+    b = sub.add_parser("bench", help="benchmarks that write JSON and a Markdown table")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bc = bsub.add_parser("cost", help="parameters, MACs per candidate and the time to score 1,000 candidates on "
+                                      "one CPU thread, teacher and student of an artifact timed in turns")
+    bc.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
+    bc.add_argument("--output", required=True, help="folder for cost.json and cost.md")
+    bc.add_argument("--runs", type=int, default=500, help="timed runs per model (default 500)")
     args = p.parse_args(argv)
 
+    if args.cmd == "bench":
+        return bench_cost(args.model, args.output, args.runs)
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":

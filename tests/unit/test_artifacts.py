@@ -226,3 +226,17 @@ def test_config_from_another_build_is_an_artifact_error(student):
     meta["hidden"] = 64  # a field this build's StudentConfig does not know
     with pytest.raises(ArtifactError, match="student config does not fit this build"):
         model_from_bytes(json.dumps(meta).encode(), weights, None)
+
+
+def test_bench_cost_reads_an_artifact_and_writes_its_tables(tmp_path, items, histories, student, teacher, capsys):
+    from distilrec.cli import main
+
+    _write(str(tmp_path / "out"), items, histories, student, teacher)
+    assert main(["bench", "cost", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "b"), "--runs", "20"]) == 0
+    result = json.loads((tmp_path / "b" / "cost.json").read_text())
+    assert set(result["models"]) == {"teacher", "student"}
+    assert result["models"]["student"]["macs_per_candidate"] == round(student.macs_per_candidate(1000), 1)
+    assert result["teacher_over_student"]["macs"] > 1  # the fixture teacher reads more and has more layers
+    assert "| student |" in (tmp_path / "b" / "cost.md").read_text()
+    assert main(["bench", "cost", "--model", str(tmp_path / "none"), "--output", str(tmp_path / "b")]) == 2
+    assert "--model" in capsys.readouterr().err
