@@ -50,12 +50,14 @@ class TeacherConfig(_SequenceConfig):
 
 
 class StudentConfig(_SequenceConfig):
-    """The student: the same kind of model, one narrow layer over a short history, so that scoring a
-    request costs a small fraction of the teacher's; a candidate is one ``d_model``-wide dot product."""
+    """The student: the same kind of model, one layer over a short history, so that scoring a request
+    costs a small fraction of the teacher's; a candidate is one ``d_model``-wide dot product. Its
+    width matches the teacher's by default, so that it can start in the teacher's item space
+    (``DistillConfig.init_from_teacher``)."""
 
     kind: Literal["student"] = "student"
-    d_model: int = Field(48, gt=0)
-    n_heads: int = Field(1, gt=0)
+    d_model: int = Field(64, gt=0)
+    n_heads: int = Field(2, gt=0)
     n_layers: int = Field(1, gt=0)
     max_len: int = Field(50, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -79,6 +81,8 @@ class DistillConfig(TrainConfig):
     """Distillation: the student matches the teacher's softened ranking and the true next item."""
 
     lr: float = Field(2e-3, gt=0)
+    init_from_teacher: bool = Field(True, description="start the student's item tower (id embeddings, text "
+                                    "projection) from the teacher's when their widths match")
     temperature: float = Field(2.0, gt=0)
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher's soft targets")
 

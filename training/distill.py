@@ -34,6 +34,9 @@ def student_loss(model: Student, config: dict[str, Any]) -> StudentTrain:
     if config.get("teacher") is not None:
         teacher = model_from_bytes(*config["teacher"], config["text_emb"])
         teacher = teacher.to(next(model.parameters()).device)
+        if config.get("init_from_teacher") and teacher.cfg.d_model == model.cfg.d_model:
+            # The student starts in the teacher's item space (a resumed run loads its checkpoint over it).
+            model.items.load_state_dict(teacher.items.state_dict())
     return StudentTrain(model, teacher, temperature=config["temperature"], alpha=config["alpha"])
 
 
@@ -42,9 +45,10 @@ def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, 
     """Train the student; with ``teacher=None`` the same student learns from the true next item alone."""
     return fit(
         name, build_student, student_loss, TrainConfig.model_validate(
-            train.model_dump(exclude={"temperature", "alpha"})),
+            train.model_dump(exclude={"temperature", "alpha", "init_from_teacher"})),
         split, storage_path, text_emb,
         extra={"model": cfg.model_dump(), "temperature": train.temperature, "alpha": train.alpha,
+               "init_from_teacher": train.init_from_teacher,
                "teacher": model_to_bytes(teacher) if teacher is not None else None,
                # The batch carries the teacher's whole reach, so that it scores the student's positions
                # with all the history it was trained on.
