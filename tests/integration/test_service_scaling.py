@@ -1,5 +1,6 @@
-"""Autoscaling shown, not just configured; and the application on the Redis event store. Both
-redeploy the session's application with a changed config and put the session's config back after."""
+"""Autoscaling shown, not just configured; the application on the Redis event store; benchmark
+variants side by side. Each deploys a changed config (the session's application changed, or a second
+application beside it) and puts the session's config back after."""
 
 from __future__ import annotations
 
