@@ -118,7 +118,7 @@ class StudentScorer:
         self.store = open_event_store(event_store)
         self.state = ServingState(
             model_uri, lambda art: ScorerBundle.build(art, scorer_model, retrieval), self.store, model_poll_s,
-            with_teacher=scorer_model == "teacher")
+            with_teacher=scorer_model == "teacher", with_histories=False)
         self.candidates = DEFAULT_CANDIDATES
         self.knobs: dict = {}
         self.batch_size = metrics.batch_size()

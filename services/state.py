@@ -52,9 +52,9 @@ class ServingState(Generic[B]):
     """The current bundle of one replica, its reloads and its new items (see the module docstring)."""
 
     def __init__(self, model_uri: str, build: Callable[[Artifact], B], store: EventStore, poll_s: float = 30.0,
-                 with_teacher: bool = False):
+                 with_teacher: bool = False, with_histories: bool = True):
         self.model_uri, self.build, self.store = model_uri, build, store
-        self.poll_s, self.with_teacher = float(poll_s), with_teacher
+        self.poll_s, self.with_teacher, self.with_histories = float(poll_s), with_teacher, with_histories
         self._lock = threading.RLock()
         self._loading = threading.Lock()
         self.refused: dict[str, str] = {}
@@ -62,7 +62,7 @@ class ServingState(Generic[B]):
         self.reloaded_at: str | None = None
         self.m_info, self.m_created, self.m_reloads = metrics.model_info(), metrics.model_created(), metrics.model_reloads()
         uri = resolve(model_uri)
-        self.bundle: B = build(load_artifact(uri, with_teacher=with_teacher))
+        self.bundle: B = build(self._load(uri))
         self.uri = uri
         self.items_seq = 0
         self.reload_gen = 0
@@ -76,6 +76,9 @@ class ServingState(Generic[B]):
         self._stop = threading.Event()
         if self.poll_s > 0:
             threading.Thread(target=self._poll, name="model-poll", daemon=True).start()
+
+    def _load(self, uri: str) -> Artifact:
+        return load_artifact(uri, with_teacher=self.with_teacher, with_histories=self.with_histories)
 
     # ------------------------------------------------------------------------------ new items
 
@@ -123,7 +126,7 @@ class ServingState(Generic[B]):
                 return False
             t0 = time.perf_counter()
             try:
-                bundle = self.build(load_artifact(target, with_teacher=self.with_teacher))
+                bundle = self.build(self._load(target))
                 items = self.store.items_since(0)
             except Exception as e:  # noqa: BLE001 - any failure refuses the artifact
                 self._refuse(target, f"{type(e).__name__}: {e}")

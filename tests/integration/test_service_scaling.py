@@ -1,5 +1,6 @@
-"""Autoscaling shown, not just configured; and the application on the Redis event store. Both
-redeploy the session's application with a changed config and put the session's config back after."""
+"""Autoscaling shown, not just configured; the application on the Redis event store; benchmark
+variants side by side. Each deploys a changed config (the session's application changed, or a second
+application beside it) and puts the session's config back after."""
 
 from __future__ import annotations
 
@@ -130,3 +131,35 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
     while "distilrec-redis" in serve.status().applications and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "distilrec-redis" not in serve.status().applications
+
+
+def test_benchmark_variants_run_side_by_side(client, serve_config, artifact):
+    """The benchmark deploys variants beside each other: here the teacher served with faiss retrieval
+    and batching off (``max_batch_size: 1``), on route ``/teacher``, next to the session's student."""
+    from ray import serve
+
+    from services.run import deploy
+
+    app = copy.deepcopy(serve_config["applications"][0])
+    app.update(name="distilrec-teacher", route_prefix="/teacher")
+    app["args"].update(scorer_model="teacher", retrieval="faiss")
+    for dep in app["deployments"]:
+        if dep["name"] == "StudentScorer":
+            dep["user_config"] = {**dep.get("user_config", {}), "max_batch_size": 1}
+    both = copy.deepcopy(serve_config)
+    both["applications"].append(app)
+    deploy(both)
+    try:
+        user, seen = next(iter(artifact.histories.items()))
+        teacher = client.post("/teacher/v1/recommend", json={"user_id": user, "k": 10}).json()
+        student = client.post("/v1/recommend", json={"user_id": user, "k": 10}).json()
+        for body in (teacher, student):
+            assert len(body["items"]) == 10 and not body["degraded"]
+            assert not {i["item_id"] for i in body["items"]} & set(seen)
+        assert [i["score"] for i in teacher["items"]] != [i["score"] for i in student["items"]]
+        assert client.get("/teacher/v1/model").json()["scorer"]["max_batch_size"] == 1
+    finally:
+        deploy(serve_config)
+    deadline = time.monotonic() + 60
+    while "distilrec-teacher" in serve.status().applications and time.monotonic() < deadline:
+        time.sleep(0.5)
