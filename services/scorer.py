@@ -35,20 +35,6 @@ from services.state import ServingState
 DEFAULT_CANDIDATES = 200
 
 
-def model_item_vectors(model: torch.nn.Module) -> torch.Tensor:
-    """``(N, D)`` item vectors of a student or a teacher (the one place that knows both)."""
-    if hasattr(model, "item_vectors"):
-        return model.item_vectors()
-    return model.items.all()[:-1]
-
-
-def model_text_item_vectors(model: torch.nn.Module, text_emb: torch.Tensor) -> torch.Tensor:
-    """``(M, text_dim) -> (M, D)``: vectors of items known only by their text."""
-    if hasattr(model, "text_item_vectors"):
-        return model.text_item_vectors(text_emb)
-    return model.items.text_vectors(text_emb)
-
-
 @dataclass
 class ScorerBundle:
     version: str
@@ -73,7 +59,7 @@ class ScorerBundle:
             raise ValueError(f"the artifact has no {which} model")
         model = model.eval()
         with torch.no_grad():
-            vectors = model_item_vectors(model).detach().clone()  # (N, D)
+            vectors = model.item_vectors().detach().clone()  # (N, D)
             probe = model.user_vector(pad_histories([[0]], model.cfg.n_items, model.cfg.max_len)) @ vectors.T
         if not torch.isfinite(probe).all() or not torch.isfinite(vectors).all():
             raise ValueError("the model produces non-finite scores")
@@ -83,7 +69,7 @@ class ScorerBundle:
         if text_dim:
             emb = torch.from_numpy(np.asarray(art.items.text_emb, dtype=np.float32))
             with torch.no_grad():
-                id_part = vectors - model_text_item_vectors(model, emb)
+                id_part = vectors - model.text_item_vectors(emb)
         return cls(art.version, art.manifest, model, ids, dict(art.items.index), make_retrieval(retrieval, vectors),
                    len(ids), text_dim, model.cfg.n_items, model.cfg.max_len, emb, id_part)
 
@@ -98,7 +84,7 @@ class ScorerBundle:
             return
         emb = torch.from_numpy(np.stack([it.embedding for it in fresh]).astype(np.float32))
         with torch.no_grad():
-            vecs = impute_item_vectors(model_text_item_vectors(self.model, emb), emb, self.trained_text_emb,
+            vecs = impute_item_vectors(self.model.text_item_vectors(emb), emb, self.trained_text_emb,
                                        self.trained_id_part, self.neighbours)
         for it, v in zip(fresh, vecs):
             row = self.index.get(it.item_id)
