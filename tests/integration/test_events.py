@@ -13,6 +13,7 @@ import uuid
 
 import httpx
 import pytest
+import torch
 
 from distilrec.cli import read_metrics
 from distilrec.stores import open_event_store
@@ -42,6 +43,27 @@ def _recommend(client, **payload) -> dict:
 
 def _post_events(client, events: list[dict]) -> httpx.Response:
     return client.post("/v1/events", json={"events": events})
+
+
+def _student_scores(artifact, items: list[str], times: list[int]) -> dict[str, float]:
+    """The served student's score of every catalogue item after ``items`` (oldest first) at ``times``."""
+    from distilrec.models import pad_histories
+
+    m = artifact.student.eval()
+    hist = pad_histories([[artifact.items.index[i] for i in items]], m.cfg.n_items, m.cfg.max_len)
+    with torch.no_grad():
+        scores = m.score(hist, times=pad_histories([times], 0, m.cfg.max_len))[0]
+    return dict(zip(artifact.items.item_ids, scores.tolist()))
+
+
+def _assert_ranked_by(body: dict, scores: dict[str, float], seen: set[str]) -> None:
+    """The answer holds the best unseen items by ``scores``, in order (equal within float noise: a
+    near-tie may come in either order)."""
+    best = sorted((v for k, v in scores.items() if k not in seen), reverse=True)
+    for it, expected in zip(body["items"], best):
+        assert it["item_id"] not in seen
+        assert it["score"] == pytest.approx(scores[it["item_id"]], rel=1e-4, abs=1e-4)
+        assert it["score"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
 
 
 def test_an_event_warms_up_a_new_user(client, store):
@@ -74,9 +96,12 @@ def test_events_of_a_known_user_are_excluded_and_change_the_ranking(client, arti
     after = _recommend(client, user_id=user, k=10)
     assert after["cold_start"] is False
     assert not set(_ids(after)) & (set(posted) | set(seen))
-    # The history the model saw is the artifact's, then the stored events in time order.
+    # The history the model saw is the artifact's, then the stored events in time order, each with its
+    # timestamp (the time-gap features).
     assert store.history(user) == posted
-    assert _ids(after) == _ids(_recommend(client, history=seen + posted, k=10))
+    known_times = artifact.history_times[user]
+    _assert_ranked_by(after, _student_scores(artifact, seen + posted, known_times + [now, now + 1, now + 2]),
+                      set(seen) | set(posted))
     # The user vector moved: items kept in both lists are scored differently.
     score_before = {it["item_id"]: it["score"] for it in before["items"]}
     common = [it for it in after["items"] if it["item_id"] in score_before]
@@ -90,7 +115,8 @@ def test_stored_order_follows_timestamps(client, artifact, store):
     assert _post_events(client, [{"user_id": user, "item_id": b, "timestamp": 100},
                                  {"user_id": user, "item_id": c, "timestamp": 200}]).status_code == 200
     assert store.history(user) == [b, c, a]
-    assert _ids(_recommend(client, user_id=user, k=5)) == _ids(_recommend(client, history=[b, c, a], k=5))
+    _assert_ranked_by(_recommend(client, user_id=user, k=5), _student_scores(artifact, [b, c, a], [100, 200, 300]),
+                      {a, b, c})
 
 
 def _bad_payloads(item: str, user: str) -> list[tuple[object, str]]:
