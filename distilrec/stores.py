@@ -298,23 +298,12 @@ class SQLiteEventStore(EventStore):
         rows = [_row(e, now) for e in events]
         if not rows:
             return 0
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to timeout_s)
+        def insert(conn: sqlite3.Connection) -> None:
             committed = time.time()
             conn.executemany("INSERT INTO events (user_id, item_id, ts, type, committed) VALUES (?, ?, ?, ?, ?)",
                              [(*r, committed) for r in rows])
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._drop(conn)
-            if isinstance(e, sqlite3.IntegrityError):
-                raise ValueError(f"invalid event (nothing of the batch stored): {e}") from None
-            self._drop(conn)
-            raise EventStoreError(f"event store {self.path}: write failed, nothing stored: {e}") from None
+
+        self._write("event", insert)
         return len(rows)
 
     def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
@@ -343,7 +332,7 @@ class SQLiteEventStore(EventStore):
         """Run ``fn(conn)`` in one immediate transaction; all or nothing."""
         conn = self._conn()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to timeout_s)
             out = fn(conn)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -353,7 +342,7 @@ class SQLiteEventStore(EventStore):
                 except sqlite3.Error:
                     self._drop(conn)
             if isinstance(e, sqlite3.IntegrityError):
-                raise ValueError(f"invalid {what} (nothing stored): {e}") from None
+                raise ValueError(f"invalid {what} (nothing of the batch stored): {e}") from None
             self._drop(conn)
             raise EventStoreError(f"event store {self.path}: {what} write failed, nothing stored: {e}") from None
         return out
