@@ -62,6 +62,7 @@ class Panel:
     min: float | None = None
     max: float | None = None
     thresholds: list[tuple[float, str]] = field(default_factory=list)  # (from value, colour) after green
+    points: bool = False  # one point per sample, joined across gaps (per-epoch gauges)
 
     def render(self, panel_id: int, x: int, y: int) -> dict[str, Any]:
         defaults: dict[str, Any] = {"unit": self.unit, "thresholds": {"mode": "absolute", "steps": [
@@ -75,7 +76,7 @@ class Panel:
         options: dict[str, Any] = {}
         if self.kind == "timeseries":
             defaults["custom"] = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10 if self.stack else 0,
-                                  "showPoints": "never", "spanNulls": False,
+                                  "showPoints": "always" if self.points else "never", "spanNulls": self.points,
                                   "stacking": {"mode": "normal" if self.stack else "none", "group": "A"}}
             options = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                        "tooltip": {"mode": "multi", "sort": "desc"}}

@@ -1,8 +1,9 @@
 """Training: loss, validation NDCG@10, throughput and epoch time of the Ray Train runs.
 
 The gauges are set by ``training/loop.py`` once per epoch through Ray's metrics API (``stage`` is the
-run: teacher, student, student_no_distill); a worker's gauges are exported while it lives, so the
-panels show the runs of the selected time range.
+run: teacher, student, student_no_distill). Ray exports a gauge for about 20 s after it was last set
+and never after its worker ended, so a panel shows one point per epoch (joined into a line) while a
+run trains, and the finished runs of the selected time range.
 """
 
 from __future__ import annotations
@@ -14,20 +15,20 @@ S = SEL + ',stage=~"$stage"'
 LEARNING = Row("Is it learning?", [
     Panel("Training loss", [Target(f"max by (stage) (ray_distilrec_train_loss{{{S}}})", "{{stage}}")],
           "Mean training loss of the last epoch (rank 0). The student's loss mixes the teacher's soft "
-          "targets and the true next item.", width=12),
+          "targets and the true next item.", width=12, points=True),
     Panel("Validation NDCG@10", [Target(f"max by (stage) (ray_distilrec_train_val_ndcg{{{S}}})", "{{stage}}")],
-          "Validation NDCG@10 after each epoch; early stopping keeps the best epoch.", width=12, decimals=4),
+          "Validation NDCG@10 after each epoch; early stopping keeps the best epoch.", width=12, decimals=4, points=True),
 ])
 
 SPEED = Row("Is it fast enough?", [
     Panel("Samples/s per worker",
           [Target(f"sum by (stage, rank) (ray_distilrec_train_samples_per_second{{{S}}})", "{{stage}} rank {{rank}}")],
           "Users per second each Ray Train worker trained on in its last epoch: a slow rank holds the others "
-          "back (DDP).", width=8),
+          "back (DDP).", width=8, points=True),
     Panel("Samples/s, all workers",
-          [Target(f"sum by (stage) (ray_distilrec_train_samples_per_second{{{S}}})", "{{stage}}")], width=8),
+          [Target(f"sum by (stage) (ray_distilrec_train_samples_per_second{{{S}}})", "{{stage}}")], width=8, points=True),
     Panel("Epoch time", [Target(f"max by (stage) (ray_distilrec_train_epoch_seconds{{{S}}})", "{{stage}}")],
-          "Seconds of the last epoch's training pass (validation excluded).", unit="s", width=8),
+          "Seconds of the last epoch's training pass (validation excluded).", unit="s", width=8, points=True),
 ])
 
 TRAINING = Dashboard(
