@@ -275,4 +275,3 @@ def test_dashboards_and_alerts_against_a_real_prometheus(prom, client, artifact,
     for rule in rules:
         used |= set(re.findall(r"\bray_[a-z0-9_]+", rule["expr"]))
     assert used - names == set(), f"metric names Prometheus never saw: {sorted(used - names)}"
-    assert time.time() - t_start < 300
