@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: demo test install clean k8s-manifests
+.PHONY: demo test install clean k8s-manifests dashboards
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: install
 # Regenerate the plain manifests in k8s/ from the Helm chart (tests/k8s fails when they are stale).
 k8s-manifests: install
 	$(BIN)/python k8s/generate.py
+
+# Render the Grafana dashboards (dashboards/) to helm/distilrec/dashboards/*.json (a test fails when they are stale).
+dashboards: install
+	$(BIN)/python -m dashboards
 
 clean:
 	rm -rf demo-out .pytest_cache

@@ -46,6 +46,9 @@ class Bundle(Protocol):
 
 
 B = TypeVar("B", bound=Bundle)
+# Ray (2.60) stops exporting a gauge that is not set again within two export intervals (~20 s), so the
+# model gauges are set again this often, or a replica with a loaded model would look like one without.
+GAUGE_REFRESH_S = 5.0
 
 
 class ServingState(Generic[B]):
@@ -74,6 +77,7 @@ class ServingState(Generic[B]):
             log.warning("new items not loaded yet: %s", e)
         self._export(None)
         self._stop = threading.Event()
+        threading.Thread(target=self._keep_exported, name="model-gauges", daemon=True).start()
         if self.poll_s > 0:
             threading.Thread(target=self._poll, name="model-poll", daemon=True).start()
 
@@ -105,6 +109,13 @@ class ServingState(Generic[B]):
             threading.Thread(target=self.check, kwargs={"force": True}, daemon=True).start()
 
     # ---------------------------------------------------------------------------------- reload
+
+    def _keep_exported(self) -> None:
+        while not self._stop.wait(GAUGE_REFRESH_S):
+            try:
+                self._export(None)
+            except Exception:  # noqa: BLE001 - metrics must never take the replica down
+                log.exception("model gauges not exported")
 
     def _poll(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -83,6 +83,21 @@ def _quiet_report_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _epoch_gauges() -> dict[str, Any]:
+    """Per-epoch gauges through Ray's metrics API (exported as ``ray_distilrec_train_*`` on the node's
+    metrics port while the worker lives; read by dashboards/training.py). ``stage`` is the run's name."""
+    from ray.util.metrics import Gauge
+
+    return {
+        "loss": Gauge("distilrec_train_loss", "Mean training loss of the last epoch (rank 0).", tag_keys=("stage",)),
+        "val": Gauge("distilrec_train_val_ndcg", "Validation NDCG@10 after the last epoch.", tag_keys=("stage",)),
+        "sps": Gauge("distilrec_train_samples_per_second", "Users per second of this worker's last epoch.",
+                     tag_keys=("stage", "rank")),
+        "epoch_s": Gauge("distilrec_train_epoch_seconds", "Seconds of the last epoch's training pass.",
+                         tag_keys=("stage",)),
+    }
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for ``TorchTrainer``. ``config`` keys: see :func:`fit`."""
     import ray.train
@@ -120,6 +135,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             opt.load_state_dict(state["optimizer"])
             start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
 
+    gauges = _epoch_gauges()
     amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if tc.use_gpu else contextlib.nullcontext()
     for epoch in range(start_epoch, tc.epochs):
         if stale >= tc.patience:
@@ -152,7 +168,12 @@ def worker_loop(config: dict[str, Any]) -> None:
         metrics = {"epoch": epoch, "loss": total / max(n, 1), VAL_METRIC: val_ndcg,
                    "epoch_s": epoch_s, "samples_per_s": samples / max(epoch_s, 1e-9), "rank": rank}
         history.append(metrics)
+        stage = {"stage": config["name"]}
+        gauges["sps"].set(metrics["samples_per_s"], tags={**stage, "rank": str(rank)})
         if rank == 0:
+            gauges["loss"].set(metrics["loss"], tags=stage)
+            gauges["val"].set(val_ndcg, tags=stage)
+            gauges["epoch_s"].set(epoch_s, tags=stage)
             print(f"[{config['name']}] epoch {epoch + 1}/{tc.epochs}  loss {metrics['loss']:.4f}  "
                   f"val NDCG@10 {val_ndcg:.4f}{' *' if improved else ''}  ({epoch_s:.1f}s, "
                   f"{metrics['samples_per_s']:.0f} users/s/worker)", flush=True)

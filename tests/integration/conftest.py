@@ -51,7 +51,21 @@ def ray_cluster(metrics_port):
 
 
 @pytest.fixture(scope="session")
-def pipeline_output(ray_cluster, tmp_path_factory):
+def prometheus(metrics_port, tmp_path_factory):
+    """A real Prometheus scraping the session's Ray metrics port every second (tests/integration/
+    prom_server.py), started before the pipeline trains: Ray Train workers export their per-epoch gauges
+    only while they live. Without the binary this is the reason string (test_observability skips, or
+    fails in CI); nothing else depends on it."""
+    from prom_server import start_or_reason
+
+    server = start_or_reason(metrics_port, tmp_path_factory.mktemp("prometheus"))
+    yield server
+    if not isinstance(server, str):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline_output(ray_cluster, prometheus, tmp_path_factory):
     from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
     from training.pipeline import run_pipeline
 

@@ -1,0 +1,147 @@
+"""The serving overview: is distilrec fast, correct, fresh and sized right, and which stage is to blame.
+
+Every query reads the metrics the Serve application exports through Ray's metrics API
+(``services/metrics.py``; Ray prefixes ``ray_``) and Ray Serve's own replica metrics.
+"""
+
+from __future__ import annotations
+
+from dashboards.core import SEL, Dashboard, Panel, Row, Target, Variable
+
+RI = "$__rate_interval"
+REC = 'route="/v1/recommend"'
+FIVE_XX = 'code=~"5.."'
+
+
+def _rate(metric: str, extra: str = "", by: str = "") -> str:
+    sel = SEL + (f",{extra}" if extra else "")
+    return f"sum{f' by ({by})' if by else ''} (rate({metric}{{{sel}}}[{RI}]))"
+
+
+def _quantile(q: float, hist: str, extra: str = "", by: str = "") -> str:
+    return f"histogram_quantile({q}, {_rate(hist + '_bucket', extra, ', '.join(['le'] + ([by] if by else [])))})"
+
+
+def _quantiles(hist: str, extra: str = "", by: str = "", qs=(0.5, 0.95, 0.99)) -> list[Target]:
+    return [Target(_quantile(q, hist, extra, by), f"{'{{' + by + '}} ' if by else ''}p{round(q * 100)}")
+            for q in qs]
+
+
+def _mean(hist: str) -> Target:
+    return Target(f"{_rate(hist + '_sum')} / {_rate(hist + '_count')}", "mean")
+
+
+def _share(numerator: str, denominator: str) -> str:
+    """``numerator / denominator``, 0 (not "no data") while the numerator has no series yet: a counter
+    such as the degraded one exists only from its first increment."""
+    return f"({numerator} or vector(0)) / {denominator}"
+
+
+FAST = Row("Is it fast?", [
+    Panel("Requests/s by route", [Target(_rate("ray_distilrec_requests_total", by="route"), "{{route}}")],
+          "HTTP requests answered per second, every status code.", unit="reqps", stack=True),
+    Panel("Recommendation latency, end to end", _quantiles("ray_distilrec_request_latency_ms", REC),
+          "POST /v1/recommend from the request's arrival at the ingress to its answer.", unit="ms",
+          thresholds=[(250, "red")]),
+    Panel("p99 latency by route", [Target(_quantile(0.99, "ray_distilrec_request_latency_ms", by="route"),
+                                          "{{route}}")], unit="ms"),
+    Panel("Stage latency p50", [Target(_quantile(0.5, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
+          "Each stage as the ingress waits for it: encode (history + features), score (batched model and "
+          "candidates), rank (filters, diversity, explanations), store (event writes).", unit="ms"),
+    Panel("Stage latency p95", [Target(_quantile(0.95, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
+          unit="ms"),
+    Panel("Stage latency p99", [Target(_quantile(0.99, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
+          unit="ms"),
+    Panel("Scorer batch size", [_mean("ray_distilrec_scorer_batch_size")]
+          + _quantiles("ray_distilrec_scorer_batch_size", qs=(0.5, 0.95)),
+          "Requests scored together in one tensor batch (@serve.batch); 1 means no batching happens.",
+          width=12),
+    Panel("Scorer batch size distribution",
+          [Target(f"sum by (le) (increase(ray_distilrec_scorer_batch_size_bucket{{{SEL}}}[{RI}]))", "{{le}}",
+                  format="heatmap")],
+          "Batches per batch-size bucket.", kind="heatmap", width=12),
+])
+
+CORRECT = Row("Is it correct?", [
+    Panel("5xx share by route",
+          [Target(f'({_rate("ray_distilrec_requests_total", FIVE_XX, "route")} or 0 * '
+                  f'{_rate("ray_distilrec_requests_total", by="route")}) / '
+                  f'{_rate("ray_distilrec_requests_total", by="route")}', "{{route}}")],
+          "Share of answers that are server errors (alert DistilrecHighErrorRate: 1% over 5m).",
+          unit="percentunit", min=0, thresholds=[(0.01, "red")]),
+    Panel("Answers by status code", [Target(_rate("ray_distilrec_requests_total", by="code"), "{{code}}")],
+          "4xx are bad requests (clients); 5xx are ours.", unit="reqps", stack=True),
+    Panel("Degraded share of recommendations",
+          [Target(_share(_rate("ray_distilrec_degraded_total"), _rate("ray_distilrec_requests_total", REC)),
+                  "degraded")],
+          "Recommendations answered by a fallback (co-occurrence or popularity ranking, or without the stored "
+          "events) over all recommendations (alert DistilrecHighDegradedRate: 5%).",
+          unit="percentunit", min=0, thresholds=[(0.05, "red")]),
+    Panel("Degraded answers by reason", [Target(_rate("ray_distilrec_degraded_total", by="reason"), "{{reason}}")],
+          "scorer_timeout / scorer_error / scorer_overloaded: the model did not answer in time; store_read: "
+          "the event store could not be read; encoder_*: the feature stage failed.", unit="reqps", stack=True),
+    Panel("Cold-start share",
+          [Target(_share(_rate("ray_distilrec_cold_start_total"),
+                         _rate("ray_distilrec_requests_total", REC + ',code="200"')), "cold start")],
+          "Recommendations for users with no known history (answered with the popular items).",
+          unit="percentunit", min=0),
+    Panel("Candidates per request", [_mean("ray_distilrec_candidates_per_request")]
+          + _quantiles("ray_distilrec_candidates_per_request", qs=(0.5, 0.95)),
+          "Candidates the ranker received per recommendation (before filters, seen items, diversity)."),
+    Panel("Event store errors by operation",
+          [Target(_rate("ray_distilrec_event_store_errors_total", by="op"), "{{op}}")],
+          "Failed reads (answers degraded) and writes (POST /v1/events answered 503; alert "
+          "DistilrecEventWritesFailing).", unit="reqps", width=12),
+    Panel("Events stored/s", [Target(_rate("ray_distilrec_events_stored_total"), "events")],
+          "Events committed to the event store (POST /v1/events).", width=12),
+])
+
+FRESH = Row("Is it fresh?", [
+    Panel("Replicas per model version", [Target(f"count by (version) (ray_distilrec_model_info{{{SEL}}} == 1)",
+                                                "{{version}}")],
+          "Replicas serving each model version: two versions at once only during a swap.", kind="stat",
+          width=6),
+    Panel("Model age", [Target(f"time() - min(ray_distilrec_model_created_timestamp_seconds{{{SEL}}})", "age")],
+          "Time since the oldest served model was trained (retraining schedule: training.cron).", kind="stat",
+          unit="s", width=6, thresholds=[(2 * 86400, "orange")]),
+    Panel("Event-to-effect freshness",
+          _quantiles("ray_distilrec_event_to_effect_seconds", qs=(0.5, 0.95, 0.99)),
+          "Seconds from an event's commit to the first recommendation that reflects it.", unit="s", width=12),
+    Panel("Model reloads", [Target(f"sum by (result) (increase(ray_distilrec_model_reloads_total{{{SEL}}}[{RI}]))",
+                                   "{{result}}")],
+          "Model versions swapped in (ok) or refused (the old model keeps serving; see /v1/model).",
+          width=8, stack=True),
+    Panel("New items added", [Target(f"sum(increase(ray_distilrec_items_added_total{{{SEL}}}[{RI}]))", "items")],
+          "Items added by POST /v1/items (recommendable without retraining).", width=8),
+    Panel("Events stored per recommendation",
+          [Target(f'{_rate("ray_distilrec_events_stored_total")} / {_rate("ray_distilrec_requests_total", REC)}',
+                  "events / recommendation")],
+          "How much live feedback arrives per recommendation served.", width=8),
+])
+
+SIZED = Row("Is it sized right?", [
+    Panel("Healthy replicas per deployment",
+          [Target(f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{SEL}}})", "{{deployment}}"),
+           Target(f"sum by (deployment) (ray_serve_autoscaling_target_replicas{{{SEL}}})",
+                  "{{deployment}} target")],
+          "Ray Serve's replicas per deployment and the autoscaler's target.", width=8),
+    Panel("Requests in flight per deployment",
+          [Target(f"sum by (deployment) (ray_serve_replica_processing_queries{{{SEL}}})", "{{deployment}}")],
+          "Requests each deployment's replicas are working on (autoscaling follows target_ongoing_requests).",
+          width=8),
+    Panel("Queued requests per deployment",
+          [Target(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{SEL}}})", "{{deployment}}")],
+          "Requests waiting for a replica; a growing queue means too few replicas.", width=8),
+])
+
+OVERVIEW = Dashboard(
+    uid="distilrec-overview", title="distilrec / Overview",
+    description="Generated by dashboards/overview.py (python -m dashboards); do not edit. "
+                "Is the recommender fast, correct, fresh and sized right, and which stage is to blame.",
+    rows=[FAST, CORRECT, FRESH, SIZED],
+    variables=[
+        Variable("namespace", "Namespace", "label_values(ray_distilrec_requests_total, namespace)"),
+        Variable("release", "Release",
+                 'label_values(ray_distilrec_requests_total{namespace=~"$namespace"}, app_kubernetes_io_instance)'),
+    ],
+)
