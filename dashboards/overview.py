@@ -27,10 +27,6 @@ def _quantiles(hist: str, extra: str = "", by: str = "", qs=(0.5, 0.95, 0.99)) -
             for q in qs]
 
 
-def _mean(hist: str) -> Target:
-    return Target(f"{_rate(hist + '_sum')} / {_rate(hist + '_count')}", "mean")
-
-
 def _share(numerator: str, denominator: str) -> str:
     """``numerator / denominator``, 0 (not "no data") while the numerator has no series yet: a counter
     such as the degraded one exists only from its first increment."""
@@ -52,9 +48,10 @@ FAST = Row("Is it fast?", [
           unit="ms"),
     Panel("Stage latency p99", [Target(_quantile(0.99, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
           unit="ms"),
-    Panel("Scorer batch size", [_mean("ray_distilrec_scorer_batch_size")]
-          + _quantiles("ray_distilrec_scorer_batch_size", qs=(0.5, 0.95)),
-          "Requests scored together in one tensor batch (@serve.batch); 1 means no batching happens.",
+    Panel("Scorer batch size", _quantiles("ray_distilrec_scorer_batch_size", qs=(0.5, 0.95)),
+          "Requests scored together in one tensor batch (@serve.batch), interpolated within the buckets "
+          "1, 2, 4, 8, … (values up to 1 mean no batching). No mean: Ray 2.60 exports a histogram's _sum "
+          "from bucket midpoints.",
           width=12),
     Panel("Scorer batch size distribution",
           [Target(f"sum by (le) (increase(ray_distilrec_scorer_batch_size_bucket{{{SEL}}}[{RI}]))", "{{le}}",
@@ -85,8 +82,7 @@ CORRECT = Row("Is it correct?", [
                          _rate("ray_distilrec_requests_total", REC + ',code="200"')), "cold start")],
           "Recommendations for users with no known history (answered with the popular items).",
           unit="percentunit", min=0),
-    Panel("Candidates per request", [_mean("ray_distilrec_candidates_per_request")]
-          + _quantiles("ray_distilrec_candidates_per_request", qs=(0.5, 0.95)),
+    Panel("Candidates per request", _quantiles("ray_distilrec_candidates_per_request", qs=(0.5, 0.95)),
           "Candidates the ranker received per recommendation (before filters, seen items, diversity)."),
     Panel("Event store errors by operation",
           [Target(_rate("ray_distilrec_event_store_errors_total", by="op"), "{{op}}")],

@@ -21,8 +21,11 @@ DATASET = "synthetic:users=300,items=60,seed=3"
 def pytest_collection_modifyitems(session, config, items):
     """Tests that need the Serve app run last (a stable sort: otherwise in file order). The local
     cluster has ``num_workers + 1`` logical CPUs and the app's replicas hold 1.25 of them from their
-    deployment to the end of the session, so training tests must run before it is deployed."""
-    items.sort(key=lambda item: "serve_url" in getattr(item, "fixturenames", ()))
+    deployment to the end of the session, so training tests must run before it is deployed. The
+    Prometheus test (test_observability.py) runs very last: its new item, model swaps and deliberate
+    faults then change nothing another test sees."""
+    items.sort(key=lambda item: ("serve_url" in getattr(item, "fixturenames", ()),
+                                 item.path.name == "test_observability.py"))
 
 
 def _free_port() -> int:
