@@ -207,7 +207,9 @@ def test_model_swap_under_load_fails_no_request_and_a_broken_artifact_is_refused
 
     try:
         codes, r = asyncio.run(swap())
-        assert r.status_code == 200 and r.json()["version"] == newer and r.json()["changed"] is True, r.text
+        # "changed" is false when the replicas' own polling (model_poll_s: 3) found the version first.
+        assert r.status_code == 200 and r.json()["version"] == newer, r.text
+        assert r.json()["changed"] is True or r.json()["previous"] == newer, r.text
         assert codes and set(codes) == {200}, f"{len([c for c in codes if c != 200])} of {len(codes)} failed"
         assert newer in seen_versions
         assert client.get("/v1/model").json()["version"] == newer
