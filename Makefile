@@ -1,6 +1,7 @@
 # distilrec: the two commands a new user runs.
 #   make demo   whole path on synthetic data (train, distill, evaluate, serve, a few HTTP requests)
-#   make test   the test suite (unit, integration on a local Ray cluster, doctests)
+#   make test   the test suite (unit, chart and manifests, integration on a local Ray cluster with
+#               Redis and Prometheus, doctests)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
