@@ -582,28 +582,33 @@ def parse_store_uri(uri: str) -> tuple[str, str, dict[str, Any]]:
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
             if key != "timeout":
                 raise UnsupportedStoreError(f"unknown sqlite event store option {key!r} (known: timeout)")
-            try:
-                options["timeout_s"] = float(value)
-            except ValueError:
-                raise UnsupportedStoreError(f"timeout must be seconds, got {value!r}") from None
-            if not options["timeout_s"] > 0:
-                raise UnsupportedStoreError(f"timeout must be > 0, got {value!r}")
+            options["timeout_s"] = _timeout_option(value)
     if location.strip() in (":memory:", "/:memory:") or location.startswith("file:"):
         raise UnsupportedStoreError("the event store must be a file shared by every replica, not an in-memory "
                                     "database")
     return "sqlite", location, options
 
 
+def _timeout_option(value: str) -> float:
+    """The ``?timeout=SECONDS`` option of a store URI (both backends)."""
+    try:
+        timeout = float(value)
+    except ValueError:
+        raise UnsupportedStoreError(f"timeout must be seconds, got {value!r}") from None
+    if not timeout > 0:
+        raise UnsupportedStoreError(f"timeout must be > 0, got {value!r}")
+    return timeout
+
+
 def _redis_options(uri: str, parts) -> dict[str, Any]:
     try:
-        port = parts.port
+        parts.port  # noqa: B018 - urllib checks the port only when it is read
     except ValueError:
         raise UnsupportedStoreError("the Redis URL has an invalid port") from None
     if not parts.hostname:
         raise UnsupportedStoreError("a Redis URL needs a host: redis://[:password@]host:port/db")
     if parts.path.strip("/") and not parts.path.strip("/").isdigit():
         raise UnsupportedStoreError(f"the Redis database must be a number, got {parts.path.strip('/')!r}")
-    del port
     options: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "prefix":
@@ -611,12 +616,7 @@ def _redis_options(uri: str, parts) -> dict[str, Any]:
                 raise UnsupportedStoreError("prefix must not be empty")
             options["prefix"] = value
         elif key == "timeout":
-            try:
-                options["timeout_s"] = float(value)
-            except ValueError:
-                raise UnsupportedStoreError(f"timeout must be seconds, got {value!r}") from None
-            if not options["timeout_s"] > 0:
-                raise UnsupportedStoreError(f"timeout must be > 0, got {value!r}")
+            options["timeout_s"] = _timeout_option(value)
         else:
             raise UnsupportedStoreError(f"unknown Redis event store option {key!r} (known: prefix, timeout)")
     return options
