@@ -96,22 +96,26 @@ class _ItemTower(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
 
-def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor, n_buckets: int) -> torch.Tensor:
+def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor | None, n_buckets: int) -> torch.Tensor:
     """``(B, L)`` unix seconds → ``(B, L)`` buckets of the time since the previous real item.
 
     Bucket ``1 + floor(log2(gap + 1))`` (capped at ``n_buckets - 1``), so 1 is "the same second" and
     each further bucket doubles the gap; 0 means "no previous item" (the first item, padding, or a
     position whose time is unknown). A negative gap (clock skew) counts as 0 seconds.
+    ``valid=None`` means that every position holds a real item.
 
     >>> t = torch.tensor([[0, 100, 100, 107, 1000]])
     >>> time_gap_buckets(t, torch.tensor([[False, True, True, True, True]]), 24).tolist()
     [[0, 0, 1, 4, 10]]
+    >>> time_gap_buckets(t, None, 24).tolist()
+    [[0, 7, 1, 4, 10]]
     """
-    prev_valid = F.pad(valid[:, :-1], (1, 0), value=False)
-    gap = times - F.pad(times[:, :-1], (1, 0))
     # 1 + floor(log2(gap + 1)) = 1 + the number of k >= 1 with gap >= 2**k - 1 (negative gaps: bucket 1)
-    buckets = 1 + torch.bucketize(gap, _gap_bounds(n_buckets, gap.device), right=True)
-    return torch.where(valid & prev_valid, buckets, 0)
+    buckets = 1 + torch.bucketize(times.diff(dim=1), _gap_bounds(n_buckets, times.device), right=True)
+    buckets = F.pad(buckets, (1, 0))  # the first position has no previous item
+    if valid is None:
+        return buckets
+    return torch.where(valid & F.pad(valid[:, :-1], (1, 0), value=False), buckets, 0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -148,29 +152,45 @@ class _SequenceModel(nn.Module):
         alone, and the last layer then computes only what that position needs (keys and values of
         every position, the query, attention and feed-forward of one): the scoring path."""
         hist = hist[:, -self.cfg.max_len:]
+        valid = hist != self.cfg.n_items
+        dense = False
+        if not self.training:
+            # Inference: for the last position, columns that are padding in every row change nothing
+            # (their positions are masked and position embeddings count from the most recent item), so
+            # they are cut; when no padding is left, attention needs no mask at all (a single request's
+            # history, the scoring path).
+            first = int(valid.any(0).int().argmax()) if last_only and hist.shape[1] > 1 else 0
+            if first:
+                hist, valid = hist[:, first:], valid[:, first:]
+            dense = bool(valid.all())
         length = hist.shape[1]
         table = self.items.all()
         x = F.embedding(hist, table) * (self.cfg.d_model ** 0.5)  # a gather, faster than table[hist]
         x = x + self.pos_emb.weight[self.cfg.max_len - length:]
-        valid = hist != self.cfg.n_items
         if self.gap_emb is not None and times is not None:
-            x = x + self.gap_emb(time_gap_buckets(times[:, -length:].long(), valid, self.cfg.time_buckets))
+            x = x + self.gap_emb(time_gap_buckets(times[:, -length:].long(), None if dense else valid,
+                                                  self.cfg.time_buckets))
         elif self.gap_emb is not None:
             x = x + self.gap_emb.weight[0]
-        x = self.drop(x) * valid.unsqueeze(-1)
-        # A query may attend to earlier real items, and always to itself (so no row is empty).
-        if last_only and len(self.blocks) == 1:  # the last query alone sees every position: no causal mask
-            mask = (valid | (torch.arange(length, device=hist.device) == length - 1))[:, None, None, :]
+        x = self.drop(x)
+        if dense:
+            mask = None  # full causal attention, and the last query sees every position
         else:
-            causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
-            mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
-            mask = mask.unsqueeze(1)
+            x = x * valid.unsqueeze(-1)
+            # A query may attend to earlier real items, and always to itself (so no row is empty).
+            if last_only and len(self.blocks) == 1:  # the last query alone sees every position: no causal mask
+                mask = (valid | (torch.arange(length, device=hist.device) == length - 1))[:, None, None, :]
+            else:
+                causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
+                mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
+                mask = mask.unsqueeze(1)
         for i, block in enumerate(self.blocks):
             if last_only and i == len(self.blocks) - 1:
                 x, valid = block(x, mask, last_only=True), valid[:, -1:]
             else:
                 x = block(x, mask)
-            x = x * valid.unsqueeze(-1)
+            if not dense:
+                x = x * valid.unsqueeze(-1)
         return self.norm(x)
 
     def item_vectors(self) -> torch.Tensor:
@@ -238,17 +258,21 @@ class _Block(nn.Module):
         self.p = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """``mask (B, 1, L, L)``; ``last_only=True`` returns ``(B, 1, D)`` for the last position alone."""
+        """``mask (B, 1, L, L)``, or ``None`` for plain causal attention (no padding anywhere);
+        ``last_only=True`` returns ``(B, 1, D)`` for the last position alone."""
         b, length, d = x.shape
         h, dh = self.ln1(x), d // self.heads
         if last_only:
             q = F.linear(h[:, -1:], self.qkv.weight[:d], self.qkv.bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
             k, v = F.linear(h, self.qkv.weight[d:], self.qkv.bias[d:]).view(b, length, 2, self.heads, dh).permute(
                 2, 0, 3, 1, 4)
-            x, mask = x[:, -1:], mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
+            x = x[:, -1:]
+            if mask is not None:
+                mask = mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
         else:
             q, k, v = self.qkv(h).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and not last_only,
+                                           dropout_p=self.p if self.training else 0.0)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], d)))
         return x + self.drop(self.ff(self.ln2(x)))
 

@@ -17,7 +17,8 @@ from distilrec.evaluate import (
 from distilrec.metrics import evaluate_scores
 from distilrec.models import Student, Teacher, count_params
 
-COST_KEYS = {"params", "macs_per_candidate", "score_ms_p50_1000", "score_ms_p99_1000"}
+COST_KEYS = {"params", "macs_per_candidate", "score_ms_p50_1000", "score_ms_p99_1000",
+             "score_ms_per_request_batched"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def test_scoring_cost_keys_and_values():
         assert cost["params"] == count_params(m)
         assert cost["macs_per_candidate"] == pytest.approx(m.macs_per_candidate(1000), abs=0.05)
         assert 0 < cost["score_ms_p50_1000"] <= cost["score_ms_p99_1000"]
+        assert cost["score_ms_per_request_batched"] > 0
         assert not m.training
     assert torch.get_num_threads() == threads  # restored after the one-thread timing
 
