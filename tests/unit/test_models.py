@@ -162,6 +162,21 @@ def test_batched_scores_equal_single_user_scores(kind, teacher, student):
 
 
 @pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_batched_scores_with_times_equal_single_user_scores(kind, teacher, student):
+    """A batch of uneven histories takes the masked path; one full history alone takes the unmasked one."""
+    m = teacher if kind == "teacher" else student
+    m.eval()
+    histories = [[1, 2, 3, 4, 5, 6], [7], [8, 9]]
+    stamps = [[100 * 3 ** i for i in range(len(h))] for h in histories]
+    times = torch.tensor([[0] * (6 - len(t)) + t for t in stamps])
+    with torch.no_grad():
+        batch = m.score(pad_histories(histories, PAD, m.cfg.max_len), times=times)
+        for i, (h, t) in enumerate(zip(histories, stamps)):
+            torch.testing.assert_close(batch[i], m.score(torch.tensor([h]), times=torch.tensor([t]))[0],
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_history_longer_than_max_len_reads_the_most_recent(kind, teacher, student):
     m = teacher if kind == "teacher" else student
     m.eval()
