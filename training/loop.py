@@ -136,7 +136,8 @@ def worker_loop(config: dict[str, Any]) -> None:
             start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
 
     gauges = _epoch_gauges()
-    amp = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if tc.use_gpu else contextlib.nullcontext()
+    # bf16 autocast on GPUs (tests/unit/test_losses.py runs both losses under it on the CPU).
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if tc.use_gpu else contextlib.nullcontext()
     for epoch in range(start_epoch, tc.epochs):
         if stale >= tc.patience:
             break

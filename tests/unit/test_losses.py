@@ -142,3 +142,24 @@ def test_teacher_targets_are_deterministic_in_train_mode(student, teacher):
     inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
     with torch.no_grad():
         assert wrapper(inputs, targets).item() == pytest.approx(wrapper(inputs, targets).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_losses_run_under_bf16_autocast_with_finite_gradients(student, teacher, with_teacher):
+    """The GPU path trains under bf16 autocast (``use_gpu``); the same code must hold there: a loss
+    close to the fp32 one and finite gradients (here with the CPU's autocast)."""
+    if with_teacher:
+        wrapper = StudentTrain(student, teacher, alpha=0.5).eval()
+    else:
+        wrapper = TeacherTrain(teacher).eval()
+    max_len = wrapper.model.cfg.max_len
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=max_len)
+    times = torch.cumsum(torch.full(inputs.shape, 600), 1)
+    ref = wrapper(inputs, targets, times).detach()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss = wrapper(inputs, targets, times)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.detach().float(), ref, rtol=0.05, atol=0.05)
+    loss.backward()
+    grads = [p.grad for p in wrapper.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
