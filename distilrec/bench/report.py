@@ -79,12 +79,14 @@ def serve_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                             f"req/s = {_fmt(slo_r, 2)} ×)", "verdict": _verdict(r, BATCHING_GAIN)})
     half = round(0.5 * d, 1) if d else None
     step = _step_at(apps["distilrec"]["fixed"], half) if half else None
-    p99 = step["p99_ms"] if step and not step["n_errors"] else None
+    p99 = step["p99_ms"] if step else None
     measured = "-" if step is None else (f"p99 {_fmt(step['p99_ms'])} ms at {half:g} req/s" +
                                          (f", {step['n_errors']} errors" if step["n_errors"] else ""))
+    verdict = _verdict(p99, HALF_LOAD_P99_MS, higher_is_better=False)
+    if step and step["n_errors"]:  # the answers that came are no proof when others failed
+        verdict = "missed"
     out.append({"target": "p99 ≤ 25 ms at half of distilrec's throughput at SLO", "threshold": HALF_LOAD_P99_MS,
-                "value": p99, "measured": measured,
-                "verdict": _verdict(p99, HALF_LOAD_P99_MS, higher_is_better=False)})
+                "value": p99, "measured": measured, "verdict": verdict})
     return out
 
 

@@ -67,6 +67,7 @@ class ServeBenchConfig:
     apps: tuple[str, ...] = APPS
     seed: int = 0
     fixed_rates: tuple[float, ...] | None = None  # default: FIXED_FRACTIONS × distilrec's throughput at SLO
+    retry_failed: bool = True      # run a step that misses the SLO once more before the search stops
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -272,7 +273,8 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
             left = budget - deployed_s
             search = run_plan_subprocess(_plan(url, bodies, cfg, [
                 {"kind": "warmup", "rates": [cfg.start_rate], "duration_s": cfg.warmup_s},
-                {"kind": "search", "start": cfg.start_rate, "factor": cfg.factor, "max_rate": cfg.max_rate},
+                {"kind": "search", "start": cfg.start_rate, "factor": cfg.factor, "max_rate": cfg.max_rate,
+                 "retry_failed": cfg.retry_failed},
             ], left * 0.7), workdir=out)["phases"][1]
             if fixed is None:  # distilrec runs first
                 fixed = fixed_rates_for(search["throughput_at_slo"], cfg.start_rate)
