@@ -260,6 +260,7 @@ def bench_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
     cfg = ServeBenchConfig(
         model=args.model if "://" in args.model else str(Path(args.model).resolve()), output=args.output,
         duration_s=args.duration_per_step, warmup_s=args.warmup, start_rate=args.start_rate,
+        min_requests=max(0, args.min_requests),
         factor=args.step_factor, max_rate=args.max_rate, concurrency=args.concurrency, slo_ms=args.slo_ms,
         max_total_s=args.max_total, port=args.port, apps=("distilrec",) + tuple(a for a in apps if a != "distilrec"))
     own = _own_ray()
@@ -366,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--output", required=True, help="folder for serve.json, serve.md and serve_latency.png")
     bs.add_argument("--duration-per-step", type=float, default=5.0, help="seconds per measured step (default 5)")
     bs.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per application (default 5)")
-    bs.add_argument("--start-rate", type=float, default=5.0, help="first offered rate, req/s (default 5)")
+    bs.add_argument("--start-rate", type=float, default=10.0, help="first offered rate, req/s (default 10)")
+    bs.add_argument("--min-requests", type=int, default=100,
+                    help="requests per open-loop step at least (a longer step at low rates; default 100)")
     bs.add_argument("--step-factor", type=float, default=1.25, help="geometric step of the SLO search (default 1.25)")
     bs.add_argument("--max-rate", type=float, default=2000.0, help="highest offered rate, req/s (default 2000)")
     bs.add_argument("--concurrency", type=int, default=32, help="requests in flight in the closed-loop run (default 32)")

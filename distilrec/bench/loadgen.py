@@ -4,11 +4,12 @@
 
 ``PLAN.json`` (see :func:`run_plan`) names the URL, the request bodies (cycled in order) and the phases:
 
-- ``{"kind": "open", "rates": [20, 40]}``: **open loop**: requests leave at scheduled times (Poisson
-  arrivals at each rate, ``duration_s`` seconds per rate) whatever the answers do, and a latency is
+- ``{"kind": "open", "rates": [20, 40], "min_requests": 100}``: **open loop**: requests leave at scheduled
+  times (Poisson arrivals at each rate, ``duration_s`` seconds per rate, or longer so that about
+  ``min_requests`` are sent) whatever the answers do, and a latency is
   measured from the request's *scheduled* time, so a slow server (or a late client) is not hidden by
   coordinated omission;
-- ``{"kind": "search", "start": 5, "factor": 1.25, "max_rate": 2000}``: open-loop steps at geometric
+- ``{"kind": "search", "start": 5, "factor": 1.25, "max_rate": 2000, "min_requests": 100}``: open-loop steps at geometric
   rates until one misses the SLO (p99 > ``slo_ms`` or any error; a failed step is run once more before
   the search stops, a shared machine is noisy); the throughput at the SLO is the highest rate that passed;
 - ``{"kind": "closed", "concurrency": [32]}``: **closed loop**: that many requests always in flight, for
@@ -100,6 +101,16 @@ def geometric_rates(start: float, factor: float, max_rate: float) -> list[float]
         rates.append(round(r, 1))
         r *= factor
     return rates
+
+
+def step_duration(rate: float, duration_s: float, min_requests: int = 0) -> float:
+    """Seconds for an open-loop step at ``rate``: ``duration_s``, or longer so that about
+    ``min_requests`` requests are sent (a p99 of 20 samples is their maximum).
+
+    >>> step_duration(10, 5, 100), step_duration(100, 5, 100)
+    (10.0, 5.0)
+    """
+    return max(float(duration_s), min_requests / rate if rate > 0 else 0.0)
 
 
 @dataclass
@@ -277,9 +288,10 @@ class LoadGenerator:
 
 async def search_slo(gen: LoadGenerator, start: float, factor: float, max_rate: float, duration_s: float,
                      slo_ms: float = SLO_P99_MS, deadline: float | None = None,
-                     retry_failed: bool = True) -> dict[str, Any]:
+                     retry_failed: bool = True, min_requests: int = 0) -> dict[str, Any]:
     """Step the offered rate up geometrically until a step misses the SLO twice in a row (or
-    ``max_rate`` or the ``deadline``, a ``time.monotonic()`` value, is reached).
+    ``max_rate`` or the ``deadline``, a ``time.monotonic()`` value, is reached). Each step lasts
+    :func:`step_duration` (``duration_s``, longer at low rates so that ``min_requests`` are sent).
 
     Returns ``{"throughput_at_slo": req/s (0.0 when even ``start`` failed), "steps": [StepResult
     dicts in order], "stopped": why}``.
@@ -287,14 +299,15 @@ async def search_slo(gen: LoadGenerator, start: float, factor: float, max_rate: 
     steps: list[dict[str, Any]] = []
     best, stopped = 0.0, "max_rate reached"
     for rate in geometric_rates(start, factor, max_rate):
-        if deadline is not None and time.monotonic() + duration_s + gen.timeout_s > deadline:
+        d = step_duration(rate, duration_s, min_requests)
+        if deadline is not None and time.monotonic() + d + gen.timeout_s > deadline:
             stopped = "time cap reached"
             break
-        r = await gen.open_loop(rate, duration_s)
+        r = await gen.open_loop(rate, d)
         steps.append(r.to_dict(slo_ms))
         if not r.passed(slo_ms) and retry_failed and \
-                (deadline is None or time.monotonic() + duration_s + gen.timeout_s <= deadline):
-            r = await gen.open_loop(rate, duration_s)  # once more: one noisy step must not end the search
+                (deadline is None or time.monotonic() + d + gen.timeout_s <= deadline):
+            r = await gen.open_loop(rate, d)  # once more: one noisy step must not end the search
             steps.append(r.to_dict(slo_ms))
         if not r.passed(slo_ms):
             stopped = f"SLO missed at {rate:g} req/s"
@@ -318,11 +331,13 @@ async def _run_plan(plan: dict[str, Any]) -> dict[str, Any]:
             if kind == "search":
                 res.update(await search_slo(gen, phase["start"], phase.get("factor", 1.25), phase["max_rate"],
                                             phase.get("duration_s", dur), slo, deadline,
-                                            phase.get("retry_failed", True)))
+                                            phase.get("retry_failed", True), phase.get("min_requests", 0)))
             elif kind in ("open", "closed", "warmup"):
                 levels = phase["concurrency"] if kind == "closed" else phase["rates"]
                 for level in levels:
                     d = float(phase.get("duration_s", dur))
+                    if kind != "closed":
+                        d = step_duration(level, d, phase.get("min_requests", 0))
                     if time.monotonic() + d + gen.timeout_s > deadline:
                         res["skipped"] = res.get("skipped", []) + [level]
                         continue

@@ -98,6 +98,14 @@ def _errors(steps: list[dict[str, Any]]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(total.items())) or "0"
 
 
+def _pressure(m: dict[str, Any]) -> str:
+    """", CPU pressure 66 % → 12 %" (Linux PSI ``some avg60`` at the start and the end), or ""."""
+    a, b = m.get("cpu_pressure"), m.get("cpu_pressure_end")
+    if a is None:
+        return ""
+    return f", CPU pressure (share of time a task waited for a CPU) {a:.0f} %" + ("" if b is None else f" → {b:.0f} %")
+
+
 def render_serve_markdown(result: dict[str, Any]) -> str:
     """The ``serve.md`` of a ``bench serve`` result: one row per application, the fixed-rate table, the
     targets with met / missed, and the client's own load."""
@@ -105,7 +113,8 @@ def render_serve_markdown(result: dict[str, Any]) -> str:
     lines = [f"Serving benchmark, {result['date']}: model {result['model']['version']} "
              f"({result['model']['users']:,} users, {result['model']['items']:,} items), answer body "
              f"{result.get('body_bytes', 0):,} bytes; {m.get('nproc')} CPUs ({m.get('cpu_model', '?')}), "
-             f"load average {', '.join(f'{x:.1f}' for x in (m.get('loadavg') or []))} at the start; "
+             f"load average {', '.join(f'{x:.1f}' for x in (m.get('loadavg') or []))} at the start"
+             f"{_pressure(m)}; "
              f"SLO p99 ≤ {result['slo_ms']:g} ms and no errors; {result['config']['duration_s']:g} s per step.",
              ""]
     if result.get("command"):
@@ -207,7 +216,8 @@ def render_train_markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"Teacher training throughput, {result['date']}: dataset {result['dataset']['name']} "
              f"({result['dataset']['train_users']:,} training users), {result['device']}, "
-             f"{m.get('nproc')} CPUs ({m.get('cpu_model', '?')}); median over epochs "
+             f"{m.get('nproc')} CPUs ({m.get('cpu_model', '?')}){_pressure(m)}; a sample is one user's "
+             f"history; median over epochs "
              f"{result['measured_epochs']} of {result['epochs']} (the first is warm-up), validation excluded.", ""]
     if result.get("command"):
         lines += [f"Command: `{result['command']}`", ""]

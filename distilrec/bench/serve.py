@@ -50,9 +50,10 @@ class ServeBenchConfig:
 
     model: str
     output: str
-    duration_s: float = 5.0        # per measured step
+    duration_s: float = 5.0        # per measured step (longer at low rates: ``min_requests``)
+    min_requests: int = 100        # per open-loop step, so that its p99 is not just its maximum
     warmup_s: float = 5.0          # per application, at ``start_rate``, not recorded
-    start_rate: float = 5.0
+    start_rate: float = 10.0
     factor: float = 1.25           # geometric step of the SLO search
     max_rate: float = 2000.0
     concurrency: int = 32          # closed-loop "high load" run (the scorer's max_batch_size)
@@ -92,6 +93,17 @@ def request_bodies(users: list[str], items: list[str], n: int, history_share: fl
     return out
 
 
+def cpu_pressure() -> float | None:
+    """Linux PSI: the share (%) of the last 60 s in which some runnable task waited for a CPU (None
+    where /proc/pressure is missing). Near 0 on an idle machine; the other work on a shared one shows here.
+    """
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(kv.split("=") for kv in line.split()[1:])["avg60"])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def machine_info() -> dict[str, Any]:
     """CPU count and model, memory, load average, Python, the git commit (when in a checkout)."""
     info: dict[str, Any] = {"nproc": os.cpu_count(), "platform": platform.platform(),
@@ -106,6 +118,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    info["cpu_pressure"] = cpu_pressure()
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                         cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip() or None
@@ -274,14 +287,14 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
             search = run_plan_subprocess(_plan(url, bodies, cfg, [
                 {"kind": "warmup", "rates": [cfg.start_rate], "duration_s": cfg.warmup_s},
                 {"kind": "search", "start": cfg.start_rate, "factor": cfg.factor, "max_rate": cfg.max_rate,
-                 "retry_failed": cfg.retry_failed},
+                 "retry_failed": cfg.retry_failed, "min_requests": cfg.min_requests},
             ], left * 0.7), workdir=out)["phases"][1]
             if fixed is None:  # distilrec runs first
                 fixed = fixed_rates_for(search["throughput_at_slo"], cfg.start_rate)
                 result["fixed_rates"] = fixed
             left = budget - (time.monotonic() - t_app)
             measured = run_plan_subprocess(_plan(url, bodies, cfg, [
-                {"kind": "open", "rates": fixed},
+                {"kind": "open", "rates": fixed, "min_requests": cfg.min_requests},
                 {"kind": "closed", "concurrency": [cfg.concurrency]},
             ], left), workdir=out)
         finally:
@@ -299,6 +312,7 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
     result["fixed_rates"] = fixed
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     result["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    result["machine"]["cpu_pressure_end"] = cpu_pressure()
     result["targets"] = serve_targets(result)
     (out / "serve.json").write_text(json.dumps(result, indent=1))
     (out / "serve.md").write_text(render_serve_markdown(result))

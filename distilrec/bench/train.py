@@ -67,12 +67,13 @@ def run_train_bench(cfg: TrainBenchConfig, command: str = "") -> dict[str, Any]:
     import ray
 
     from distilrec.bench.report import render_train_markdown
-    from distilrec.bench.serve import machine_info
+    from distilrec.bench.serve import cpu_pressure, machine_info
     from distilrec.config import PipelineConfig, TeacherConfig, TrainConfig
     from distilrec.data import Split, load_dataset
     from training.pipeline import ensure_ray, item_embeddings
     from training.teacher import train_teacher
 
+    info = machine_info()
     out = Path(cfg.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(max(cfg.workers))
@@ -94,9 +95,10 @@ def run_train_bench(cfg: TrainBenchConfig, command: str = "") -> dict[str, Any]:
                      "threads_per_worker": max(1, (os.cpu_count() or 1) // w),
                      "wall_s": round(time.monotonic() - t0, 1), "history": res.history})
         print(f"[bench train] {w} worker(s): {runs[-1]['samples_per_s']:.0f} samples/s", flush=True)
+    info["cpu_pressure_end"] = cpu_pressure()
     result = {
         "benchmark": "train", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command, "machine": machine_info(),
+        "command": command, "machine": info,
         "device": "GPU" if cfg.use_gpu else "CPU",
         "dataset": {"name": ds.name, "users": ds.n_users, "items": ds.n_items,
                     "train_users": len(split.train)},
