@@ -159,11 +159,15 @@ def render_serve_markdown(result: dict[str, Any]) -> str:
                          + result["apps"][name]["closed"]) if s.get("client_limited")]
     lines.append("")
     if limited:
-        lines.append("Steps where the client may have been the limit (over 0.8 of a core, or sending > 5 ms late "
-                     "at p99): " + "; ".join(
-                         f"{n} {'%g req/s' % s['rate'] if s['rate'] else '%d in flight' % s['concurrency']} "
-                         f"(CPU {s['client_cpu']:.2f}, lag {s['send_lag_p99_ms']:.1f} ms)" for n, s in limited[:12]) +
-                     ("; …" if len(limited) > 12 else "") + ".")
+        def why(s: dict[str, Any]) -> str:
+            busy = "busy" if s["client_cpu"] > 0.8 else "starved"
+            return f"{busy}; CPU {s['client_cpu']:.2f}, {s['send_lag_p99_ms']:.0f} ms late"
+
+        lines.append("Steps where the client was busy (over 0.8 of a core) or starved (its own CPU nearly idle, yet "
+                     "sending over 5 ms late at p99: the machine gave it no CPU in time), so that their latency "
+                     "includes the client's own delay: " + "; ".join(
+                         f"{n} at {'%g req/s' % s['rate'] if s['rate'] else '%d in flight' % s['concurrency']} "
+                         f"({why(s)})" for n, s in limited[:12]) + ("; …" if len(limited) > 12 else "") + ".")
     else:
         lines.append("The client never used more than 0.8 of a core nor sent more than 5 ms late at p99.")
     return "\n".join(lines) + "\n"

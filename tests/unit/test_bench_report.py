@@ -80,7 +80,7 @@ def test_serve_markdown_and_plot(tmp_path):
     assert "| distilrec | 100 | 300.0 |" in md
     assert "| teacher-served | 5.0 / 9.0 | 5.0 / 9.0 | 5.0 / 9.0 (2) |" in md
     assert "| p99 ≤ 25 ms at half of distilrec's throughput at SLO | p99 20.0 ms at 50 req/s | met |" in md
-    assert "timeout 2" in md and "floor 32 in flight (CPU 0.95" in md
+    assert "timeout 2" in md and "floor at 32 in flight (busy; CPU 0.95" in md
     path = plot_serve_latency(res, tmp_path / "p.png")
     assert open(path, "rb").read()[:4] == b"\x89PNG"
 
