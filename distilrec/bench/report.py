@@ -175,8 +175,9 @@ def render_serve_markdown(result: dict[str, Any]) -> str:
 
 def plot_serve_latency(result: dict[str, Any], path: str | Path) -> str:
     """p99 (solid) and p50 (dashed) latency against the offered rate, one colour per application: the
-    lines join the SLO search's steps (the last try at each rate), squares are the fixed-rate steps, ×
-    marks a step with errors; the SLO as a dotted line."""
+    lines join the SLO search's steps (the last try at each rate), squares are the fixed-rate steps,
+    triangles the closed-loop run placed at the rate it achieved (its saturation point), × marks a step
+    with errors; filled markers p99, hollow p50; the SLO as a dotted line."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     from distilrec.plots import _save, plt
@@ -197,6 +198,10 @@ def plot_serve_latency(result: dict[str, Any], path: str | Path) -> str:
         ax.scatter([s["rate"] for s in fixed], [s["p99_ms"] for s in fixed], marker="s", s=25, color=color)
         ax.scatter([s["rate"] for s in fixed], [s["p50_ms"] for s in fixed], marker="s", s=25, color=color,
                    facecolors="none")
+        closed = [s for s in a["closed"] if s["p99_ms"] is not None and s["goodput_rps"] > 0]
+        ax.scatter([s["goodput_rps"] for s in closed], [s["p99_ms"] for s in closed], marker="^", s=45, color=color)
+        ax.scatter([s["goodput_rps"] for s in closed], [s["p50_ms"] for s in closed], marker="^", s=45, color=color,
+                   facecolors="none")
         bad = [s for s in steps + fixed if s["n_errors"]]
         ax.scatter([s["rate"] for s in bad], [s["p99_ms"] for s in bad], marker="x", s=60, color="black")
     ax.axhline(result["slo_ms"], color="grey", linestyle=":", linewidth=1)
@@ -207,8 +212,9 @@ def plot_serve_latency(result: dict[str, Any], path: str | Path) -> str:
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(NullFormatter())
-    ax.set(title="latency vs offered load (open loop; squares: fixed rates, ×: errors)",
-           xlabel="offered rate (req/s)", ylabel="latency (ms)")
+    ax.set(title="latency vs load (lines: SLO search; squares: fixed rates; triangles: closed loop at its\n"
+                 "achieved rate; filled p99, hollow p50; ×: errors)",
+           xlabel="offered rate, or achieved rate for the closed loop (req/s)", ylabel="latency (ms)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     fig.tight_layout()
