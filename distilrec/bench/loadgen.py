@@ -130,7 +130,7 @@ class StepResult:
     p95_ms: float | None
     p99_ms: float | None
     max_ms: float | None
-    goodput_rps: float             # successful answers per second of the step
+    goodput_rps: float             # successful answers per second (open: of the schedule; closed: of the wall time)
     send_lag_p99_ms: float         # how late requests left against their schedule (open loop)
     client_cpu: float
 
@@ -237,7 +237,10 @@ class LoadGenerator:
             mode=mode, rate=rate, concurrency=conc, duration_s=duration_s, wall_s=round(wall, 3),
             sent=tally.sent, ok=len(lat), errors=dict(tally.errors),
             p50_ms=percentile(lat, 50), p95_ms=percentile(lat, 95), p99_ms=percentile(lat, 99),
-            max_ms=lat[-1] if lat else None, goodput_rps=len(lat) / duration_s,
+            max_ms=lat[-1] if lat else None,
+            # open loop: answers per scheduled second (compare with the offered rate); closed loop: answers per
+            # second from the first send to the last answer (the requests in flight at the stop finish late)
+            goodput_rps=len(lat) / (duration_s if mode == "open" else wall),
             send_lag_p99_ms=percentile(lags, 99) or 0.0, client_cpu=(_cpu_s() - cpu0) / wall)
 
     async def open_loop(self, rate: float, duration_s: float) -> StepResult:
