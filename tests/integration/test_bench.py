@@ -47,7 +47,7 @@ def test_bench_serve_smoke_beside_the_session_app(ray_cluster, pipeline_output, 
     res = run_serve_bench(ServeBenchConfig(
         model=str(pipeline_output), output=str(out), duration_s=1.0, warmup_s=0.5, start_rate=2.0, factor=2.0,
         max_rate=4.0, concurrency=4, n_bodies=50, max_total_s=240, port=port, retry_failed=False,
-        min_requests=0), command="smoke")
+        fixed_rates=(2.0,), min_requests=0), command="smoke")
 
     written = json.loads((out / "serve.json").read_text())
     assert set(written["apps"]) == set(APPS) and written["order"][0] == "distilrec"
