@@ -266,6 +266,9 @@ def bench_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
     own = _own_ray()
     try:
         result = run_serve_bench(cfg, command=_command_line(argv))
+    except (RuntimeError, ValueError) as e:  # an application did not start or never answered
+        print(f"distilrec bench serve: {e}", file=sys.stderr)
+        return 1
     finally:
         if own:
             import ray

@@ -275,9 +275,9 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
         t_app = time.monotonic()
         app = app_config(name, cfg.model, event_store, floor_body)
         print(f"[bench serve] {name}: deploying {app['name']} at {app['route_prefix']} ...", flush=True)
-        deploy_beside_others(app, proxy)
         url = f"{base}{app['route_prefix']}/v1/recommend"
         try:
+            deploy_beside_others(app, proxy)
             answer = _first_answer(url, bodies)
             if name == "distilrec":
                 floor_body = answer
