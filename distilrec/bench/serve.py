@@ -31,7 +31,7 @@ import platform
 import random
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,6 @@ class ServeBenchConfig:
     seed: int = 0
     fixed_rates: tuple[float, ...] | None = None  # default: FIXED_FRACTIONS × distilrec's throughput at SLO
     retry_failed: bool = True      # run a step that misses the SLO once more before the search stops
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def request_bodies(users: list[str], items: list[str], n: int, history_share: float = 0.1,
