@@ -3,6 +3,7 @@
     distilrec demo                                     # whole path on synthetic data, offline
     distilrec pipeline --dataset synthetic --output out
     distilrec serve --model out [--host 127.0.0.1] [--port 8000]
+    distilrec bench serve --model out --output bench-out      # also: bench train, bench quality, bench cost
 
 ``training`` and ``services`` are imported inside the commands, so ``import distilrec`` stays free
 of Ray.
@@ -216,6 +217,130 @@ def bench_cost(model: str, output: str, runs: int) -> int:
     return 0
 
 
+BENCH_APPS = ("floor", "distilrec", "teacher", "no_batching")
+
+
+def _command_line(argv: list[str] | None) -> str:
+    import shlex
+
+    return "distilrec " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def _own_ray() -> bool:
+    """True when this command starts (and so must stop) the Ray instance it uses."""
+    import os
+
+    import ray
+
+    return not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
+
+
+def bench_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``distilrec bench serve``: see :mod:`distilrec.bench.serve`."""
+    from distilrec.artifacts import ArtifactError, read_manifest
+    from distilrec.bench.serve import ServeBenchConfig, run_serve_bench
+
+    apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())
+    bad = [a for a in apps if a not in BENCH_APPS]
+    if bad:
+        print(f"distilrec bench serve: --apps {args.apps!r}: unknown {bad}; choose from {','.join(BENCH_APPS)}",
+              file=sys.stderr)
+        return 2
+    for name, value, low in (("--duration-per-step", args.duration_per_step, 0.5), ("--start-rate", args.start_rate, 0.1),
+                             ("--max-total", args.max_total, 10), ("--slo-ms", args.slo_ms, 1)):
+        if value < low:
+            print(f"distilrec bench serve: {name} {value:g}: must be at least {low:g}", file=sys.stderr)
+            return 2
+    if args.step_factor <= 1 or args.max_rate < args.start_rate or args.concurrency < 1:
+        print(f"distilrec bench serve: need --step-factor > 1 (got {args.step_factor:g}), --max-rate >= --start-rate "
+              f"(got {args.max_rate:g} < {args.start_rate:g}?) and --concurrency >= 1 (got {args.concurrency})",
+              file=sys.stderr)
+        return 2
+    try:
+        read_manifest(args.model)
+    except ArtifactError as e:
+        print(f"distilrec bench serve: --model {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    cfg = ServeBenchConfig(
+        model=args.model if "://" in args.model else str(Path(args.model).resolve()), output=args.output,
+        duration_s=args.duration_per_step, warmup_s=args.warmup, start_rate=args.start_rate,
+        min_requests=max(0, args.min_requests),
+        factor=args.step_factor, max_rate=args.max_rate, concurrency=args.concurrency, slo_ms=args.slo_ms,
+        max_total_s=args.max_total, port=args.port, apps=("distilrec",) + tuple(a for a in apps if a != "distilrec"))
+    own = _own_ray()
+    try:
+        result = run_serve_bench(cfg, command=_command_line(argv))
+    except (RuntimeError, ValueError) as e:  # an application did not start or never answered
+        print(f"distilrec bench serve: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if own:
+            import ray
+            from ray import serve
+
+            serve.shutdown()
+            ray.shutdown()
+    print((Path(args.output) / "serve.md").read_text())
+    return 0 if result["apps"] else 1
+
+
+def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``distilrec bench train``: see :mod:`distilrec.bench.train`."""
+    from distilrec.bench.train import TrainBenchConfig, run_train_bench
+
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+        if not workers or min(workers) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"distilrec bench train: --workers {args.workers!r}: comma-separated positive integers, e.g. 1,2",
+              file=sys.stderr)
+        return 2
+    if args.epochs < 1:
+        print(f"distilrec bench train: --epochs {args.epochs}: at least 1", file=sys.stderr)
+        return 2
+    cfg = TrainBenchConfig(output=args.output, dataset=args.dataset, encoder=args.encoder, workers=workers,
+                           epochs=args.epochs, use_gpu=args.use_gpu)
+    own = _own_ray()
+    try:
+        run_train_bench(cfg, command=_command_line(argv))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"distilrec bench train: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if own:
+            import ray
+
+            ray.shutdown()
+    print((Path(args.output) / "train.md").read_text())
+    return 0
+
+
+def bench_quality(report: str, output: str) -> int:
+    """``distilrec bench quality``: the pipeline report's quality/cost table and plot."""
+    import fsspec
+
+    from distilrec.bench.report import render_quality_markdown
+    from distilrec.plots import plot_quality_cost
+
+    uri = report if report.endswith(".json") else f"{report.rstrip('/')}/report.json"
+    try:
+        with fsspec.open(uri) as f:
+            rep = json.load(f)
+        table = render_quality_markdown(rep)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"distilrec bench quality: --report {report!r}: not a readable pipeline report.json ({e!r})",
+              file=sys.stderr)
+        return 2
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.makedirs(root, exist_ok=True)
+    with fsspec.open(f"{output.rstrip('/')}/quality.md", "w") as f:
+        f.write(table)
+    plot_quality_cost(rep, f"{output.rstrip('/')}/quality_cost.png")
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="distilrec", description="Teacher → student recommender on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -236,16 +361,49 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
     s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db or "
                                          "redis://host:6379/0 (default: the serve config's)")
-    b = sub.add_parser("bench", help="benchmarks that write JSON and a Markdown table")
+    b = sub.add_parser("bench", help="benchmarks that write JSON, a Markdown table and PNG plots")
     bsub = b.add_subparsers(dest="bench", required=True)
     bc = bsub.add_parser("cost", help="parameters, MACs per candidate and the time to score 1,000 candidates on "
                                       "one CPU thread, teacher and student of an artifact timed in turns")
     bc.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
     bc.add_argument("--output", required=True, help="folder for cost.json and cost.md")
     bc.add_argument("--runs", type=int, default=500, help="timed runs per model (default 500)")
+    bs = bsub.add_parser("serve", help="floor, distilrec, teacher-served and no-batching Serve applications behind "
+                                       "one proxy, one open-loop client: throughput at the SLO, p50/p99 at fixed rates")
+    bs.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
+    bs.add_argument("--output", required=True, help="folder for serve.json, serve.md and serve_latency.png")
+    bs.add_argument("--duration-per-step", type=float, default=5.0, help="seconds per measured step (default 5)")
+    bs.add_argument("--warmup", type=float, default=5.0, help="warm-up seconds per application (default 5)")
+    bs.add_argument("--start-rate", type=float, default=10.0, help="first offered rate, req/s (default 10)")
+    bs.add_argument("--min-requests", type=int, default=100,
+                    help="requests per open-loop step at least (a longer step at low rates; default 100)")
+    bs.add_argument("--step-factor", type=float, default=1.25, help="geometric step of the SLO search (default 1.25)")
+    bs.add_argument("--max-rate", type=float, default=2000.0, help="highest offered rate, req/s (default 2000)")
+    bs.add_argument("--concurrency", type=int, default=32, help="requests in flight in the closed-loop run (default 32)")
+    bs.add_argument("--slo-ms", type=float, default=50.0, help="p99 latency SLO in ms (default 50)")
+    bs.add_argument("--max-total", type=float, default=1800.0, help="cap on the whole run in seconds (default 1800)")
+    bs.add_argument("--apps", default=",".join(BENCH_APPS),
+                    help=f"comma-separated subset of {','.join(BENCH_APPS)} (distilrec is always run, first)")
+    bs.add_argument("--port", type=int, help="HTTP proxy port when this run starts Serve (default: a free port)")
+    bt = bsub.add_parser("train", help="teacher training samples/s with 1 and 2 Ray Train workers")
+    bt.add_argument("--output", required=True, help="folder for train.json and train.md")
+    bt.add_argument("--dataset", default="synthetic:users=2000,items=500,seed=0", help="dataset SPEC (as pipeline)")
+    bt.add_argument("--encoder", default="tiny", help="text encoder for item embeddings: tiny (default) | minilm | …")
+    bt.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts (default 1,2)")
+    bt.add_argument("--epochs", type=int, default=3, help="epochs per worker count; the first is warm-up (default 3)")
+    bt.add_argument("--use-gpu", action="store_true", help="one GPU per worker (needs GPUs in the Ray cluster)")
+    bq = bsub.add_parser("quality", help="quality against cost from a pipeline report.json: a table and a plot")
+    bq.add_argument("--report", required=True, help="report.json, or the pipeline output folder holding it (or a URI)")
+    bq.add_argument("--output", required=True, help="folder for quality.md and quality_cost.png")
     args = p.parse_args(argv)
 
     if args.cmd == "bench":
+        if args.bench == "serve":
+            return bench_serve(args, argv)
+        if args.bench == "train":
+            return bench_train(args, argv)
+        if args.bench == "quality":
+            return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs)
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))

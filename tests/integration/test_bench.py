@@ -1,0 +1,75 @@
+"""Smoke versions of ``distilrec bench serve`` and ``bench train`` (seconds per step, tiny rates), so that
+the benchmarks cannot rot. They use the session's Ray cluster and artifact; the serving smoke runs its four
+applications under their own names and route prefixes behind the session's proxy, beside the session's
+application, which must come out of it untouched (same replicas, still answering)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _replicas(app: str) -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#")}
+
+
+def test_bench_train_smoke(ray_cluster, tmp_path):
+    from distilrec.bench.train import TrainBenchConfig, run_train_bench
+
+    out = tmp_path / "train"
+    res = run_train_bench(TrainBenchConfig(output=str(out), dataset="synthetic:users=120,items=40,seed=1",
+                                           workers=(1, 2), epochs=1))
+    assert [r["workers"] for r in res["runs"]] == [1, 2]
+    for r in res["runs"]:
+        assert r["samples_per_s"] > 0 and r["epoch_s"] > 0
+        assert r["samples_per_s"] == pytest.approx(r["samples_per_s_per_worker"] * r["workers"])
+    assert json.loads((out / "train.json").read_text())["runs"][1]["workers"] == 2
+    md = (out / "train.md").read_text()
+    assert "| 2 |" in md and "GPU: not measured" in md
+
+
+def test_bench_serve_smoke_beside_the_session_app(ray_cluster, pipeline_output, serve_url, tmp_path):
+    from ray import serve
+
+    from distilrec.bench.serve import APPS, ServeBenchConfig, run_serve_bench
+
+    session = _replicas("distilrec")
+    assert session
+    out = tmp_path / "serve"
+    port = int(serve_url.rsplit(":", 1)[1])
+    res = run_serve_bench(ServeBenchConfig(
+        model=str(pipeline_output), output=str(out), duration_s=1.0, warmup_s=0.5, start_rate=2.0, factor=2.0,
+        max_rate=4.0, concurrency=4, n_bodies=50, max_total_s=240, port=port, retry_failed=False,
+        fixed_rates=(2.0,), min_requests=0), command="smoke")
+
+    written = json.loads((out / "serve.json").read_text())
+    assert set(written["apps"]) == set(APPS) and written["order"][0] == "distilrec"
+    for name, a in written["apps"].items():
+        assert a["search"]["steps"], name
+        assert a["fixed"] and a["closed"], name
+        assert a["throughput_at_slo"] >= 0
+        assert sum(s["sent"] for s in a["search"]["steps"] + a["fixed"] + a["closed"]) > 0, name
+        # no 4xx/5xx in a smoke run at 2-4 req/s, and real answers: the apps really answered
+        assert not any(k.startswith("status_") for s in a["fixed"] + a["closed"] for k in s["errors"]), \
+            (name, a["fixed"], a["closed"])
+        assert sum(s["ok"] for s in a["fixed"]) > 0 and a["fixed"][0]["p50_ms"] > 0, name
+    assert written["body_bytes"] > 100 and written["fixed_rates"]
+    assert [t["verdict"] for t in written["targets"]] and len(written["targets"]) == 4
+    assert all(t["verdict"] in ("met", "missed", "not measured") for t in written["targets"])
+    md = (out / "serve.md").read_text()
+    for title in ("floor", "teacher-served", "no batching", "≥ 50 % of the floor"):
+        assert title in md
+    assert (out / "serve_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert res["apps"].keys() == written["apps"].keys()
+
+    # The bench's applications are gone; the session's application is as it was and still answers.
+    assert set(serve.status().applications) == {"distilrec"}
+    assert _replicas("distilrec") == session
+    assert httpx.get(f"{serve_url}/readyz", timeout=30).status_code == 200
