@@ -149,7 +149,26 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.")
+_ERROR_DOCS = {
+    400: "invalid_request: the body is not UTF-8",
+    401: "unauthorized: an admin endpoint without the right Bearer token",
+    409: "item_exists / model_refused / text_features_unavailable",
+    413: "payload_too_large: the body is over 1 MiB",
+    422: "invalid_request (bad JSON, wrong types, values out of range, unknown fields) or unknown_item",
+    503: "event_store_unavailable / unavailable / not_ready: nothing was stored; retry after Retry-After seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` for these error statuses: JSON ``ErrorResponse`` (503 with ``Retry-After``)."""
+    return {c: {"model": ErrorResponse, "description": _ERROR_DOCS[c], **({"headers": _RETRY_AFTER} if c == 503 else {})}
+            for c in codes}
+
+
+# Every route may answer 400/413/422 (the body checks run before routing); the routes add their own.
+app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.",
+              responses=_errors(400, 413, 422))
 _STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -268,8 +287,7 @@ class Ingress:
     def _degrade(self, reason: str) -> None:
         self.degraded.inc(tags={"reason": reason})
 
-    @app.post("/v1/recommend", response_model=RecommendResponse,
-              responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k unseen items for a user (stored history + events + the request's ``history``), or the
         popular items for a cold start. ``degraded`` marks an answer given by a fallback."""
@@ -328,8 +346,7 @@ class Ingress:
         return RecommendResponse(items=ranked["items"], model_version=ranked["model_version"],
                                  degraded=bool(reasons), cold_start=cold_start)
 
-    @app.post("/v1/events", response_model=EventsResponse,
-              responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    @app.post("/v1/events", response_model=EventsResponse, responses=_errors(503))
     async def events(self, req: EventsRequest) -> EventsResponse:
         """Store interactions; a 2xx means every event is committed (fsynced) and the next
         ``/v1/recommend`` for its user reflects it. All or nothing: an unknown item id stores none."""
@@ -338,9 +355,11 @@ class Ingress:
                   "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
         try:
             result = await self._timed("store", self.encoder.append_events.remote(batch))
-        except asyncio.TimeoutError:
-            # The write may still commit: the client retries (events are a log; a retry may duplicate).
-            raise ApiError(503, "event_store_unavailable", "the event store did not answer in time; retry",
+        except Exception as e:  # noqa: BLE001 - too slow, or the encoder replica died (restart, crash)
+            # The write may still have committed: the client retries (events are a log; a retry may duplicate).
+            log.warning("storing events failed: %s", type(e).__name__)
+            what = "did not answer in time" if isinstance(e, asyncio.TimeoutError) else "is not reachable"
+            raise ApiError(503, "event_store_unavailable", f"the event store {what}; retry",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if result.get("unknown_items"):
             shown = ", ".join(repr(i) for i in result["unknown_items"][:5])
@@ -355,9 +374,7 @@ class Ingress:
             raise ApiError(500, "internal", "the event store stored a different number of events")
         return EventsResponse(stored=result["stored"])
 
-    @app.post("/v1/items", response_model=ItemsResponse,
-              responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                         422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    @app.post("/v1/items", response_model=ItemsResponse, responses=_errors(401, 409, 503))
     async def items(self, req: ItemsRequest, request: Request) -> ItemsResponse:
         """Add items by their text (admin). They are encoded with the model's text encoder, stored in the
         event store, and recommendable by the next request on every replica, without retraining."""
@@ -381,7 +398,7 @@ class Ingress:
     async def _info(self) -> dict:
         return await self._timed("info", self.scorer.info.remote())
 
-    @app.get("/v1/model", responses={503: {"model": ErrorResponse}})
+    @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
         """The model the scorer serves: version, creation time, offline metrics, and the last refused
         artifact with its reason (``last_reload_error``)."""
@@ -391,7 +408,7 @@ class Ingress:
             raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
-    @app.post("/v1/model/reload", responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    @app.post("/v1/model/reload", responses={**_errors(401, 409, 503), 202: {"description": "still loading"}})
     async def reload(self, request: Request):
         """Load the newest version under the model URI now (admin). Every replica loads it in the
         background and swaps it in between requests; ``200`` once the scorer serves it, ``409
@@ -402,7 +419,11 @@ class Ingress:
             target = await asyncio.to_thread(resolve, self.model_uri)
         except Exception as e:  # noqa: BLE001
             raise ApiError(409, "model_refused", f"no model artifact at the configured URI: {e}") from None
-        before = await self._info()
+        try:
+            before = await self._info()
+        except Exception as e:  # noqa: BLE001 - the scorer is down or slow: nothing to swap yet
+            raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if before["uri"] == target:
             return {"version": before["version"], "previous": before["version"], "changed": False}
         await self._timed("store", self.encoder.request_reload.remote())
@@ -424,7 +445,7 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=_errors(503))
     async def readyz(self):
         try:
             await asyncio.wait_for(_awaitable(self.encoder.encode.remote(None, [])), timeout=5)
