@@ -224,7 +224,10 @@ def _too_large(request: Request) -> bool:
 @app.middleware("http")
 async def _count(request: Request, call_next):
     t0 = time.perf_counter()
-    if _too_large(request):
+    if request.url.path in _ADMIN_ROUTES and request.method == "POST" and not _admin_ok(request):
+        # Before the body is read or validated: an unauthenticated client learns nothing and costs little.
+        response = _error(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    elif _too_large(request):
         response = _error(413, "payload_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     elif request.method == "POST" and "content-length" not in request.headers and \
             len(await request.body()) > MAX_BODY_BYTES:  # chunked upload: read (once, cached) and measure
@@ -240,16 +243,22 @@ async def _count(request: Request, call_next):
     return response
 
 
-def _check_admin(request: Request) -> None:
+_ADMIN_ROUTES = {"/v1/items", "/v1/model/reload"}
+_UNAUTHORIZED = "this endpoint needs Authorization: Bearer <admin token>"
+
+
+def _admin_ok(request: Request) -> bool:
     """``Authorization: Bearer <token>`` when ``$DISTILREC_ADMIN_TOKEN`` is set (constant-time compare)."""
     token = os.environ.get(ADMIN_TOKEN_ENV)
     if not token:
-        return
-    got = request.headers.get("authorization", "")
-    scheme, _, value = got.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "this endpoint needs Authorization: Bearer <admin token>",
-                       headers={"WWW-Authenticate": "Bearer"})
+        return True
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def _check_admin(request: Request) -> None:
+    if not _admin_ok(request):
+        raise ApiError(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _awaitable(response):

@@ -126,14 +126,22 @@ def recommend_request(users: list[str], k: int = 10) -> Callable[[int], tuple[st
     return lambda i: ("POST", "/v1/recommend", {"user_id": users[i % len(users)], "k": k})
 
 
+def live_actors() -> list:
+    """Ray's state API on the session's own cluster (named by its GCS address: other Ray instances may run
+    on the same machine, and auto-discovery then refuses to pick one)."""
+    import ray
+    from ray.util.state import list_actors
+
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                       limit=10_000, raise_on_missing_output=False)
+
+
 def replica_actors(app: str = "distilrec") -> dict[str, list[dict]]:
     """``{deployment: [{"name", "actor_id", "pid", "node_id"}]}`` of the live replicas of ``app``, from
     Ray's state API (actor class ``ServeReplica:{app}:{deployment}``)."""
-    from ray.util.state import list_actors
-
     out: dict[str, list[dict]] = {}
     prefix = f"ServeReplica:{app}:"
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, raise_on_missing_output=False):
+    for a in live_actors():
         cls = a.class_name or ""
         if cls.startswith(prefix):
             out.setdefault(cls[len(prefix):], []).append(
