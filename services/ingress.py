@@ -29,7 +29,7 @@ import hmac
 import logging
 import os
 import time
-from typing import Optional
+from typing import Annotated, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,16 +59,20 @@ DEFAULT_DEADLINES_MS = {"encode": 1000, "score": 1000, "rank": 1000, "store": 10
                         "info": 5000, "reload": 120000}
 
 
+ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+AttributeValue = Annotated[str, Field(max_length=MAX_ID_LEN)]
+
+
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     user_id: str | None = Field(None, min_length=1, max_length=256, description="the dataset's own user id")
-    history: list[str] = Field(default_factory=list, max_length=MAX_HISTORY,
+    history: list[ItemId] = Field(default_factory=list, max_length=MAX_HISTORY,
                                description="item ids the user just interacted with, oldest first")
     k: Optional[int] = Field(None, ge=1, le=100, description="how many items to return (default: the "
                                                                 "ranker's default_k, 10)")
-    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return")
-    filters: dict[str, list[str]] = Field(default_factory=dict, max_length=10,
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return")
+    filters: dict[AttributeValue, list[AttributeValue]] = Field(default_factory=dict, max_length=10,
                                           description='keep items with one of these attribute values, e.g. '
                                                       '{"genres": ["Comedy", "Drama"]} (several attributes: all must match)')
     diversity: Optional[float] = Field(None, ge=0.0, le=1.0, description="MMR trade-off: 0 = pure relevance "
@@ -306,8 +310,8 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - the encoder is down or slow: the request's history only
             reasons.append("encoder_timeout" if isinstance(e, asyncio.TimeoutError) else "encoder_error")
             log.warning("encode failed (%s); answering from the request's history", type(e).__name__)
-            feats = {"items": list(req.history), "unknown_items": [], "unknown_filters": [], "store_ok": True,
-                     "sync": None, "known_user": False}
+            feats = {"items": list(req.history), "timestamps": [int(time.time())] * len(req.history),
+                     "unknown_items": [], "unknown_filters": [], "store_ok": True, "sync": None, "known_user": False}
         if feats["unknown_items"]:
             shown = ", ".join(repr(i) for i in feats["unknown_items"][:5])
             raise ApiError(422, "unknown_item", f"history has item ids not in the catalogue: {shown}")

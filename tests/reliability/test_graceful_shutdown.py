@@ -123,7 +123,8 @@ def test_an_application_shut_down_under_load_finishes_requests_in_flight_and_ref
     in_flight = [s for s in before if s.t + s.latency_ms / 1000 > d0]
     record("graceful_app_shutdown", shutdown_s=d1 - d0, sent_before=len(before), in_flight_at_shutdown=len(in_flight),
            codes_before=_codes(before), codes_during=_codes(during), codes_after=_codes(after),
-           p99_after_ms=max((s.latency_ms for s in after), default=0.0))
+           p99_after_ms=max((s.latency_ms for s in after), default=0.0),
+           errors_during=sorted({f"{s.status} {str(s.body)[:160]}" for s in during if s.status >= 500}))
     assert in_flight, "no request was in flight when the shutdown began"
     assert all(s.status == 200 and not s.body["degraded"] for s in before), _codes(before)
     assert all(s.status in (200, 404, 503) for s in during), _codes(during)

@@ -36,7 +36,7 @@ def _good(users):
 def test_soak_at_70_percent_of_the_throughput_at_slo(serve_url, artifact):
     users = list(artifact.histories)
     request = _good(users)
-    asyncio.run(open_loop(serve_url, 20, 3, request))  # warm the replicas up
+    asyncio.run(open_loop(serve_url, 10, 5, request))  # warm the replicas up (and let earlier load drain)
     steps, at_slo = [], 0.0
     for rate in RAMP:
         r = asyncio.run(open_loop(serve_url, rate, STEP_S, request, keep_body=True))

@@ -3,8 +3,8 @@ last checkpoint and finishes with the quality of an undisturbed run.
 
 The run is the session pipeline's teacher stage again (same dataset, split, text embeddings, config
 and seed: ``tests/cluster_fixtures.py``), with 2 DDP workers, a checkpoint every epoch and
-``FailureConfig(max_failures=2)`` (``training/loop.py``). Once a checkpoint is registered (the second
-is on disk), one ``RayTrainWorker`` actor's process is killed while the run goes on. Then:
+``FailureConfig(max_failures=2)`` (``training/loop.py``). Once Ray Train has registered a checkpoint, one
+``RayTrainWorker`` actor's process is killed while the run goes on. Then:
 
 * the run finishes and returns a model;
 * it resumed, not restarted: the epochs recorded in the checkpoint read at the kill are the first
@@ -48,16 +48,17 @@ def _per_user_ndcg(model, split) -> np.ndarray:
     return np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)
 
 
-def _committed_history(storage: Path) -> list[dict] | None:
-    """The history of the newest checkpoint Ray Train has surely registered: the one before the newest
-    on disk (a checkpoint folder appears before its report reaches the controller; a worker killed in
-    between restarts the run from the checkpoint before)."""
-    found = sorted(storage.rglob("checkpoint_*/history.json"), key=lambda p: p.stat().st_mtime)
-    if len(found) < 2:
-        return None
+def _committed_history(run_dir: Path) -> list[dict] | None:
+    """The history in the latest checkpoint Ray Train has registered (its controller collects reports
+    every 2 s and records them in ``checkpoint_manager_snapshot.json``; a checkpoint folder on disk that
+    is not registered yet is not what a restarted run resumes from)."""
     try:
-        return json.loads(found[-2].read_text())
-    except (OSError, ValueError):
+        snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+        latest = snap.get("latest_checkpoint_result")
+        if not latest:
+            return None
+        return json.loads((run_dir / latest["checkpoint_dir_name"] / "history.json").read_text())
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
         return None
 
 
@@ -87,7 +88,7 @@ def test_a_killed_train_worker_resumes_from_its_checkpoint_with_the_same_quality
     th.start()
     seen = None
     while th.is_alive() and time.monotonic() - t0 < 300:
-        seen = _committed_history(storage)
+        seen = _committed_history(storage / "teacher_fault")
         if seen:
             break
         time.sleep(0.1)
