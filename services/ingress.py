@@ -59,14 +59,17 @@ DEFAULT_DEADLINES_MS = {"encode": 1000, "score": 1000, "rank": 1000, "store": 10
                         "info": 5000, "reload": 120000}
 
 
-ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN)]
+# Ids are text without NUL characters (SQLite's length() stops at the first one; they are never meant).
+NO_NUL = r"^[^\x00]*$"
+ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL)]
 AttributeValue = Annotated[str, Field(max_length=MAX_ID_LEN)]
 
 
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str | None = Field(None, min_length=1, max_length=256, description="the dataset's own user id")
+    user_id: str | None = Field(None, min_length=1, max_length=256, pattern=NO_NUL,
+                                description="the dataset's own user id")
     history: list[ItemId] = Field(default_factory=list, max_length=MAX_HISTORY,
                                description="item ids the user just interacted with, oldest first")
     k: Optional[int] = Field(None, ge=1, le=100, description="how many items to return (default: the "
@@ -97,8 +100,8 @@ class RecommendResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str = Field(min_length=1, max_length=MAX_ID_LEN, description="the dataset's own user id")
-    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, description="a catalogue item id")
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL, description="the dataset's own user id")
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL, description="a catalogue item id")
     timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP, description="unix seconds; default: now")
     type: str = Field("view", min_length=1, max_length=64, description="kind of interaction (stored, not yet "
                                                                        "used by the ranking)")
@@ -118,7 +121,7 @@ class EventsResponse(BaseModel):
 class NewItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL)
     title: str = Field(min_length=1, max_length=512)
     text: Optional[str] = Field(None, max_length=MAX_TEXT, description="description to encode (default: the title)")
     attributes: dict[str, list[str]] = Field(default_factory=dict, max_length=20,
@@ -404,6 +407,8 @@ class Ingress:
         code = result.get("error")
         if code == "event_store_unavailable":
             raise ApiError(503, code, result["message"], headers={"Retry-After": str(RETRY_AFTER_S)})
+        if code == "invalid_request":
+            raise ApiError(422, code, result["message"])
         if code:
             raise ApiError(409, code, result["message"])
         return ItemsResponse(added=result["added"])

@@ -2,7 +2,7 @@
 long run: 600).
 
 1. Throughput at SLO: a step ramp of open-loop rates (``RAMP``, ``DISTILREC_SOAK_STEP_S`` seconds each,
-   default 6) of ``POST /v1/recommend`` for the artifact's users; the highest rate whose p99 (from the
+   default 5) of ``POST /v1/recommend`` for the artifact's users; the highest rate whose p99 (from the
    scheduled send time) is within 50 ms with no error and no degraded answer is the throughput at SLO.
 2. The soak at 70 % of it: no error and no degraded answer, p99 within 50 ms, and the resident memory
    (RSS, ``psutil`` on the replica's PID from Ray's state API) of every replica of the application
@@ -24,7 +24,7 @@ from reliability_helpers import SLO_P99_MS, open_loop, record, replica_actors, r
 pytestmark = pytest.mark.integration
 
 SOAK_S = float(os.environ.get("DISTILREC_SOAK_S", "120"))
-STEP_S = float(os.environ.get("DISTILREC_SOAK_STEP_S", "6"))
+STEP_S = float(os.environ.get("DISTILREC_SOAK_STEP_S", "5"))
 RAMP = (5, 10, 20, 30, 40, 60, 80, 100, 130, 160, 200, 250, 300, 400)
 MAX_RSS_GROWTH = 0.10
 
