@@ -42,7 +42,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import numpy as np
 
@@ -101,12 +101,13 @@ class NewItem:
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as stored: ``seq`` grows with every write; ``committed`` is the unix time (float) at
-    which its batch was written (for the event-to-effect metric)."""
+    which its batch was written (for the event-to-effect metric); ``type`` is the event's type."""
 
     item_id: str
     timestamp: int
     seq: int
     committed: float
+    type: str = "view"
 
 
 def _check_limit(limit: int | None) -> None:
@@ -311,14 +312,14 @@ class SQLiteEventStore(EventStore):
         conn = self._conn()
         try:
             rows = conn.execute(
-                "SELECT item_id, ts, seq, committed FROM (SELECT item_id, ts, seq, committed FROM events "
+                "SELECT item_id, ts, seq, committed, type FROM (SELECT item_id, ts, seq, committed, type FROM events "
                 "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
                 (user_id, -1 if limit is None else limit),
             ).fetchall()
         except sqlite3.Error as e:
             self._drop(conn)
             raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
-        return [StoredEvent(r[0], int(r[1]), int(r[2]), float(r[3])) for r in rows]
+        return [StoredEvent(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in rows]
 
     def ping(self) -> None:
         conn = self._conn()
@@ -481,7 +482,8 @@ class RedisEventStore(EventStore):
             pipe = self.r.pipeline(transaction=True)
             for n, (user, item, ts, typ) in enumerate(rows):
                 seq = last - len(rows) + 1 + n
-                pipe.zadd(self._k("ev", user), {f"{seq:016d}|{committed}|{typ}|{item}": ts})
+                # The type is quoted: a "|" in it would otherwise shift the item id (ids may hold "|" too).
+                pipe.zadd(self._k("ev", user), {f"{seq:016d}|{committed}|{quote(typ, safe='')}|{item}": ts})
             pipe.execute()
 
         self._call("write (nothing stored)", write)
@@ -495,8 +497,8 @@ class RedisEventStore(EventStore):
         members = self._call("read", lambda: self.r.zrange(self._k("ev", user_id), start, -1, withscores=True))
         out = []
         for m, ts in members:
-            seq, committed, _, item = m.decode().split("|", 3)
-            out.append(StoredEvent(item, int(ts), int(seq), int(committed) / 1000))
+            seq, committed, typ, item = m.decode().split("|", 3)
+            out.append(StoredEvent(item, int(ts), int(seq), int(committed) / 1000, unquote(typ)))
         return out
 
     def ping(self) -> None:

@@ -191,7 +191,8 @@ class FeatureEncoder:
 
         ``{"added": n, "items_seq": seq}``, or ``{"added": 0, "error": code, "message"}`` with code
         ``item_exists`` (a trained item: its vector is learnt, its text cannot replace it),
-        ``text_features_unavailable`` (the model has no text encoder) or ``event_store_unavailable``."""
+        ``text_features_unavailable`` (the model has no text encoder), ``invalid_request`` (a value the
+        store refuses) or ``event_store_unavailable``."""
         b = self.state.bundle
         trained = [it["item_id"] for it in items if it["item_id"] in b.trained]
         if trained:
@@ -222,6 +223,8 @@ class FeatureEncoder:
             self.store_errors.inc(tags={"op": "write"})
             return {"added": 0, "error": "event_store_unavailable", "message": "the event store did not accept "
                     "the items; nothing was stored, retry later"}
+        except ValueError as e:  # the store refused a value (nothing stored)
+            return {"added": 0, "error": "invalid_request", "message": str(e)}
         self.items_added.inc(len(new))
         self.state.sync(None)
         return {"added": len(new), "items_seq": seq}

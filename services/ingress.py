@@ -29,7 +29,7 @@ import hmac
 import logging
 import os
 import time
-from typing import Optional
+from typing import Annotated, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,16 +59,23 @@ DEFAULT_DEADLINES_MS = {"encode": 1000, "score": 1000, "rank": 1000, "store": 10
                         "info": 5000, "reload": 120000}
 
 
+# Ids are text without NUL characters (SQLite's length() stops at the first one; they are never meant).
+NO_NUL = r"^[^\x00]*$"
+ItemId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL)]
+AttributeValue = Annotated[str, Field(max_length=MAX_ID_LEN)]
+
+
 class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str | None = Field(None, min_length=1, max_length=256, description="the dataset's own user id")
-    history: list[str] = Field(default_factory=list, max_length=MAX_HISTORY,
+    user_id: str | None = Field(None, min_length=1, max_length=256, pattern=NO_NUL,
+                                description="the dataset's own user id")
+    history: list[ItemId] = Field(default_factory=list, max_length=MAX_HISTORY,
                                description="item ids the user just interacted with, oldest first")
     k: Optional[int] = Field(None, ge=1, le=100, description="how many items to return (default: the "
                                                                 "ranker's default_k, 10)")
-    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return")
-    filters: dict[str, list[str]] = Field(default_factory=dict, max_length=10,
+    exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return")
+    filters: dict[AttributeValue, list[AttributeValue]] = Field(default_factory=dict, max_length=10,
                                           description='keep items with one of these attribute values, e.g. '
                                                       '{"genres": ["Comedy", "Drama"]} (several attributes: all must match)')
     diversity: Optional[float] = Field(None, ge=0.0, le=1.0, description="MMR trade-off: 0 = pure relevance "
@@ -93,8 +100,8 @@ class RecommendResponse(BaseModel):
 class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    user_id: str = Field(min_length=1, max_length=MAX_ID_LEN, description="the dataset's own user id")
-    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, description="a catalogue item id")
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL, description="the dataset's own user id")
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL, description="a catalogue item id")
     timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP, description="unix seconds; default: now")
     type: str = Field("view", min_length=1, max_length=64, description="kind of interaction (stored, not yet "
                                                                        "used by the ranking)")
@@ -114,7 +121,7 @@ class EventsResponse(BaseModel):
 class NewItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LEN, pattern=NO_NUL)
     title: str = Field(min_length=1, max_length=512)
     text: Optional[str] = Field(None, max_length=MAX_TEXT, description="description to encode (default: the title)")
     attributes: dict[str, list[str]] = Field(default_factory=dict, max_length=20,
@@ -149,7 +156,26 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
-app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.")
+_ERROR_DOCS = {
+    400: "invalid_request: the body is not UTF-8",
+    401: "unauthorized: an admin endpoint without the right Bearer token",
+    409: "item_exists / model_refused / text_features_unavailable",
+    413: "payload_too_large: the body is over 1 MiB",
+    422: "invalid_request (bad JSON, wrong types, values out of range, unknown fields) or unknown_item",
+    503: "event_store_unavailable / unavailable / not_ready: nothing was stored; retry after Retry-After seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+
+
+def _errors(*codes: int) -> dict:
+    """OpenAPI ``responses`` for these error statuses: JSON ``ErrorResponse`` (503 with ``Retry-After``)."""
+    return {c: {"model": ErrorResponse, "description": _ERROR_DOCS[c], **({"headers": _RETRY_AFTER} if c == 503 else {})}
+            for c in codes}
+
+
+# Every route may answer 400/413/422 (the body checks run before routing); the routes add their own.
+app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.",
+              responses=_errors(400, 413, 422))
 _STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -205,7 +231,10 @@ def _too_large(request: Request) -> bool:
 @app.middleware("http")
 async def _count(request: Request, call_next):
     t0 = time.perf_counter()
-    if _too_large(request):
+    if request.url.path in _ADMIN_ROUTES and request.method == "POST" and not _admin_ok(request):
+        # Before the body is read or validated: an unauthenticated client learns nothing and costs little.
+        response = _error(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+    elif _too_large(request):
         response = _error(413, "payload_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     elif request.method == "POST" and "content-length" not in request.headers and \
             len(await request.body()) > MAX_BODY_BYTES:  # chunked upload: read (once, cached) and measure
@@ -221,16 +250,22 @@ async def _count(request: Request, call_next):
     return response
 
 
-def _check_admin(request: Request) -> None:
+_ADMIN_ROUTES = {"/v1/items", "/v1/model/reload"}
+_UNAUTHORIZED = "this endpoint needs Authorization: Bearer <admin token>"
+
+
+def _admin_ok(request: Request) -> bool:
     """``Authorization: Bearer <token>`` when ``$DISTILREC_ADMIN_TOKEN`` is set (constant-time compare)."""
     token = os.environ.get(ADMIN_TOKEN_ENV)
     if not token:
-        return
-    got = request.headers.get("authorization", "")
-    scheme, _, value = got.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-        raise ApiError(401, "unauthorized", "this endpoint needs Authorization: Bearer <admin token>",
-                       headers={"WWW-Authenticate": "Bearer"})
+        return True
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def _check_admin(request: Request) -> None:
+    if not _admin_ok(request):
+        raise ApiError(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
 async def _awaitable(response):
@@ -268,8 +303,7 @@ class Ingress:
     def _degrade(self, reason: str) -> None:
         self.degraded.inc(tags={"reason": reason})
 
-    @app.post("/v1/recommend", response_model=RecommendResponse,
-              responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k unseen items for a user (stored history + events + the request's ``history``), or the
         popular items for a cold start. ``degraded`` marks an answer given by a fallback."""
@@ -279,8 +313,8 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - the encoder is down or slow: the request's history only
             reasons.append("encoder_timeout" if isinstance(e, asyncio.TimeoutError) else "encoder_error")
             log.warning("encode failed (%s); answering from the request's history", type(e).__name__)
-            feats = {"items": list(req.history), "unknown_items": [], "unknown_filters": [], "store_ok": True,
-                     "sync": None, "known_user": False}
+            feats = {"items": list(req.history), "timestamps": [int(time.time())] * len(req.history),
+                     "unknown_items": [], "unknown_filters": [], "store_ok": True, "sync": None, "known_user": False}
         if feats["unknown_items"]:
             shown = ", ".join(repr(i) for i in feats["unknown_items"][:5])
             raise ApiError(422, "unknown_item", f"history has item ids not in the catalogue: {shown}")
@@ -328,8 +362,7 @@ class Ingress:
         return RecommendResponse(items=ranked["items"], model_version=ranked["model_version"],
                                  degraded=bool(reasons), cold_start=cold_start)
 
-    @app.post("/v1/events", response_model=EventsResponse,
-              responses={422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    @app.post("/v1/events", response_model=EventsResponse, responses=_errors(503))
     async def events(self, req: EventsRequest) -> EventsResponse:
         """Store interactions; a 2xx means every event is committed (fsynced) and the next
         ``/v1/recommend`` for its user reflects it. All or nothing: an unknown item id stores none."""
@@ -338,9 +371,11 @@ class Ingress:
                   "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
         try:
             result = await self._timed("store", self.encoder.append_events.remote(batch))
-        except asyncio.TimeoutError:
-            # The write may still commit: the client retries (events are a log; a retry may duplicate).
-            raise ApiError(503, "event_store_unavailable", "the event store did not answer in time; retry",
+        except Exception as e:  # noqa: BLE001 - too slow, or the encoder replica died (restart, crash)
+            # The write may still have committed: the client retries (events are a log; a retry may duplicate).
+            log.warning("storing events failed: %s", type(e).__name__)
+            what = "did not answer in time" if isinstance(e, asyncio.TimeoutError) else "is not reachable"
+            raise ApiError(503, "event_store_unavailable", f"the event store {what}; retry",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if result.get("unknown_items"):
             shown = ", ".join(repr(i) for i in result["unknown_items"][:5])
@@ -355,9 +390,7 @@ class Ingress:
             raise ApiError(500, "internal", "the event store stored a different number of events")
         return EventsResponse(stored=result["stored"])
 
-    @app.post("/v1/items", response_model=ItemsResponse,
-              responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
-                         422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+    @app.post("/v1/items", response_model=ItemsResponse, responses=_errors(401, 409, 503))
     async def items(self, req: ItemsRequest, request: Request) -> ItemsResponse:
         """Add items by their text (admin). They are encoded with the model's text encoder, stored in the
         event store, and recommendable by the next request on every replica, without retraining."""
@@ -374,6 +407,8 @@ class Ingress:
         code = result.get("error")
         if code == "event_store_unavailable":
             raise ApiError(503, code, result["message"], headers={"Retry-After": str(RETRY_AFTER_S)})
+        if code == "invalid_request":
+            raise ApiError(422, code, result["message"])
         if code:
             raise ApiError(409, code, result["message"])
         return ItemsResponse(added=result["added"])
@@ -381,7 +416,7 @@ class Ingress:
     async def _info(self) -> dict:
         return await self._timed("info", self.scorer.info.remote())
 
-    @app.get("/v1/model", responses={503: {"model": ErrorResponse}})
+    @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
         """The model the scorer serves: version, creation time, offline metrics, and the last refused
         artifact with its reason (``last_reload_error``)."""
@@ -391,7 +426,7 @@ class Ingress:
             raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
 
-    @app.post("/v1/model/reload", responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}})
+    @app.post("/v1/model/reload", responses={**_errors(401, 409, 503), 202: {"description": "still loading"}})
     async def reload(self, request: Request):
         """Load the newest version under the model URI now (admin). Every replica loads it in the
         background and swaps it in between requests; ``200`` once the scorer serves it, ``409
@@ -402,7 +437,11 @@ class Ingress:
             target = await asyncio.to_thread(resolve, self.model_uri)
         except Exception as e:  # noqa: BLE001
             raise ApiError(409, "model_refused", f"no model artifact at the configured URI: {e}") from None
-        before = await self._info()
+        try:
+            before = await self._info()
+        except Exception as e:  # noqa: BLE001 - the scorer is down or slow: nothing to swap yet
+            raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if before["uri"] == target:
             return {"version": before["version"], "previous": before["version"], "changed": False}
         await self._timed("store", self.encoder.request_reload.remote())
@@ -424,7 +463,7 @@ class Ingress:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=_errors(503))
     async def readyz(self):
         try:
             await asyncio.wait_for(_awaitable(self.encoder.encode.remote(None, [])), timeout=5)

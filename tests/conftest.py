@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit and integration suites: a real ``redis-server`` on a free port.
+"""Fixtures shared by the unit, integration and reliability suites: a real ``redis-server`` on a free port,
+and (plugin ``cluster_fixtures``) the session's Ray cluster, artifact and Serve application.
 
 It runs with ``appendonly yes`` and ``appendfsync always`` (the durable setting the README asks for)
 in a temporary folder. Without the binary the tests that need it skip on a user's machine and fail
@@ -14,6 +15,10 @@ import subprocess
 import time
 
 import pytest
+
+# The session's Ray cluster, trained artifact and Serve application (tests/cluster_fixtures.py), shared
+# by tests/integration and tests/reliability.
+pytest_plugins = ["cluster_fixtures"]
 
 
 def _free_port() -> int:

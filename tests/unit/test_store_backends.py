@@ -37,6 +37,10 @@ def test_events_are_kept_in_time_order(store_uri):
         assert s.count() == 6
         # An item id with the separator characters survives as it is.
         assert s.append([Event("u3", "a|b|c", 1)]) == 1 and s.history("u3") == ["a|b|c"]
+        # ... and so does a type with them (stored, read back with each event).
+        assert s.append([{"user_id": "u4", "item_id": "x|y", "timestamp": 2, "type": "a|b%7C"}]) == 1
+        assert [(e.item_id, e.timestamp, e.type) for e in s.events("u4")] == [("x|y", 2, "a|b%7C")]
+        assert [e.type for e in s.events("u1")] == ["view", "click", "view", "view", "view"]
     with open_event_store(store_uri) as again:  # a new store object (another replica) reads the same
         assert again.history("u1") == ["a", "c", "b", "d", "e"]
 

@@ -1,0 +1,166 @@
+"""One local Ray cluster, one trained artifact and one Serve application per test session.
+
+A pytest plugin (``tests/conftest.py`` registers it with ``pytest_plugins``) shared by
+``tests/integration`` and ``tests/reliability``: both use the same session objects, never a second
+Ray instance. The artifact comes from the real pipeline (Ray Train with 2 DDP workers) on a small
+synthetic dataset; the application is deployed from ``services/serve_config.yaml`` exactly as
+``distilrec serve`` does, behind Ray Serve's real HTTP proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+DATASET = "synthetic:users=300,items=60,seed=3"
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+# The order in which the reliability suite's Serve tests run (after every other Serve test): the ones
+# that only send requests first, then the ones that break something on purpose and repair it.
+RELIABILITY_ORDER = ("test_fuzz.py", "test_abuse.py", "test_soak.py", "test_model_swap.py",
+                     "test_replica_loss.py", "test_event_store_loss.py", "test_graceful_shutdown.py")
+
+
+def pipeline_config():
+    """The session pipeline's training configuration (also what the training-fault test trains)."""
+    from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
+
+    return PipelineConfig(
+        encoder="tiny",
+        teacher_train=TrainConfig(epochs=8, patience=3, lr=3e-3, batch_size=32),
+        distill=DistillConfig(epochs=10, patience=3, lr=5e-3, batch_size=32),
+        student_without_teacher=False,
+    )
+
+
+def _order(item) -> tuple:
+    """Sort key: tests without the Serve app first (the local cluster has ``num_workers + 1`` logical
+    CPUs and the app's replicas hold 1.25 of them from their deployment to the end of the session, so
+    training tests must run before it is deployed); then the integration suite's Serve tests; then the
+    Prometheus test (test_observability.py: its alert checks see no fault injected by another test);
+    then the reliability suite's Serve tests, whose deliberate faults (killed replicas, a stopped
+    Redis, restarts) come last and are repaired by each test before the next."""
+    serve = "serve_url" in getattr(item, "fixturenames", ())
+    reliability = item.path.parent.name == "reliability"
+    observability = item.path.name == "test_observability.py"
+    rank = RELIABILITY_ORDER.index(item.path.name) if item.path.name in RELIABILITY_ORDER else len(RELIABILITY_ORDER)
+    if not serve:
+        return (0, 0)
+    if reliability:
+        return (3, rank)
+    return (2, 0) if observability else (1, 0)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the tests in the order of :func:`_order` (a stable sort: otherwise in file order)."""
+    items.sort(key=_order)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port):
+    import ray
+
+    from training.pipeline import ensure_ray
+
+    ensure_ray(2, metrics_export_port=metrics_port)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prometheus(metrics_port, tmp_path_factory):
+    """A real Prometheus scraping the session's Ray metrics port every second (tests/integration/
+    prom_server.py), started before the pipeline trains: Ray Train workers export their per-epoch gauges
+    only while they live. Without the binary this is the reason string (test_observability skips, or
+    fails in CI); nothing else depends on it."""
+    if str(INTEGRATION_DIR) not in sys.path:  # tests/integration/prom_server.py, also for tests/reliability alone
+        sys.path.insert(0, str(INTEGRATION_DIR))
+    from prom_server import start_or_reason
+
+    server = start_or_reason(metrics_port, tmp_path_factory.mktemp("prometheus"))
+    yield server
+    if not isinstance(server, str):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pipeline_output(ray_cluster, prometheus, tmp_path_factory):
+    from training.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("pipeline")
+    report = run_pipeline(DATASET, str(out), pipeline_config())
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    return out
+
+
+@pytest.fixture(scope="session")
+def event_store_path(tmp_path_factory) -> Path:
+    """The SQLite file of the session's event store (under pytest's tmp dir, never /tmp/distilrec)."""
+    return tmp_path_factory.mktemp("events") / "events.db"
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture(scope="session")
+def admin() -> dict[str, str]:
+    """Headers of an admin request (the session's app has ``DISTILREC_ADMIN_TOKEN`` set)."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture(scope="session")
+def serve_config(pipeline_output, event_store_path) -> dict:
+    """``services/serve_config.yaml`` with the session's model, HTTP port and event store.
+    The store's busy timeout is short so that the test of a locked store answers in seconds; replicas
+    look for a new model version every 3 s; admin endpoints need the session's token."""
+    from services.run import load_config
+
+    cfg = load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=_free_port(),
+                      app_args={"event_store": f"sqlite://{event_store_path}?timeout=2", "model_poll_s": 3})
+    for app in cfg["applications"]:
+        app["runtime_env"] = {"env_vars": {"DISTILREC_ADMIN_TOKEN": ADMIN_TOKEN}}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def serve_url(serve_config):
+    from services.run import deploy
+
+    deploy(serve_config)
+    http = serve_config["http_options"]
+    return f"http://{http['host']}:{http['port']}"
+
+
+@pytest.fixture(scope="session")
+def client(serve_url):
+    """An HTTP client for the session's Serve application."""
+    import httpx
+
+    with httpx.Client(base_url=serve_url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def artifact(pipeline_output):
+    """The artifact the session's application serves."""
+    from distilrec.artifacts import load_artifact
+
+    return load_artifact(str(pipeline_output))

@@ -1,0 +1,180 @@
+"""Helpers of the reliability suite: an open-loop load driver, the live Serve replicas and their
+processes, and the figures the tests print (collected by ``pytest -s`` / the CI log, copied into
+docs/reliability.md).
+
+The load driver is open loop: request ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones
+have been answered, and its latency counts from that scheduled time, so a server that falls behind
+shows it in the latency (no coordinated omission)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import httpx
+
+SLO_P99_MS = 50.0
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@dataclass
+class Sample:
+    t: float            # scheduled send time, seconds from the start
+    latency_ms: float   # from the scheduled time to the complete response (or the error)
+    status: int         # HTTP status, or 0 for a transport error (connection refused/reset, timeout)
+    body: Any = None    # parsed JSON body (when kept, and always for a non-200)
+    error: str = ""     # the transport error
+    retry_after: str = ""  # the Retry-After header
+
+
+@dataclass
+class LoadResult:
+    samples: list[Sample] = field(default_factory=list)
+    duration_s: float = 0.0
+    t0: float = 0.0  # time.monotonic() of the first scheduled send
+
+    def codes(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for s in self.samples:
+            out[s.status] = out.get(s.status, 0) + 1
+        return out
+
+    def ok(self) -> list[Sample]:
+        return [s for s in self.samples if s.status == 200]
+
+    def p(self, q: float, since: float = 0.0) -> float:
+        lat = sorted(s.latency_ms for s in self.samples if s.t >= since)
+        if not lat:
+            return float("nan")
+        return lat[min(len(lat) - 1, int(q * len(lat)))]
+
+    def rate(self) -> float:
+        return len(self.samples) / self.duration_s if self.duration_s else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+
+
+async def open_loop(base_url: str, rate: float, duration_s: float,
+                    request: Callable[[int], tuple[str, str, Any]], keep_body: bool = False,
+                    timeout_s: float = 30.0, stop: threading.Event | None = None) -> LoadResult:
+    """Send ``request(i) -> (method, path, json)`` at ``rate`` per second for ``duration_s`` (or until
+    ``stop`` is set); return one :class:`Sample` per request."""
+    result = LoadResult()
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as c:
+        loop = asyncio.get_running_loop()
+        t0 = result.t0 = loop.time()  # the loop's clock is time.monotonic()
+        tasks = []
+
+        async def one(i: int, sched: float) -> None:
+            method, path, body = request(i)
+            try:
+                r = await c.request(method, path, json=body)
+                latency = (loop.time() - sched) * 1000
+                parsed = None
+                if keep_body or r.status_code != 200:
+                    try:
+                        parsed = r.json()
+                    except ValueError:
+                        parsed = r.text[:500]
+                result.samples.append(Sample(sched - t0, latency, r.status_code, parsed,
+                                             retry_after=r.headers.get("retry-after", "")))
+            except httpx.HTTPError as e:
+                result.samples.append(Sample(sched - t0, (loop.time() - sched) * 1000, 0, None,
+                                             f"{type(e).__name__}: {e}"))
+
+        i = 0
+        while True:
+            sched = t0 + i / rate
+            if sched - t0 >= duration_s or (stop is not None and stop.is_set()):
+                break
+            delay = sched - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, sched)))
+            i += 1
+        result.duration_s = loop.time() - t0
+        await asyncio.gather(*tasks)
+    result.samples.sort(key=lambda s: s.t)
+    return result
+
+
+def run_load_in_thread(*args, **kwargs) -> tuple[threading.Thread, dict]:
+    """:func:`open_loop` in a background thread; ``out["result"]`` holds the result once joined."""
+    out: dict = {}
+
+    def target() -> None:
+        try:
+            out["result"] = asyncio.run(open_loop(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - re-raised by the test
+            out["error"] = e
+
+    th = threading.Thread(target=target, daemon=True)
+    th.start()
+    return th, out
+
+
+def recommend_request(users: list[str], k: int = 10) -> Callable[[int], tuple[str, str, Any]]:
+    return lambda i: ("POST", "/v1/recommend", {"user_id": users[i % len(users)], "k": k})
+
+
+def live_actors() -> list:
+    """Ray's state API on the session's own cluster (named by its GCS address: other Ray instances may run
+    on the same machine, and auto-discovery then refuses to pick one)."""
+    import ray
+    from ray.util.state import list_actors
+
+    return list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                       limit=10_000, raise_on_missing_output=False)
+
+
+def replica_actors(app: str = "distilrec") -> dict[str, list[dict]]:
+    """``{deployment: [{"name", "actor_id", "pid", "node_id"}]}`` of the live replicas of ``app``, from
+    Ray's state API (actor class ``ServeReplica:{app}:{deployment}``)."""
+    out: dict[str, list[dict]] = {}
+    prefix = f"ServeReplica:{app}:"
+    for a in live_actors():
+        cls = a.class_name or ""
+        if cls.startswith(prefix):
+            out.setdefault(cls[len(prefix):], []).append(
+                {"name": a.name, "actor_id": a.actor_id, "pid": a.pid, "node_id": a.node_id})
+    return {k: sorted(v, key=lambda a: a["actor_id"]) for k, v in sorted(out.items())}
+
+
+def rss_mib(pid: int) -> float:
+    import psutil
+
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def wait_ready(client: httpx.Client, timeout_s: float = 90.0, path: str = "/readyz") -> float:
+    """Seconds until ``path`` answers 200."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if client.get(path, timeout=10).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"{path} not ready after {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def record(name: str, **figures) -> None:
+    """Print the test's figures as one JSON line (``RELIABILITY {...}``) and append it to
+    ``$DISTILREC_RELIABILITY_OUT`` when set (the long runs write docs/reliability.md's figures there)."""
+    line = json.dumps({"test": name, **figures}, default=lambda x: round(x, 2) if isinstance(x, float) else str(x))
+    print(f"RELIABILITY {line}", flush=True)
+    path = os.environ.get("DISTILREC_RELIABILITY_OUT")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
