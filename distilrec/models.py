@@ -154,12 +154,13 @@ class _SequenceModel(nn.Module):
         hist = hist[:, -self.cfg.max_len:]
         valid = hist != self.cfg.n_items
         dense = False
-        if not self.training:
-            # Inference: for the last position, columns that are padding in every row change nothing
-            # (their positions are masked and position embeddings count from the most recent item), so
-            # they are cut; when no padding is left, attention needs no mask at all (a single request's
-            # history, the scoring path).
-            first = int(valid.any(0).int().argmax()) if last_only and hist.shape[1] > 1 else 0
+        if last_only and not self.training:
+            # The scoring path: columns that are padding in every row change nothing for the last
+            # position (their positions are masked and position embeddings count from the most recent
+            # item), so they are cut; when no padding is left (a single request's history), attention
+            # needs no mask at all. Full encodings (training, the teacher's targets) keep the mask and
+            # read nothing back from the device.
+            first = int(valid.any(0).int().argmax()) if hist.shape[1] > 1 else 0
             if first:
                 hist, valid = hist[:, first:], valid[:, first:]
             dense = bool(valid.all())
