@@ -45,9 +45,28 @@ def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None,
     return cfg
 
 
-def deploy(cfg: dict[str, Any], timeout_s: float = 180.0) -> None:
+def failed_application(states: dict[str, Any], unhealthy_since: dict[str, float], now: float,
+                       unhealthy_grace_s: float) -> str | None:
+    """The error for the first application (name -> Serve ``ApplicationStatusOverview`` or None) that
+    failed: DEPLOY_FAILED, or UNHEALTHY for ``unhealthy_grace_s`` in a row (``unhealthy_since`` keeps
+    when each one turned UNHEALTHY between calls). None while every application may still come up."""
+    for n, s in states.items():
+        if s is None or s.status != "UNHEALTHY":
+            unhealthy_since.pop(n, None)
+            if s is None or s.status != "DEPLOY_FAILED":
+                continue
+        elif now - unhealthy_since.setdefault(n, now) < unhealthy_grace_s:
+            continue
+        details = "; ".join(f"{d}: {ds.message}" for d, ds in s.deployments.items() if ds.message)
+        return f"Serve application {n!r} is {s.status}: {s.message or details}"
+    return None
+
+
+def deploy(cfg: dict[str, Any], timeout_s: float = 180.0, unhealthy_grace_s: float = 60.0) -> None:
     """Start Serve (if needed) with the config's HTTP options, apply the config and wait until every
-    application is RUNNING. Raises ``RuntimeError`` with Serve's message when a deployment fails."""
+    application is RUNNING. Raises ``RuntimeError`` with Serve's message when a deployment fails:
+    at once on DEPLOY_FAILED, and on UNHEALTHY only when it lasts ``unhealthy_grace_s``, because Serve
+    reports UNHEALTHY while it replaces a replica that died and then recovers by itself."""
     from ray import serve
     from ray.serve._private import api as serve_api
     from ray.serve.schema import ServeDeploySchema
@@ -59,16 +78,17 @@ def deploy(cfg: dict[str, Any], timeout_s: float = 180.0) -> None:
     client.deploy_apps(schema)
     deadline = time.monotonic() + timeout_s
     names = [a.name for a in schema.applications]
+    unhealthy_since: dict[str, float] = {}
     while True:
         status = serve.status()
         states = {n: status.applications.get(n) for n in names}
         if all(s is not None and s.status == "RUNNING" for s in states.values()):
             return
-        for n, s in states.items():
-            if s is not None and s.status in ("DEPLOY_FAILED", "UNHEALTHY"):
-                details = "; ".join(f"{d}: {ds.message}" for d, ds in s.deployments.items() if ds.message)
-                raise RuntimeError(f"Serve application {n!r} is {s.status}: {s.message or details}")
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        failed = failed_application(states, unhealthy_since, now, unhealthy_grace_s)
+        if failed:
+            raise RuntimeError(failed)
+        if now > deadline:
             raise RuntimeError(f"Serve applications not RUNNING after {timeout_s:.0f}s: "
                                f"{ {n: (s.status if s else None) for n, s in states.items()} }")
         time.sleep(0.5)

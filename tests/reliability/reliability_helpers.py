@@ -169,6 +169,20 @@ def wait_ready(client: httpx.Client, timeout_s: float = 90.0, path: str = "/read
         time.sleep(0.5)
 
 
+def wait_app_running(app: str = "distilrec", timeout_s: float = 90.0) -> float:
+    """Seconds until Serve reports ``app`` RUNNING again (every deployment HEALTHY at its target)."""
+    from ray import serve
+
+    t0 = time.monotonic()
+    while True:
+        s = serve.status().applications.get(app)
+        if s is not None and s.status == "RUNNING":
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"Serve application {app!r} not RUNNING after {timeout_s:.0f}s: {s}")
+        time.sleep(0.5)
+
+
 def record(name: str, **figures) -> None:
     """Print the test's figures as one JSON line (``RELIABILITY {...}``) and append it to
     ``$DISTILREC_RELIABILITY_OUT`` when set (the long runs write docs/reliability.md's figures there)."""

@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from reliability_helpers import record, replica_actors, run_load_in_thread, wait_ready
+from reliability_helpers import record, replica_actors, run_load_in_thread, wait_app_running, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +141,7 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_the_writer_process_die
     finally:
         stop.set()
         th.join(timeout=120)
+    wait_app_running()  # Serve itself reports the encoder HEALTHY again, not only the HTTP path
     assert "error" not in out, out.get("error")
     load = out["result"]
     with open_event_store(str(event_store_path)) as store:

@@ -28,3 +28,33 @@ def test_other_options_are_merged_and_the_file_is_untouched():
     plain = load_config()
     assert _deployment(plain, "Ranker").get("max_ongoing_requests") != 7  # the file itself is unchanged
     assert plain["applications"][0]["args"]["model_uri"] != "s3://b/out"
+
+
+def _app(status: str, message: str = "") -> object:
+    from ray.serve.schema import ApplicationStatus, ApplicationStatusOverview, DeploymentStatusOverview
+    from ray.serve._private.common import DeploymentStatus, DeploymentStatusTrigger
+
+    enc = DeploymentStatusOverview(
+        status=DeploymentStatus.UNHEALTHY if status == "UNHEALTHY" else DeploymentStatus.HEALTHY,
+        status_trigger=DeploymentStatusTrigger.HEALTH_CHECK_FAILED, replica_states={}, message=message)
+    return ApplicationStatusOverview(status=ApplicationStatus(status), message="", last_deployed_time_s=0.0,
+                                     deployments={"FeatureEncoder": enc})
+
+
+def test_deploy_waits_out_a_replica_being_replaced_but_not_a_failed_deployment():
+    """Serve reports UNHEALTHY while it replaces a replica that died, then recovers: ``deploy`` waits that
+    out (a redeploy right after a replica loss must not fail), and fails on DEPLOY_FAILED at once or on an
+    UNHEALTHY that lasts the grace period."""
+    from services.run import failed_application
+
+    since: dict[str, float] = {}
+    sick = {"distilrec": _app("UNHEALTHY", "replica died")}
+    assert failed_application(sick, since, now=100.0, unhealthy_grace_s=60) is None
+    assert failed_application(sick, since, now=159.0, unhealthy_grace_s=60) is None
+    assert failed_application({"distilrec": _app("DEPLOYING")}, since, now=160.0, unhealthy_grace_s=60) is None
+    # Recovered in between: the grace period starts again.
+    assert failed_application(sick, since, now=161.0, unhealthy_grace_s=60) is None
+    err = failed_application(sick, since, now=221.0, unhealthy_grace_s=60)
+    assert err and "'distilrec' is" in err and "UNHEALTHY" in err and "replica died" in err
+    assert "DEPLOY_FAILED" in failed_application({"distilrec": _app("DEPLOY_FAILED", "boom")}, {}, 0.0, 60)
+    assert failed_application({"distilrec": None}, {}, 0.0, 60) is None  # not created yet
