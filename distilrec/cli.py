@@ -353,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--output", required=True, help="output folder (report.json, models/)")
     pl.add_argument("--config", help="PipelineConfig YAML (encoder, teacher, student, teacher_train, distill)")
     pl.add_argument("--resume", action="store_true", help="continue the latest run in --output from its checkpoints")
+    pl.add_argument("--use-gpu", action="store_true",
+                    help="train teacher and student with one GPU per Ray Train worker and bf16 autocast")
+    pl.add_argument("--workers", type=int, help="Ray Train workers (DDP) of every stage (default: the config's, 2)")
     s = sub.add_parser("serve", help="serve a trained model over HTTP on a local Ray instance")
     s.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
     s.add_argument("--host", default="127.0.0.1")
@@ -408,15 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":
-        from training.pipeline import load_config, run_pipeline
+        from training.pipeline import NotEnoughGPUs, load_config, run_pipeline
 
+        if args.workers is not None and args.workers < 1:
+            print(f"distilrec pipeline: --workers {args.workers}: need at least 1 Ray Train worker", file=sys.stderr)
+            return 2
         try:
-            cfg = load_config(args.config)
+            cfg = load_config(args.config, args.use_gpu, args.workers)
         except (OSError, ValueError) as e:
             print(f"distilrec pipeline: --config {args.config!r}: {e}", file=sys.stderr)
             return 2
         try:
             run_pipeline(args.dataset, args.output, cfg, resume=args.resume)
+        except NotEnoughGPUs as e:
+            print(f"distilrec pipeline: --use-gpu: {e}", file=sys.stderr)
+            return 2
         except (ValueError, FileNotFoundError) as e:
             print(f"distilrec pipeline: --dataset {args.dataset!r}: {e}", file=sys.stderr)
             return 2

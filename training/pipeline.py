@@ -4,6 +4,7 @@ Launch (locally, or as a RayJob entrypoint on a cluster)::
 
     distilrec pipeline --dataset synthetic --output out
     python -m training.pipeline --dataset movielens:../shared/datasets/ml-latest-small --output out
+    distilrec pipeline --dataset movielens:PATH --output out --use-gpu --workers 1   # one GPU, bf16 autocast
 
 Writes ``OUT/report.json`` (layout in DESIGN.md), ``training_curves.png``, ``quality_cost.png``,
 ``OUT/models/<version>/`` (the artifact serving
@@ -118,6 +119,7 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     models = evaluate_baselines(split, ds.n_items)
 
     ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
+    check_gpus(cfg)
     storage = training_storage(out, resume)
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
@@ -157,11 +159,34 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     return report
 
 
-def load_config(path: str | None) -> PipelineConfig:
+def load_config(path: str | None, use_gpu: bool = False, workers: int | None = None) -> PipelineConfig:
+    """The ``--config`` YAML (or the defaults), with the command line's ``--use-gpu`` and ``--workers``
+    applied to every training stage (teacher and distillation)."""
     if not path:
-        return PipelineConfig()
-    with fsspec.open(path, "r") as f:
-        return PipelineConfig.model_validate(yaml.safe_load(f) or {})
+        cfg = PipelineConfig()
+    else:
+        with fsspec.open(path, "r") as f:
+            cfg = PipelineConfig.model_validate(yaml.safe_load(f) or {})
+    update = {**({"use_gpu": True} if use_gpu else {}), **({"num_workers": workers} if workers else {})}
+    if update:
+        cfg = cfg.model_copy(update={"teacher_train": cfg.teacher_train.model_copy(update=update),
+                                     "distill": cfg.distill.model_copy(update=update)})
+    return cfg
+
+
+class NotEnoughGPUs(RuntimeError):
+    """A GPU run asks for more GPUs than the Ray cluster has."""
+
+
+def check_gpus(cfg: PipelineConfig) -> None:
+    """Refuse a GPU run that the Ray cluster cannot place (Ray Train would wait for GPUs for ever)."""
+    import ray
+
+    need = max((t.num_workers for t in (cfg.teacher_train, cfg.distill) if t.use_gpu), default=0)
+    have = ray.cluster_resources().get("GPU", 0)
+    if need > have:
+        raise NotEnoughGPUs(f"the Ray cluster has {have:g} GPUs and {need} Ray Train workers need one each "
+                         f"(--workers {int(have)} on this cluster, or run on one with more GPUs)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,8 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--config", help="PipelineConfig YAML")
     p.add_argument("--resume", action="store_true", help="continue the latest run from its checkpoints")
+    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker, bf16 autocast")
+    p.add_argument("--workers", type=int, help="Ray Train workers of every stage (default: the config's, 2)")
     args = p.parse_args(argv)
-    run_pipeline(args.dataset, args.output, load_config(args.config), resume=args.resume)
+    run_pipeline(args.dataset, args.output, load_config(args.config, args.use_gpu, args.workers), resume=args.resume)
 
 
 if __name__ == "__main__":

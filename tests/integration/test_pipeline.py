@@ -81,3 +81,12 @@ def test_resume_continues_from_the_latest_checkpoint(ray_cluster, tmp_path):
     assert resumed_run == first_run
     assert [h["epoch"] for h in resumed] == [0, 1, 2]
     assert resumed[:2] == first  # the first two epochs were not trained again
+
+
+def test_a_gpu_run_on_a_cluster_without_gpus_is_refused_at_once(ray_cluster):
+    """Ray Train would wait for ever for GPUs the cluster does not have; the pipeline says so instead."""
+    from training.pipeline import NotEnoughGPUs, check_gpus, load_config
+
+    check_gpus(load_config(None, workers=2))  # CPU training: nothing to check
+    with pytest.raises(NotEnoughGPUs, match="0 GPUs and 1 Ray Train workers"):
+        check_gpus(load_config(None, use_gpu=True, workers=1))

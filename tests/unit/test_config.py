@@ -45,3 +45,26 @@ def test_pipeline_config_defaults():
     assert cfg.encoder == "minilm"
     assert cfg.teacher == {} and cfg.student == {}
     assert cfg.student_without_teacher is True
+
+
+def test_command_line_gpu_and_workers_apply_to_every_training_stage(tmp_path):
+    from training.pipeline import load_config
+
+    plain = load_config(None)
+    assert not plain.teacher_train.use_gpu and plain.teacher_train.num_workers == 2
+    gpu = load_config(None, use_gpu=True, workers=1)
+    for stage in (gpu.teacher_train, gpu.distill):
+        assert stage.use_gpu and stage.num_workers == 1
+    assert gpu.distill.temperature == plain.distill.temperature  # nothing else changes
+    yml = tmp_path / "c.yaml"
+    yml.write_text("teacher_train: {epochs: 3, num_workers: 4}\ndistill: {alpha: 0.3}\n")
+    mixed = load_config(str(yml), use_gpu=True)
+    assert mixed.teacher_train.epochs == 3 and mixed.teacher_train.num_workers == 4 and mixed.teacher_train.use_gpu
+    assert mixed.distill.alpha == 0.3 and mixed.distill.use_gpu
+
+
+def test_pipeline_cli_names_a_bad_worker_count(capsys):
+    from distilrec.cli import main
+
+    assert main(["pipeline", "--dataset", "synthetic", "--output", "o", "--workers", "0"]) == 2
+    assert "--workers 0" in capsys.readouterr().err
