@@ -231,6 +231,28 @@ def test_serving_pods_get_tokens_and_passwords_from_secrets(values):
         assert "redis://:" not in json.dumps(doc)
 
 
+@pytest.mark.parametrize("sets, expected", [
+    ((), "local"),
+    (("serve.requestPath.haproxy=false",), {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}),
+    (("serve.requestPath.haproxy=false", "serve.requestPath.throughputOptimized=false"), {}),
+], ids=["default", "no-haproxy", "off"])
+def test_serving_pods_start_ray_with_the_fast_request_path(sets, expected):
+    """Every serving Ray container starts with Ray Serve's request-path variables, by default the same
+    ones a local ``distilrec serve`` sets (``services.run.serve_env``); the training pods do not."""
+    from services.run import serve_env
+
+    if expected == "local":
+        expected = serve_env(haproxy="haproxy")
+    docs = [d for d in yaml.safe_load_all(helm_template(sets=sets).stdout) if d]
+    for where, spec in pod_specs(one(docs, "RayService")):
+        env = {k: e["value"] for k, e in _env(spec["containers"][0]).items() if k.startswith("RAY_SERVE_")}
+        assert env == expected, where
+    for kind in ("RayJob", "RayCronJob"):
+        for doc in of_kind(docs, kind):
+            for where, spec in pod_specs(doc):
+                assert not [k for k in _env(spec["containers"][0]) if k.startswith("RAY_SERVE_")], where
+
+
 def test_object_store_credentials_come_from_the_existing_secret():
     docs = render((str(CHART / "ci" / "s3-artifacts-values.yaml"),))
     assert not of_kind(docs, "PersistentVolumeClaim")

@@ -225,8 +225,23 @@ envFrom:
 {{- end }}
 {{- end }}
 
-{{/* Environment of the serving containers: the admin token and the Redis password from Secrets. */}}
+{{/* Environment of the serving containers: Ray Serve's request path, the admin token and the Redis
+password from Secrets. Without HAProxy, direct ingress stays off so that Serve's own proxy takes HTTP. */}}
 {{- define "distilrec.serveEnv" -}}
+{{- with .Values.serve.requestPath }}
+{{- if .throughputOptimized }}
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+{{- if not .haproxy }}
+- name: RAY_SERVE_ENABLE_DIRECT_INGRESS
+  value: "0"
+{{- end }}
+{{- end }}
+{{- if .haproxy }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: "1"
+{{- end }}
+{{- end }}
 - name: DISTILREC_ADMIN_TOKEN
   valueFrom:
     secretKeyRef:
