@@ -77,11 +77,11 @@ def demo(output: str) -> int:
     import ray
     from ray import serve
 
-    from services.run import deploy, load_config
+    from services.run import deploy, load_config, serve_env
     from training.pipeline import ensure_ray, run_pipeline
 
     metrics_port, http_port = free_port(), free_port()
-    ensure_ray(2, metrics_export_port=metrics_port)
+    ensure_ray(2, metrics_export_port=metrics_port, env=serve_env(local=True))
     try:
         report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
         print(f"\nstarting the Serve application from services/serve_config.yaml on 127.0.0.1:{http_port} ...")
@@ -134,7 +134,7 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
     import ray
 
     from distilrec.artifacts import ArtifactError, read_manifest
-    from services.run import DEFAULT_CONFIG, deploy, load_config
+    from services.run import DEFAULT_CONFIG, deploy, load_config, serve_env
     from training.pipeline import ensure_ray
 
     from distilrec.stores import UnsupportedStoreError, parse_store_uri, redact
@@ -150,7 +150,7 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
         except UnsupportedStoreError as e:
             print(f"distilrec serve: --event-store {redact(event_store)!r}: {e}", file=sys.stderr)
             return 2
-    ensure_ray(1, metrics_export_port=metrics_port)
+    ensure_ray(1, metrics_export_port=metrics_port, env=serve_env(local=True))
     try:
         deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port,
                            app_args={"event_store": event_store} if event_store else None))
@@ -316,6 +316,33 @@ def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
+def bench_paths(args: argparse.Namespace) -> int:
+    """``distilrec bench paths``: Ray Serve's request path with Ray's defaults and with distilrec's options."""
+    from distilrec.bench.paths import VARIANTS, run_paths
+
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad or not variants:
+        print(f"distilrec bench paths: --variants {args.variants!r}: expected some of {','.join(VARIANTS)}",
+              file=sys.stderr)
+        return 2
+    if args.model:
+        from distilrec.artifacts import ArtifactError, read_manifest
+
+        try:
+            read_manifest(args.model)
+        except ArtifactError as e:
+            print(f"distilrec bench paths: --model {args.model!r}: {e}", file=sys.stderr)
+            return 2
+    if args.requests < 1 or args.warmup < 0:
+        print(f"distilrec bench paths: --requests {args.requests} / --warmup {args.warmup}: need ≥ 1 and ≥ 0",
+              file=sys.stderr)
+        return 2
+    result = run_paths(args.output, model=args.model, requests=args.requests, warmup=args.warmup, variants=variants)
+    print((Path(args.output) / "paths.md").read_text())
+    return 0 if result["variants"] else 1
+
+
 def bench_quality(report: str, output: str) -> int:
     """``distilrec bench quality``: the pipeline report's quality/cost table and plot."""
     import fsspec
@@ -395,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts (default 1,2)")
     bt.add_argument("--epochs", type=int, default=3, help="epochs per worker count; the first is warm-up (default 3)")
     bt.add_argument("--use-gpu", action="store_true", help="one GPU per worker (needs GPUs in the Ray cluster)")
+    bp = bsub.add_parser("paths", help="Ray Serve's request path (bare 0/1/3-hop apps, and the real app with --model) "
+                                       "with Ray's defaults, direct gRPC, and gRPC + HAProxy (distilrec's default)")
+    bp.add_argument("--output", required=True, help="folder for paths.json and paths.md")
+    bp.add_argument("--model", help="pipeline output folder or artifact: also time the real application")
+    bp.add_argument("--requests", type=int, default=300, help="timed requests per row (default 300)")
+    bp.add_argument("--warmup", type=int, default=50, help="untimed requests before each row (default 50)")
+    bp.add_argument("--variants", default="ray-defaults,grpc,haproxy",
+                    help="comma-separated subset of ray-defaults,grpc,haproxy (default: all three)")
     bq = bsub.add_parser("quality", help="quality against cost from a pipeline report.json: a table and a plot")
     bq.add_argument("--report", required=True, help="report.json, or the pipeline output folder holding it (or a URI)")
     bq.add_argument("--output", required=True, help="folder for quality.md and quality_cost.png")
@@ -405,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_serve(args, argv)
         if args.bench == "train":
             return bench_train(args, argv)
+        if args.bench == "paths":
+            return bench_paths(args)
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs)

@@ -119,6 +119,10 @@ def render_serve_markdown(result: dict[str, Any]) -> str:
              ""]
     if result.get("command"):
         lines += [f"Command: `{result['command']}`", ""]
+    if result.get("ray_serve_env") is not None:
+        env = result["ray_serve_env"]
+        lines += ["Ray Serve request path (environment of the local Ray instance): "
+                  + (", ".join(f"`{k}={v}`" for k, v in sorted(env.items())) or "Ray's defaults") + ".", ""]
     conc = result["config"]["concurrency"]
     lines += [f"| application | throughput at SLO (req/s) | closed loop, {conc} in flight: req/s | p50 / p99 ms | "
               "errors (all steps) | client CPU (max, cores) |", "| --- | --- | --- | --- | --- | --- |"]

@@ -258,7 +258,9 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
         f.unlink()
     event_store = f"sqlite://{db}"
 
-    ensure_ray(1)
+    from services.run import serve_env
+
+    ensure_ray(1, env=serve_env(local=True))
     proxy = _proxy_options(cfg)
     base = f"http://{'127.0.0.1' if proxy['host'] in ('0.0.0.0', '::') else proxy['host']}:{proxy['port']}"
     result: dict[str, Any] = {
@@ -267,6 +269,8 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
         "model": {"uri": art.uri, "version": art.version, "users": len(users), "items": len(art.items.item_ids)},
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", "output")},
         "slo_ms": cfg.slo_ms, "apps": {}, "order": apps,
+        # What this process started its local Ray instance with (a cluster in RAY_ADDRESS has its own).
+        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
     }
     floor_body, fixed = None, list(cfg.fixed_rates) if cfg.fixed_rates else None
     for i, name in enumerate(apps):

@@ -1,5 +1,5 @@
-"""Smoke versions of ``distilrec bench serve`` and ``bench train`` (seconds per step, tiny rates), so that
-the benchmarks cannot rot. They use the session's Ray cluster and artifact; the serving smoke runs its four
+"""Smoke versions of ``distilrec bench serve``, ``bench train`` and ``bench paths`` (seconds per step, tiny
+rates), so that the benchmarks cannot rot. They use the session's Ray cluster and artifact; the serving smoke runs its four
 applications under their own names and route prefixes behind the session's proxy, beside the session's
 application, which must come out of it untouched (same replicas, still answering)."""
 
@@ -73,3 +73,16 @@ def test_bench_serve_smoke_beside_the_session_app(ray_cluster, pipeline_output, 
     assert set(serve.status().applications) == {"distilrec"}
     assert _replicas("distilrec") == session
     assert httpx.get(f"{serve_url}/readyz", timeout=30).status_code == 200
+
+
+def test_bench_paths_smoke(tmp_path):
+    """A variant starts a Ray instance of its own in a child process (beside the session's cluster). One
+    variant, the one distilrec ships (each costs a Ray start); the table's ratios are unit-tested."""
+    from distilrec.bench.paths import HOPS, run_paths
+
+    res = run_paths(str(tmp_path / "paths"), requests=5, warmup=1, variants=("haproxy",))
+    assert list(res["variants"]) == ["haproxy"]
+    results = res["variants"]["haproxy"]["results"]
+    assert [f"bare, {h} handle calls" for h in HOPS] == list(results)
+    assert all(r["n"] == 5 and 0 < r["p50_ms"] <= r["p99_ms"] for r in results.values())
+    assert "| bare, 3 handle calls |" in (tmp_path / "paths" / "paths.md").read_text()

@@ -159,7 +159,32 @@ def test_quality_table_and_cli(tmp_path, capsys):
     (["serve", "--model", "/no/such/artifact", "--output", "o"], "--model '/no/such/artifact'"),
     (["train", "--output", "o", "--workers", "1,x"], "--workers '1,x'"),
     (["train", "--output", "o", "--epochs", "0"], "--epochs 0"),
+    (["paths", "--output", "o", "--variants", "grpc,fast"], "--variants 'grpc,fast'"),
+    (["paths", "--output", "o", "--model", "/no/such/artifact"], "--model '/no/such/artifact'"),
+    (["paths", "--output", "o", "--requests", "0"], "--requests 0"),
 ])
 def test_cli_names_the_bad_value(args, message, capsys):
     assert main(["bench", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_request_path_variants_and_their_table():
+    from distilrec.bench.paths import render_markdown, variant_env
+    from services.run import THROUGHPUT_OPTIMIZED_ENV
+
+    assert variant_env("ray-defaults") == {}
+    assert variant_env("haproxy") == THROUGHPUT_OPTIMIZED_ENV  # what distilrec ships
+    assert variant_env("grpc")["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
+    with pytest.raises(ValueError, match="'fast'"):
+        variant_env("fast")
+
+    def stats(p50: float) -> dict:
+        return {"n": 10, "p50_ms": p50, "p99_ms": p50 * 2, "mean_ms": p50}
+
+    result = {"machine": {"nproc": 2, "cpu_model": "X", "commit": "abc"}, "requests": 10, "warmup": 2,
+              "variants": {v: {"env": variant_env(v), "loadavg_before": 1.0,
+                               "results": {"bare, 3 handle calls": stats(p50)}}
+                           for v, p50 in (("ray-defaults", 12.0), ("grpc", 9.0), ("haproxy", 4.0))}}
+    md = render_markdown(result)
+    assert "| bare, 3 handle calls | 12.00 / 24.00 | 9.00 / 18.00 | 4.00 / 8.00 | 0.75 × | 0.33 × |" in md
+    assert "`RAY_SERVE_ENABLE_HA_PROXY=1`" in md and "ray-defaults: none" in md
