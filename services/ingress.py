@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distilrec.artifacts import resolve
 from services import metrics
+from services.state import freeze_heap
 
 log = logging.getLogger("ray.serve")
 MAX_HISTORY = 1000
@@ -283,6 +284,7 @@ class Ingress:
         self.stage = metrics.stage_latency()
         self.cold_start = metrics.cold_start_total()
         self.degraded = metrics.degraded_total()
+        freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
     def reconfigure(self, config: dict) -> None:
         """``{"deadline_ms": {"encode": 500, "score": 300, …}}``."""

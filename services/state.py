@@ -25,6 +25,7 @@ before it is swapped in.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -36,6 +37,21 @@ from distilrec.stores import EventStore, EventStoreError, NewItem
 from services import metrics
 
 log = logging.getLogger("ray.serve")
+
+
+def freeze_heap(after_swap: bool = False) -> None:
+    """Take every object alive now (the libraries, the model, the catalogue, the histories) out of the
+    cyclic garbage collector's view (``gc.freeze``), so that its full collections, which the interpreter
+    runs every so often under load, scan only what requests allocate. Over a replica's whole heap
+    (about 300,000 objects with torch, transformers and Ray imported) one full collection holds the GIL
+    for 100-170 ms on a 2-core machine, and lands on whichever requests are in flight: it was the
+    latency tail of the soak test. ``after_swap=True`` (a new bundle replaced the old one) first lets
+    the collector free the old bundle's cycles, one full pause per model swap instead of many.
+    """
+    if after_swap:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class Bundle(Protocol):
@@ -80,6 +96,7 @@ class ServingState(Generic[B]):
         threading.Thread(target=self._keep_exported, name="model-gauges", daemon=True).start()
         if self.poll_s > 0:
             threading.Thread(target=self._poll, name="model-poll", daemon=True).start()
+        freeze_heap()
 
     def _load(self, uri: str) -> Artifact:
         return load_artifact(uri, with_teacher=self.with_teacher, with_histories=self.with_histories)
@@ -154,6 +171,8 @@ class ServingState(Generic[B]):
             self.m_reloads.inc(tags={"result": "ok"})
             self._export(old)
             log.info("model %s swapped in for %s (%.1f s)", bundle.version, old.version, time.perf_counter() - t0)
+            del old, bundle
+            freeze_heap(after_swap=True)
             return True
 
     def _refuse(self, target: str, reason: str) -> None:

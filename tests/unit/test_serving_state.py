@@ -100,3 +100,27 @@ def test_an_artifact_without_the_attributes_column_still_loads(out):
     art = load_artifact(str(out))
     assert art.items.attributes[1] == {"genres": ["blue"]}  # read back from the item text
     assert art.history_times["u1"] == [0, 1, 2, 3]
+
+
+def test_the_loaded_bundle_is_out_of_the_collectors_view_and_a_swapped_out_one_is_freed(out, store, student,
+                                                                                        teacher):
+    """A replica's heap is frozen once its bundle is built (no full GC pass over it mid-request), and a
+    swap lets the old bundle go instead of pinning it in the frozen generation."""
+    import gc
+    import weakref
+
+    gc.unfreeze()
+    try:
+        state = ServingState(str(out), RankerBundle.build, store, poll_s=0)
+        assert gc.get_freeze_count() > 0
+        old = weakref.ref(state.bundle)
+        art = load_artifact(str(out))
+        write_artifact(str(out), items=art.items, histories=pd.DataFrame({"user_id": ["u1"], "item_id": ["m0"],
+                                                                           "timestamp": [1]}),
+                       student=student, teacher=teacher, dataset={"name": "toy"}, metrics={}, encoder=None,
+                       version="v2")
+        assert state.check() is True
+        assert old() is None, "the swapped-out bundle is still alive"
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
