@@ -77,11 +77,11 @@ def demo(output: str) -> int:
     import ray
     from ray import serve
 
-    from services.run import deploy, load_config, serve_env
+    from services.run import deploy, load_config, local_serve_env
     from training.pipeline import ensure_ray, run_pipeline
 
     metrics_port, http_port = free_port(), free_port()
-    ensure_ray(2, metrics_export_port=metrics_port, env=serve_env(local=True))
+    ensure_ray(2, metrics_export_port=metrics_port, env=local_serve_env())
     try:
         report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
         print(f"\nstarting the Serve application from services/serve_config.yaml on 127.0.0.1:{http_port} ...")
@@ -134,7 +134,7 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
     import ray
 
     from distilrec.artifacts import ArtifactError, read_manifest
-    from services.run import DEFAULT_CONFIG, deploy, load_config, serve_env
+    from services.run import DEFAULT_CONFIG, deploy, load_config, local_serve_env
     from training.pipeline import ensure_ray
 
     from distilrec.stores import UnsupportedStoreError, parse_store_uri, redact
@@ -150,7 +150,7 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
         except UnsupportedStoreError as e:
             print(f"distilrec serve: --event-store {redact(event_store)!r}: {e}", file=sys.stderr)
             return 2
-    ensure_ray(1, metrics_export_port=metrics_port, env=serve_env(local=True))
+    ensure_ray(1, metrics_export_port=metrics_port, env=local_serve_env())
     try:
         deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port,
                            app_args={"event_store": event_store} if event_store else None))

@@ -65,6 +65,20 @@ def serve_env(haproxy: str | None = None, local: bool = False) -> dict[str, str]
     return env
 
 
+FAST_PATH_OPT_IN = "DISTILREC_FAST_PATH"
+
+
+def local_serve_env() -> dict[str, str]:
+    """What a local Ray instance that distilrec starts (``distilrec serve``, ``demo``, ``bench serve``, the
+    tests) gets: Ray's default request path, unless ``DISTILREC_FAST_PATH=1`` is set, which gives
+    ``serve_env(local=True)`` and frozen replica heaps (``DISTILREC_FREEZE_HEAP=1``, see
+    ``services.state.freeze_heap``). Opt-in for now: at the rates the fast path reaches, the soak test
+    found the FeatureEncoder's resident memory growing by 50-100 KB per request (docs/reliability.md)."""
+    if os.environ.get(FAST_PATH_OPT_IN) != "1":
+        return {}
+    return {**serve_env(local=True), "DISTILREC_FREEZE_HEAP": "1"}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -75,10 +75,10 @@ def metrics_port() -> int:
 def ray_cluster(metrics_port):
     import ray
 
-    from services.run import serve_env
+    from services.run import local_serve_env
     from training.pipeline import ensure_ray
 
-    ensure_ray(2, metrics_export_port=metrics_port, env=serve_env(local=True))
+    ensure_ray(2, metrics_export_port=metrics_port, env=local_serve_env())
     yield ray
     from ray import serve
 

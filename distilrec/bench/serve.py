@@ -258,9 +258,9 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
         f.unlink()
     event_store = f"sqlite://{db}"
 
-    from services.run import serve_env
+    from services.run import local_serve_env
 
-    ensure_ray(1, env=serve_env(local=True))
+    ensure_ray(1, env=local_serve_env())
     proxy = _proxy_options(cfg)
     base = f"http://{'127.0.0.1' if proxy['host'] in ('0.0.0.0', '::') else proxy['host']}:{proxy['port']}"
     result: dict[str, Any] = {
@@ -270,7 +270,8 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", "output")},
         "slo_ms": cfg.slo_ms, "apps": {}, "order": apps,
         # What this process started its local Ray instance with (a cluster in RAY_ADDRESS has its own).
-        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")},
+        "ray_serve_env": {k: v for k, v in os.environ.items()
+                          if k.startswith("RAY_SERVE_") or k in ("DISTILREC_FREEZE_HEAP", "MALLOC_ARENA_MAX")},
     }
     floor_body, fixed = None, list(cfg.fixed_rates) if cfg.fixed_rates else None
     for i, name in enumerate(apps):

@@ -232,21 +232,25 @@ def test_serving_pods_get_tokens_and_passwords_from_secrets(values):
 
 
 @pytest.mark.parametrize("sets, expected", [
-    ((), "local"),
-    (("serve.requestPath.haproxy=false",), {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}),
-    (("serve.requestPath.haproxy=false", "serve.requestPath.throughputOptimized=false"), {}),
-], ids=["default", "no-haproxy", "off"])
+    ((), {}),
+    (("serve.requestPath.haproxy=true", "serve.requestPath.throughputOptimized=true"), "local"),
+    (("serve.requestPath.throughputOptimized=true",),
+     {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}),
+], ids=["default-off", "fast-path", "grpc-only"])
 def test_serving_pods_start_ray_with_the_fast_request_path(sets, expected):
-    """Every serving Ray container starts with Ray Serve's request-path variables, by default the same
-    ones a local ``distilrec serve`` sets (``services.run.serve_env``); the training pods do not."""
+    """Every serving Ray container starts with Ray Serve's request-path variables when they are on (with
+    both, the same ones a local ``DISTILREC_FAST_PATH=1 distilrec serve`` sets: ``services.run.serve_env``)
+    and frozen heaps with the gRPC path; off by default; the training pods never get them."""
     from services.run import serve_env
 
     if expected == "local":
         expected = serve_env(haproxy="haproxy")
     docs = [d for d in yaml.safe_load_all(helm_template(sets=sets).stdout) if d]
     for where, spec in pod_specs(one(docs, "RayService")):
-        env = {k: e["value"] for k, e in _env(spec["containers"][0]).items() if k.startswith("RAY_SERVE_")}
+        all_env = _env(spec["containers"][0])
+        env = {k: e["value"] for k, e in all_env.items() if k.startswith("RAY_SERVE_")}
         assert env == expected, where
+        assert ("DISTILREC_FREEZE_HEAP" in all_env) == bool(expected), where
     for kind in ("RayJob", "RayCronJob"):
         for doc in of_kind(docs, kind):
             for where, spec in pod_specs(doc):

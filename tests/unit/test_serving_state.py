@@ -103,12 +103,13 @@ def test_an_artifact_without_the_attributes_column_still_loads(out):
 
 
 def test_the_loaded_bundle_is_out_of_the_collectors_view_and_a_swapped_out_one_is_freed(out, store, student,
-                                                                                        teacher):
+                                                                                        teacher, monkeypatch):
     """A replica's heap is frozen once its bundle is built (no full GC pass over it mid-request), and a
     swap lets the old bundle go instead of pinning it in the frozen generation."""
     import gc
     import weakref
 
+    monkeypatch.setenv("DISTILREC_FREEZE_HEAP", "1")  # opt-in (services.run.local_serve_env)
     gc.unfreeze()
     try:
         state = ServingState(str(out), RankerBundle.build, store, poll_s=0)

@@ -232,6 +232,8 @@ password from Secrets. Without HAProxy, direct ingress stays off so that Serve's
 {{- if .throughputOptimized }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
+- name: DISTILREC_FREEZE_HEAP
+  value: "1"
 {{- if not .haproxy }}
 - name: RAY_SERVE_ENABLE_DIRECT_INGRESS
   value: "0"
