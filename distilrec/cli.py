@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--epochs", type=int, default=3, help="epochs per worker count; the first is warm-up (default 3)")
     bt.add_argument("--use-gpu", action="store_true", help="one GPU per worker (needs GPUs in the Ray cluster)")
     bp = bsub.add_parser("paths", help="Ray Serve's request path (bare 0/1/3-hop apps, and the real app with --model) "
-                                       "with Ray's defaults, direct gRPC, and gRPC + HAProxy (distilrec's default)")
+                                       "with Ray's defaults, direct gRPC, and gRPC + HAProxy (DISTILREC_FAST_PATH=1)")
     bp.add_argument("--output", required=True, help="folder for paths.json and paths.md")
     bp.add_argument("--model", help="pipeline output folder or artifact: also time the real application")
     bp.add_argument("--requests", type=int, default=300, help="timed requests per row (default 300)")

@@ -1,5 +1,5 @@
 """``distilrec bench paths``: what Ray Serve's request path costs, with Ray's defaults and with the
-options distilrec ships (``services.run.serve_env``).
+fast-path options (``services.run.serve_env``; ``DISTILREC_FAST_PATH=1`` turns them on).
 
     distilrec bench paths --output bench-out [--model out-final]
     # → bench-out/paths.json, paths.md
@@ -10,7 +10,7 @@ variant runs in a process of its own that starts its own local Ray instance:
 - ``ray-defaults``: no ``RAY_SERVE_*`` variable (Serve's Python proxy; handle calls as Ray actor tasks);
 - ``grpc``: ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` with Serve's Python proxy kept
   (``RAY_SERVE_ENABLE_DIRECT_INGRESS=0``): direct gRPC between replicas;
-- ``haproxy``: what distilrec sets by default (``services.run.THROUGHPUT_OPTIMIZED_ENV``): the above
+- ``haproxy``: what ``DISTILREC_FAST_PATH=1`` sets (``services.run.THROUGHPUT_OPTIMIZED_ENV``): the above
   plus HAProxy in front of Ingress replicas that take HTTP themselves.
 
 In each, one client sends requests one after the other (so that the figures are the path's own cost,
@@ -49,7 +49,7 @@ def variant_env(name: str) -> dict[str, str]:
     if name == "grpc":
         return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     if name == "haproxy":
-        return dict(THROUGHPUT_OPTIMIZED_ENV)  # what distilrec ships (free HAProxy side ports: see run_paths)
+        return dict(THROUGHPUT_OPTIMIZED_ENV)  # the fast path (free HAProxy side ports: see run_paths)
     raise ValueError(f"unknown request-path variant {name!r}; expected one of {', '.join(VARIANTS)}")
 
 
