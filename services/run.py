@@ -23,8 +23,9 @@ APP_NAME = "distilrec"
 
 # Ray Serve's latency options (Ray ≥ 2.55; "Enable high throughput on Ray Serve with KubeRay" in Ray's
 # docs). They are read when Ray's processes start, so they are environment variables of the cluster,
-# not fields of the serve config: the chart and the manifests set them on every Ray container, and
-# local runs set them before the local Ray instance starts (``serve_env``).
+# not fields of the serve config: the chart sets them on every serving Ray container when
+# ``serve.requestPath`` turns them on, and local runs before the local Ray instance starts, when
+# ``DISTILREC_FAST_PATH=1`` (``local_serve_env``). Both are off by default for now (see local_serve_env).
 THROUGHPUT_OPTIMIZED_ENV = {
     # Handle calls between replicas go over direct gRPC instead of Ray actor tasks, user code and the
     # router run on the replica's event loop, request logs are buffered, and Ingress replicas take
