@@ -287,6 +287,7 @@ def bench_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
 def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     """``distilrec bench train``: see :mod:`distilrec.bench.train`."""
     from distilrec.bench.train import TrainBenchConfig, run_train_bench
+    from training.pipeline import NotEnoughGPUs
 
     try:
         workers = tuple(int(w) for w in args.workers.split(","))
@@ -304,6 +305,9 @@ def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     own = _own_ray()
     try:
         run_train_bench(cfg, command=_command_line(argv))
+    except NotEnoughGPUs as e:
+        print(f"distilrec bench train: --use-gpu: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as e:
         print(f"distilrec bench train: {e}", file=sys.stderr)
         return 2

@@ -179,19 +179,27 @@ def load_config(path: str | None, use_gpu: bool = False, workers: int | None = N
     return cfg
 
 
-class NotEnoughGPUs(RuntimeError):
+class NotEnoughGPUs(ValueError):
     """A GPU run asks for more GPUs than the Ray cluster has."""
 
 
-def check_gpus(cfg: PipelineConfig) -> None:
-    """Refuse a GPU run that the Ray cluster cannot place (Ray Train would wait for GPUs for ever)."""
+def require_gpus(workers: int) -> None:
+    """Refuse a run of ``workers`` one-GPU Ray Train workers that the connected Ray cluster cannot place
+    (Ray Train would wait for the GPUs for ever). Used by the pipeline and ``bench train``."""
     import ray
 
-    need = max((t.num_workers for t in (cfg.teacher_train, cfg.distill) if t.use_gpu), default=0)
     have = ray.cluster_resources().get("GPU", 0)
-    if need > have:
-        raise NotEnoughGPUs(f"the Ray cluster has {have:g} GPUs and {need} Ray Train workers need one each "
-                         f"(--workers {int(have)} on this cluster, or run on one with more GPUs)")
+    if workers > have:
+        hint = (f"--workers {int(have)} on this cluster" if have >= 1 else "leave out --use-gpu here") + \
+            ", or run on a cluster with more GPUs"
+        raise NotEnoughGPUs(f"the Ray cluster has {have:g} GPUs and {workers} Ray Train workers need one each ({hint})")
+
+
+def check_gpus(cfg: PipelineConfig) -> None:
+    """:func:`require_gpus` for the training stages of ``cfg`` that run on GPUs."""
+    need = max((t.num_workers for t in (cfg.teacher_train, cfg.distill) if t.use_gpu), default=0)
+    if need:
+        require_gpus(need)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -270,8 +270,7 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
         "config": {k: v for k, v in asdict(cfg).items() if k not in ("model", "output")},
         "slo_ms": cfg.slo_ms, "apps": {}, "order": apps,
         # What this process started its local Ray instance with (a cluster in RAY_ADDRESS has its own).
-        "ray_serve_env": {k: v for k, v in os.environ.items()
-                          if k.startswith("RAY_SERVE_") or k in ("DISTILREC_FREEZE_HEAP", "MALLOC_ARENA_MAX")},
+        "ray_serve_env": {k: v for k, v in os.environ.items() if k.startswith(("RAY_SERVE_", "DISTILREC_"))},
     }
     floor_body, fixed = None, list(cfg.fixed_rates) if cfg.fixed_rates else None
     for i, name in enumerate(apps):

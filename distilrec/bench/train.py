@@ -64,22 +64,19 @@ def run_train_bench(cfg: TrainBenchConfig, command: str = "") -> dict[str, Any]:
     ``cfg.output``; return the result."""
     import os
 
-    import ray
-
     from distilrec.bench.report import render_train_markdown
     from distilrec.bench.serve import cpu_pressure, machine_info
     from distilrec.config import PipelineConfig, TeacherConfig, TrainConfig
     from distilrec.data import Split, load_dataset
-    from training.pipeline import ensure_ray, item_embeddings
+    from training.pipeline import ensure_ray, item_embeddings, require_gpus
     from training.teacher import train_teacher
 
     info = machine_info()
     out = Path(cfg.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     ensure_ray(max(cfg.workers))
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.use_gpu and gpus < max(cfg.workers):
-        raise ValueError(f"--use-gpu: the Ray cluster has {gpus:g} GPUs, {max(cfg.workers)} workers need one each")
+    if cfg.use_gpu:
+        require_gpus(max(cfg.workers))
     ds = load_dataset(cfg.dataset)
     split = Split.leave_one_out(ds)
     text_emb, _ = item_embeddings(ds, cfg.encoder, out / "work")

@@ -88,5 +88,12 @@ def test_a_gpu_run_on_a_cluster_without_gpus_is_refused_at_once(ray_cluster):
     from training.pipeline import NotEnoughGPUs, check_gpus, load_config
 
     check_gpus(load_config(None, workers=2))  # CPU training: nothing to check
-    with pytest.raises(NotEnoughGPUs, match="0 GPUs and 1 Ray Train workers"):
+    with pytest.raises(NotEnoughGPUs, match="0 GPUs and 1 Ray Train workers need one each .leave out --use-gpu"):
         check_gpus(load_config(None, use_gpu=True, workers=1))
+
+
+def test_bench_train_on_gpus_the_cluster_lacks_is_refused_with_a_message(ray_cluster, tmp_path, capsys):
+    from distilrec.cli import main
+
+    assert main(["bench", "train", "--use-gpu", "--workers", "1", "--output", str(tmp_path)]) == 2
+    assert "distilrec bench train: --use-gpu: the Ray cluster has 0 GPUs" in capsys.readouterr().err
