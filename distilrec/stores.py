@@ -40,8 +40,9 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import numpy as np
@@ -224,32 +225,38 @@ def _row(e: Event | Mapping[str, Any], now: int) -> tuple[str, str, int, str]:
 class SQLiteEventStore(EventStore):
     """The embedded store: one SQLite file in WAL mode, ``synchronous=FULL``.
 
-    Each thread gets its own connection (Ray Serve runs sync methods in a thread pool), so a writer
-    waiting for the lock never holds up readers; WAL lets readers run beside one writer.
+    Every call takes a connection from a small pool for its duration and gives it back, so calls on
+    different threads (Ray Serve runs sync methods in a thread pool) each have their own connection: a
+    writer waiting for the lock never holds up readers, and WAL lets readers run beside one writer.
+    Connections are pooled rather than kept per thread because Ray Serve (2.60) runs every call of a
+    sync method on a new anyio worker thread: one connection per thread ever started, each with its own
+    page cache, grew the FeatureEncoder's memory by about 120 KB per request (docs/reliability.md).
+    At most ``IDLE_CONNECTIONS`` idle connections are kept; a connection that saw an error is closed.
     """
+
+    IDLE_CONNECTIONS = 8
 
     def __init__(self, path: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S):
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.timeout_s = float(timeout_s)
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._idle: list[sqlite3.Connection] = []
+        self._open_count = 0  # connections open now, idle or in use
         self._lock = threading.Lock()
         self._closed = False
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         except OSError as e:
             raise EventStoreError(f"cannot create the folder of event store {self.path}: {e}") from None
-        conn = self._conn()
         try:
-            if conn.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
-                raise EventStoreError(f"event store {self.path} has a newer schema than this build reads")
-            conn.executescript(_SCHEMA)
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-            if "committed" not in columns:  # a schema-1 file: add the column (old rows get 0)
-                conn.execute("ALTER TABLE events ADD COLUMN committed REAL NOT NULL DEFAULT 0")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            with self._conn() as conn:
+                if conn.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
+                    raise EventStoreError(f"event store {self.path} has a newer schema than this build reads")
+                conn.executescript(_SCHEMA)
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+                if "committed" not in columns:  # a schema-1 file: add the column (old rows get 0)
+                    conn.execute("ALTER TABLE events ADD COLUMN committed REAL NOT NULL DEFAULT 0")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.Error as e:
-            self._drop(conn)
             raise EventStoreError(f"cannot initialise event store {self.path}: {e}") from None
 
     def __repr__(self) -> str:
@@ -257,40 +264,61 @@ class SQLiteEventStore(EventStore):
 
     # connections ---------------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise EventStoreError("event store is closed")
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        """A connection for one call: an idle one from the pool or a new one. It goes back to the pool
+        when the call ends normally, and is closed when the call raised (its state is then unknown)."""
+        with self._lock:
+            if self._closed:
+                raise EventStoreError("event store is closed")
+            conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                self._open_count += 1
+        if conn is None:
+            try:
+                conn = self._connect()
+            except BaseException:
+                with self._lock:
+                    self._open_count -= 1
+                raise
+        ok = False
+        try:
+            yield conn
+            ok = True
+        finally:
+            with self._lock:
+                keep = ok and not self._closed and len(self._idle) < self.IDLE_CONNECTIONS
+                if keep:
+                    self._idle.append(conn)
+                else:
+                    self._open_count -= 1
+            if not keep:
+                _close_quietly(conn)
+
+    def _connect(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None,
                                    check_same_thread=False)
+        except sqlite3.Error as e:
+            raise EventStoreError(f"cannot open event store {self.path}: {e}") from None
+        try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                conn.close()
                 raise EventStoreError(f"event store {self.path}: the filesystem does not support SQLite WAL "
                                       f"mode (got {mode!r}); use a local disk")
             conn.execute("PRAGMA synchronous = FULL")
-        except sqlite3.Error as e:
+        except (sqlite3.Error, EventStoreError) as e:
+            _close_quietly(conn)
+            if isinstance(e, EventStoreError):
+                raise
             raise EventStoreError(f"cannot open event store {self.path}: {e}") from None
-        self._local.conn = conn
-        with self._lock:
-            self._conns.append(conn)
         return conn
 
-    def _drop(self, conn: sqlite3.Connection) -> None:
-        """Forget a connection after an error, so that the next call starts from a clean one."""
-        if getattr(self._local, "conn", None) is conn:
-            self._local.conn = None
+    def open_connections(self) -> int:
+        """Connections open now, idle or in use (at most the calls in flight, or ``IDLE_CONNECTIONS``)."""
         with self._lock:
-            if conn in self._conns:
-                self._conns.remove(conn)
-        try:
-            conn.close()
-        except sqlite3.Error:
-            pass
+            return self._open_count
 
     # EventStore ----------------------------------------------------------------------------------
 
@@ -309,52 +337,39 @@ class SQLiteEventStore(EventStore):
 
     def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
         _check_limit(limit)
-        conn = self._conn()
-        try:
-            rows = conn.execute(
-                "SELECT item_id, ts, seq, committed, type FROM (SELECT item_id, ts, seq, committed, type FROM events "
-                "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
-                (user_id, -1 if limit is None else limit),
-            ).fetchall()
-        except sqlite3.Error as e:
-            self._drop(conn)
-            raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
+        rows = self._read(
+            "SELECT item_id, ts, seq, committed, type FROM (SELECT item_id, ts, seq, committed, type FROM events "
+            "WHERE user_id = ? ORDER BY ts DESC, seq DESC LIMIT ?) ORDER BY ts, seq",
+            (user_id, -1 if limit is None else limit), what="read")
         return [StoredEvent(r[0], int(r[1]), int(r[2]), float(r[3]), r[4]) for r in rows]
 
     def ping(self) -> None:
-        conn = self._conn()
-        try:
-            conn.execute("SELECT 1 FROM events LIMIT 1").fetchall()
-        except sqlite3.Error as e:
-            self._drop(conn)
-            raise EventStoreError(f"event store {self.path}: {e}") from None
+        self._read("SELECT 1 FROM events LIMIT 1", what=None)
 
     def _write(self, what: str, fn) -> Any:
         """Run ``fn(conn)`` in one immediate transaction; all or nothing."""
-        conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to timeout_s)
-            out = fn(conn)
-            conn.execute("COMMIT")
-        except sqlite3.Error as e:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    self._drop(conn)
-            if isinstance(e, sqlite3.IntegrityError):
-                raise ValueError(f"invalid {what} (nothing of the batch stored): {e}") from None
-            self._drop(conn)
-            raise EventStoreError(f"event store {self.path}: {what} write failed, nothing stored: {e}") from None
+        with self._conn() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # take the write lock now (waits up to timeout_s)
+                out = fn(conn)
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # the connection is closed on the way out
+                if isinstance(e, sqlite3.IntegrityError):
+                    raise ValueError(f"invalid {what} (nothing of the batch stored): {e}") from None
+                raise EventStoreError(f"event store {self.path}: {what} write failed, nothing stored: {e}") from None
         return out
 
-    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
-        conn = self._conn()
-        try:
-            return conn.execute(sql, args).fetchall()
-        except sqlite3.Error as e:
-            self._drop(conn)
-            raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
+    def _read(self, sql: str, args: tuple = (), what: str | None = "read") -> list[tuple]:
+        with self._conn() as conn:
+            try:
+                return conn.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise EventStoreError(f"event store {self.path}: {what + ' failed: ' if what else ''}{e}") from None
 
     def add_items(self, items: Iterable[NewItem]) -> int:
         items = _check_items(items)
@@ -387,22 +402,23 @@ class SQLiteEventStore(EventStore):
 
     def count(self) -> int:
         """All stored events (for tests and operators)."""
-        conn = self._conn()
-        try:
-            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
-        except sqlite3.Error as e:
-            self._drop(conn)
-            raise EventStoreError(f"event store {self.path}: read failed: {e}") from None
+        return int(self._read("SELECT count(*) FROM events")[0][0])
 
     def close(self) -> None:
-        self._closed = True
+        """Close the idle connections now; those in use are closed when their call ends."""
         with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            try:
-                conn.close()
-            except sqlite3.Error:
-                pass
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._open_count -= len(idle)
+        for conn in idle:
+            _close_quietly(conn)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except sqlite3.Error:
+        pass
 
 
 # -------------------------------------------------------------------------------------------- Redis

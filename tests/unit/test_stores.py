@@ -170,6 +170,69 @@ def test_threads_share_one_store_object(store):
     assert store.count() == 80
 
 
+def test_a_thread_per_call_does_not_pile_up_connections(store):
+    """Ray Serve (2.60, either request path) runs each call of a sync method on a new worker thread.
+    A connection per thread then stayed open for the store's lifetime (the FeatureEncoder's memory grew
+    by about 120 KB per request); pooled connections stay bounded however many threads come and go."""
+    store.append([Event("u", "a", 1)])
+    for _ in range(100):
+        th = threading.Thread(target=lambda: (store.sync_state(), store.events("u", 10)))
+        th.start()
+        th.join()
+    assert store.open_connections() == 1
+
+
+def test_concurrent_calls_get_their_own_connections_and_idle_ones_are_bounded(db):
+    store = SQLiteEventStore(db)
+    n = store.IDLE_CONNECTIONS + 4
+    barrier = threading.Barrier(n)
+    seen, errors = set(), []
+
+    def one(t):
+        try:
+            with store._conn() as conn:  # n calls in flight at once
+                seen.add(id(conn))
+                barrier.wait(timeout=10)
+            store.append([Event(f"t{t}", "a", 1)])
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(t,)) for t in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len(seen) == n  # no connection was shared between calls in flight
+    assert store.open_connections() == store.IDLE_CONNECTIONS
+    assert store.count() == n
+    store.close()
+    assert store.open_connections() == 0
+
+
+def test_a_connection_that_saw_an_error_is_not_reused(store):
+    with store._conn() as first:
+        pass
+    with pytest.raises(EventStoreError):
+        store._read("SELECT nonsense FROM nowhere")
+    assert store.open_connections() == 0  # the failed call's connection (the idle one) was closed
+    with store._conn() as conn:
+        assert conn is not first
+    assert store.history("u") == []
+
+
+def test_closing_while_a_call_is_in_flight_closes_its_connection_after(db):
+    store = SQLiteEventStore(db)
+    with store._conn() as conn:
+        store.close()
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the call in flight finishes
+    assert store.open_connections() == 0
+    with pytest.raises(sqlite3.ProgrammingError):
+        conn.execute("SELECT 1")
+    with pytest.raises(EventStoreError, match="closed"):
+        store.count()
+
+
 def test_uri_forms():
     assert parse_store_uri("sqlite:///tmp/x/events.db") == ("sqlite", "/tmp/x/events.db", {})
     assert parse_store_uri("sqlite:////tmp/x/events.db") == ("sqlite", "/tmp/x/events.db", {})
