@@ -304,15 +304,14 @@ class SQLiteEventStore(EventStore):
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout_s * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise EventStoreError(f"event store {self.path}: the filesystem does not support SQLite WAL "
-                                      f"mode (got {mode!r}); use a local disk")
             conn.execute("PRAGMA synchronous = FULL")
-        except (sqlite3.Error, EventStoreError) as e:
+        except sqlite3.Error as e:
             _close_quietly(conn)
-            if isinstance(e, EventStoreError):
-                raise
             raise EventStoreError(f"cannot open event store {self.path}: {e}") from None
+        if str(mode).lower() != "wal":
+            _close_quietly(conn)
+            raise EventStoreError(f"event store {self.path}: the filesystem does not support SQLite WAL "
+                                  f"mode (got {mode!r}); use a local disk")
         return conn
 
     def open_connections(self) -> int:

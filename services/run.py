@@ -73,8 +73,9 @@ def local_serve_env() -> dict[str, str]:
     """What a local Ray instance that distilrec starts (``distilrec serve``, ``demo``, ``bench serve``, the
     tests) gets: Ray's default request path, unless ``DISTILREC_FAST_PATH=1`` is set, which gives
     ``serve_env(local=True)`` and frozen replica heaps (``DISTILREC_FREEZE_HEAP=1``, see
-    ``services.state.freeze_heap``). Opt-in for now: at the rates the fast path reaches, the soak test
-    found the FeatureEncoder's resident memory growing by 50-100 KB per request (docs/reliability.md)."""
+    ``services.state.freeze_heap``). Opt-in for now: the FeatureEncoder memory growth that the soak found
+    with it was fixed (per-thread SQLite connections, docs/reliability.md), and the whole test suite passes
+    with it, but making it the default has not been done yet."""
     if os.environ.get(FAST_PATH_OPT_IN) != "1":
         return {}
     return {**serve_env(local=True), "DISTILREC_FREEZE_HEAP": "1"}
