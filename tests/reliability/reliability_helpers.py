@@ -4,11 +4,16 @@ docs/reliability.md).
 
 The load driver is open loop: request ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones
 have been answered, and its latency counts from that scheduled time, so a server that falls behind
-shows it in the latency (no coordinated omission)."""
+shows it in the latency (no coordinated omission). It runs in the pytest process, whose heap (Ray,
+torch, pandas, schemathesis and every earlier test) is millions of objects: one full garbage collection
+there held the GIL for hundreds of milliseconds and showed up as the service's latency. So the driver
+takes the heap that exists when it starts out of the collector's view (``gc.freeze``, as the replicas
+do) and records its own collection pauses (``LoadResult.client_gc_ms``)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import threading
@@ -37,6 +42,7 @@ class LoadResult:
     samples: list[Sample] = field(default_factory=list)
     duration_s: float = 0.0
     t0: float = 0.0  # time.monotonic() of the first scheduled send
+    client_gc_ms: list[float] = field(default_factory=list)  # the driver's own collections of the oldest generation
 
     def codes(self) -> dict[int, int]:
         out: dict[int, int] = {}
@@ -68,6 +74,28 @@ async def open_loop(base_url: str, rate: float, duration_s: float,
     """Send ``request(i) -> (method, path, json)`` at ``rate`` per second for ``duration_s`` (or until
     ``stop`` is set); return one :class:`Sample` per request."""
     result = LoadResult()
+    gc.collect()
+    gc.freeze()  # not unfrozen: the pytest process's heap only grows, and other drivers may be running
+    started: list[float] = []
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info["generation"] == 2:
+            if phase == "start":
+                started.append(time.perf_counter())
+            elif started:
+                result.client_gc_ms.append((time.perf_counter() - started.pop()) * 1000)
+
+    gc.callbacks.append(on_gc)
+    try:
+        await _open_loop(result, base_url, rate, duration_s, request, keep_body, timeout_s, stop)
+    finally:
+        gc.callbacks.remove(on_gc)
+    return result
+
+
+async def _open_loop(result: LoadResult, base_url: str, rate: float, duration_s: float,
+                     request: Callable[[int], tuple[str, str, Any]], keep_body: bool, timeout_s: float,
+                     stop: threading.Event | None) -> None:
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as c:
         loop = asyncio.get_running_loop()
@@ -104,7 +132,6 @@ async def open_loop(base_url: str, rate: float, duration_s: float,
         result.duration_s = loop.time() - t0
         await asyncio.gather(*tasks)
     result.samples.sort(key=lambda s: s.t)
-    return result
 
 
 def run_load_in_thread(*args, **kwargs) -> tuple[threading.Thread, dict]:

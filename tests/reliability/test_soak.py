@@ -89,7 +89,8 @@ def test_soak_at_70_percent_of_the_throughput_at_slo(serve_url, artifact):
     record("soak", ramp=steps, throughput_at_slo_rps=at_slo, soak_rps=rate, soak_s=SOAK_S,
            achieved_rps=len(r.samples) / r.duration_s, requests=len(r.samples), codes=codes, degraded=degraded,
            p50_ms=r.p(0.5), p99_ms=p99, p99_after_warmup_ms=r.p(0.99, since=warmup_s), max_ms=r.p(1.0),
-           rss_mib_warm_end=rss_fig, rss_growth_pct=growth)
+           rss_mib_warm_end=rss_fig, rss_growth_pct=growth, client_full_gcs=len(r.client_gc_ms),
+           client_full_gc_max_ms=max(r.client_gc_ms, default=0.0))
     assert codes == {200: len(r.samples)}, [s.body for s in r.samples if s.status != 200][:5]
     assert degraded == 0
     assert p99 <= SLO_P99_MS, f"p99 {p99:.1f} ms at {rate:.0f} requests/s"
