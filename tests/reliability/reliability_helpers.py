@@ -5,8 +5,9 @@ docs/reliability.md).
 The load driver is open loop: request ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones
 have been answered, and its latency counts from that scheduled time, so a server that falls behind
 shows it in the latency (no coordinated omission). It runs in the pytest process, whose heap (Ray,
-torch, pandas, schemathesis and every earlier test) is millions of objects: one full garbage collection
-there held the GIL for hundreds of milliseconds and showed up as the service's latency. So the driver
+torch, pandas, schemathesis and every earlier test) is large: one full garbage collection of the imports
+alone (337,000 objects) took 150-170 ms on the 2-vCPU machine, holding the GIL, which the driver would
+count as the service's latency (the likely cause of a 455 ms stall in a soak). So the driver
 takes the heap that exists when it starts out of the collector's view (``gc.freeze``, as the replicas
 do) and records its own collection pauses (``LoadResult.client_gc_ms``)."""
 
