@@ -49,7 +49,7 @@ def freeze_heap(after_swap: bool = False) -> None:
     latency tail of the soak test. ``after_swap=True`` (a new bundle replaced the old one) first lets
     the collector free the old bundle's cycles, one full pause per model swap instead of many.
     """
-    if os.environ.get("DISTILREC_FREEZE_HEAP") != "1":  # set with the fast path (services.run.local_serve_env, the chart)
+    if os.environ.get("DISTILREC_FREEZE_HEAP") != "1":  # opt-in with the fast path (services.run.local_serve_env)
         return
     if after_swap:
         gc.unfreeze()

@@ -232,15 +232,15 @@ def test_serving_pods_get_tokens_and_passwords_from_secrets(values):
 
 
 @pytest.mark.parametrize("sets, expected", [
-    ((), "local"),
-    (("serve.requestPath.haproxy=false", "serve.requestPath.throughputOptimized=false"), {}),
-    (("serve.requestPath.haproxy=false",),
+    ((), {}),
+    (("serve.requestPath.haproxy=true", "serve.requestPath.throughputOptimized=true"), "local"),
+    (("serve.requestPath.throughputOptimized=true",),
      {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}),
-], ids=["default-fast-path", "off", "grpc-only"])
+], ids=["default-off", "fast-path", "grpc-only"])
 def test_serving_pods_start_ray_with_the_fast_request_path(sets, expected):
-    """Every serving Ray container starts with Ray Serve's request-path variables when they are on (by
-    default, and then the same ones a local ``distilrec serve`` sets: ``services.run.serve_env``) and
-    frozen heaps with the gRPC path; both can be turned off; the training pods never get them."""
+    """Every serving Ray container starts with Ray Serve's request-path variables when they are on (with
+    both, the same ones a local ``DISTILREC_FAST_PATH=1 distilrec serve`` sets: ``services.run.serve_env``)
+    and frozen heaps with the gRPC path; off by default; the training pods never get them."""
     from services.run import serve_env
 
     if expected == "local":
