@@ -85,8 +85,8 @@ class _ItemTower(nn.Module):
         if self._cache is None:
             self._cache = {}
         if scale not in self._cache:
-            v = self._compute().detach()  # a plain tensor, never a Parameter
-            self._cache[scale] = v if scale == 1.0 else v * scale
+            # a plain tensor, never a Parameter; a scaled table is made from the unscaled one
+            self._cache[scale] = self._compute().detach() if scale == 1.0 else self._cached(1.0) * scale
         return self._cache[scale]
 
     def _compute(self) -> torch.Tensor:
@@ -293,7 +293,7 @@ class _Block(nn.Module):
 
         The sub-modules hold the weights (and name them in the state dict); the computation calls the
         functional ops on them directly, and dropout only in training, because on the scoring path (one
-        request, one thread) the per-call cost of eleven module calls was a fifth of the student's time."""
+        request, one thread) each module call's fixed cost counts (docs/benchmarks.md)."""
         b, length, d = x.shape
         h, dh, p = _norm(self.ln1, x), d // self.heads, self.p if self.training else 0.0
         w, bias = self.qkv.weight, self.qkv.bias

@@ -73,9 +73,9 @@ def local_serve_env() -> dict[str, str]:
     """What a local Ray instance that distilrec starts (``distilrec serve``, ``demo``, ``bench serve``, the
     tests) gets: Ray's default request path, unless ``DISTILREC_FAST_PATH=1`` is set, which gives
     ``serve_env(local=True)`` and frozen replica heaps (``DISTILREC_FREEZE_HEAP=1``, see
-    ``services.state.freeze_heap``). Opt-in for now: the FeatureEncoder memory growth that the soak found
-    with it was fixed (per-thread SQLite connections, docs/reliability.md), and the whole test suite passes
-    with it, but making it the default has not been done yet."""
+    ``services.state.freeze_heap``). Opt-in: the FeatureEncoder memory growth that the soak found with it
+    was fixed (per-thread SQLite connections), but with it as the default both full test runs of
+    2026-11-28 failed a latency check by chance on a 2-vCPU machine (docs/reliability.md)."""
     if os.environ.get(FAST_PATH_OPT_IN) != "1":
         return {}
     return {**serve_env(local=True), "DISTILREC_FREEZE_HEAP": "1"}
