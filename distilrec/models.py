@@ -40,7 +40,38 @@ def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) ->
     return torch.from_numpy(out)
 
 
-class _ItemTower(nn.Module):
+class _EvalCache(nn.Module):
+    """A module that keeps tensors derived from its weights while it is *frozen* (eval mode without
+    autograd: serving and evaluation) and drops them when it switches mode, loads weights or moves
+    (``.to``, ``.double()``, …). Weights changed in place while frozen are not noticed: training
+    happens in train mode."""
+
+    _cache: dict | None = None
+
+    def _frozen(self) -> bool:
+        return not self.training and not torch.is_grad_enabled()
+
+    def _cached(self, key, make):
+        if self._cache is None:
+            self._cache = {}
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+
+class _ItemTower(_EvalCache):
     """Item vectors ``(N, D)``: id embedding + projected text embedding (a frozen buffer)."""
 
     def __init__(self, n_items: int, text_dim: int, d: int, text_emb: torch.Tensor | None):
@@ -69,45 +100,24 @@ class _ItemTower(nn.Module):
         In eval mode without autograd (serving, evaluation) the table is computed once and cached;
         switching to train mode, loading weights or moving the module drops the cache.
         """
-        return self._cached(1.0) if self._frozen() else self._compute()
+        return self._table(1.0) if self._frozen() else self._compute()
 
     def embed(self, rows: torch.Tensor, scale: float) -> torch.Tensor:
         """``(B, L) -> (B, L, D)``: the vectors of ``rows`` (padding gives zeros) times ``scale``. When
         the table is cached, the scaled table is too, so that a request costs one gather."""
         if self._frozen():
-            return F.embedding(rows, self._cached(scale))  # a gather, faster than table[rows]
+            return F.embedding(rows, self._table(scale))  # a gather, faster than table[rows]
         return F.embedding(rows, self._compute()) * scale
 
-    def _frozen(self) -> bool:
-        return not self.training and not torch.is_grad_enabled()
-
-    def _cached(self, scale: float) -> torch.Tensor:
-        if self._cache is None:
-            self._cache = {}
-        if scale not in self._cache:
-            # a plain tensor, never a Parameter; a scaled table is made from the unscaled one
-            self._cache[scale] = self._compute().detach() if scale == 1.0 else self._cached(1.0) * scale
-        return self._cache[scale]
+    def _table(self, scale: float) -> torch.Tensor:
+        # a plain tensor, never a Parameter; a scaled table is made from the unscaled one
+        return self._cached(scale, lambda: self._compute().detach() if scale == 1.0 else self._table(1.0) * scale)
 
     def _compute(self) -> torch.Tensor:
         v = self.id_emb.weight
         if self.text_proj is not None:
             v = v + F.pad(self.text_proj(self.text_emb), (0, 0, 0, 1))
         return v
-
-    _cache: dict[float, torch.Tensor] | None = None
-
-    def train(self, mode: bool = True) -> "_ItemTower":
-        self._cache = None
-        return super().train(mode)
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = None
-        return super()._apply(fn, *args, **kwargs)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = None
-        return super()._load_from_state_dict(*args, **kwargs)
 
 
 def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor | None, n_buckets: int) -> torch.Tensor:
@@ -251,11 +261,12 @@ class _SequenceModel(nn.Module):
         """Multiply-accumulates to score one full-length history against ``n_candidates``, per candidate:
         the user tower shared by the candidates, plus one ``d``-wide dot product each. Every layer but
         the last costs, per position, the projections ``4·d²``, the feed-forward ``8·d²`` and the
-        attention ``2·L·d``; the last computes keys and values ``2·d²`` per position and the rest
-        (query and output ``2·d²``, feed-forward ``8·d²``, attention ``2·L·d``) for the last one only."""
-        d, length = self.cfg.d_model, self.cfg.max_len
+        attention ``2·L·d``; the last computes the last position alone (its attention with the
+        projections folded, ``_Block._last_query_attention``): the folded query ``H·d²``, scores and
+        weighted sum ``2·H·L·d``, the folded value and output ``H·d²`` and the feed-forward ``8·d²``."""
+        d, length, heads = self.cfg.d_model, self.cfg.max_len, self.cfg.n_heads
         full_layer = length * 12 * d * d + 2 * length * length * d
-        last_layer = length * 2 * d * d + 10 * d * d + 2 * length * d
+        last_layer = 2 * heads * d * d + 2 * heads * length * d + 8 * d * d
         return ((self.cfg.n_layers - 1) * full_layer + last_layer) / n_candidates + d
 
 
@@ -271,7 +282,7 @@ class Student(_SequenceModel):
     """
 
 
-class _Block(nn.Module):
+class _Block(_EvalCache):
     """Pre-norm self-attention + feed-forward block. ``(B, L, D) -> (B, L, D)``."""
 
     def __init__(self, d: int, heads: int, dropout: float):
@@ -296,23 +307,59 @@ class _Block(nn.Module):
         request, one thread) each module call's fixed cost counts (docs/benchmarks.md)."""
         b, length, d = x.shape
         h, dh, p = _norm(self.ln1, x), d // self.heads, self.p if self.training else 0.0
-        w, bias = self.qkv.weight, self.qkv.bias
-        if last_only:
-            q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
-            k, v = F.linear(h, w[d:], bias[d:]).view(b, length, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
-            x = x[:, -1:]
-            if mask is not None:
-                mask = mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
+        if last_only and self._frozen():
+            a, x = self._last_query_attention(h, mask), x[:, -1:]
         else:
-            q, k, v = F.linear(h, w, bias).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and not last_only,
-                                           dropout_p=p)
-        a = F.linear(a.transpose(1, 2).reshape(b, x.shape[1], d), self.out.weight, self.out.bias)
+            w, bias = self.qkv.weight, self.qkv.bias
+            if last_only:
+                q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
+                k, v = F.linear(h, w[d:], bias[d:]).view(b, length, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+                x = x[:, -1:]
+                if mask is not None:
+                    mask = mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
+            else:
+                q, k, v = F.linear(h, w, bias).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and not last_only,
+                                               dropout_p=p)
+            a = F.linear(a.transpose(1, 2).reshape(b, x.shape[1], d), self.out.weight, self.out.bias)
         x = x + (F.dropout(a, p) if p else a)
         up, down = self.ff[0], self.ff[3]  # Linear, GELU, Dropout, Linear
         f = F.gelu(F.linear(_norm(self.ln2, x), up.weight, up.bias))
         f = F.linear(F.dropout(f, p) if p else f, down.weight, down.bias)
         return x + (F.dropout(f, p) if p else f)
+
+    def _last_query_attention(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``h (B, L, D)`` normalised inputs → ``(B, 1, D)``: the attention output (after the output
+        projection) of the last position, with the projections folded into the keys' side.
+
+        For one query the projections need not touch every position. Head ``j``'s score of position
+        ``i`` is ``q_j · (Wk_j h_i + bk_j) / √dh = h_i · (Wk_jᵀ q_j) / √dh + const``, and the constant
+        cancels in the softmax; its output ``Σ_i p_i (Wv_j h_i + bv_j) = Wv_j (Σ_i p_i h_i) + bv_j``, as
+        the weights sum to 1. So the query and key projections fold into one ``(H·D, D)`` matrix, the
+        value and output projections into one ``(D, H·D)``, and the positions are read twice, by
+        ``D``-wide products, instead of being projected to keys and values (for the student's 50
+        positions, about 15 × fewer multiply-accumulates in its one layer)."""
+        b, length, d = h.shape
+        qk, qk_bias, vo, vo_bias = self._cached("folded", self._fold)
+        q = F.linear(h[:, -1:], qk, qk_bias).view(b, self.heads, d)      # (B, H, D): Wk_jᵀ q_j / √dh
+        scores = torch.bmm(q, h.transpose(1, 2))                         # (B, H, L)
+        if mask is not None:                                             # (B, 1, L, L) or (B, 1, 1, L)
+            scores = scores.masked_fill(~mask[:, :, -1], float("-inf"))
+        context = torch.bmm(torch.softmax(scores, -1), h)                # (B, H, D): Σ_i p_i h_i per head
+        return F.linear(context.view(b, 1, self.heads * d), vo, vo_bias)
+
+    def _fold(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        d, heads = self.out.weight.shape[0], self.heads
+        dh = d // heads
+        wq, wk, wv = self.qkv.weight.detach().view(3, heads, dh, d)      # head j: (dh, D) each
+        bq, _, bv = self.qkv.bias.detach().view(3, heads, dh)
+        scale = dh ** -0.5
+        qk = (wk.transpose(1, 2) @ wq).reshape(heads * d, d) * scale     # row block j: Wk_jᵀ Wq_j
+        qk_bias = (wk.transpose(1, 2) @ bq.unsqueeze(-1)).reshape(heads * d) * scale
+        wo = self.out.weight.detach().view(d, heads, dh).transpose(0, 1)  # head j: (D, dh)
+        vo = (wo @ wv).transpose(0, 1).reshape(d, heads * d)             # column block j: Wo_j Wv_j
+        vo_bias = self.out.weight.detach() @ bv.reshape(d) + self.out.bias.detach()
+        return qk.contiguous(), qk_bias.contiguous(), vo.contiguous(), vo_bias
 
 
 def _norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

@@ -302,10 +302,11 @@ def test_model_without_text_scores_with_autograd():
 def test_macs_per_candidate_counts_the_layer_shapes():
     m = Student(StudentConfig(n_items=50, text_dim=0, d_model=8, n_heads=1, n_layers=2, max_len=10))
     # first layer, every position: q, k, v, out projections 4·8·8, feed-forward 2·8·32, attention 2·10·8;
-    # last layer: k, v for 10 positions, then q, out, feed-forward and attention for the last one;
+    # last layer, the last position alone: the folded query-key and value-output products (8·8 each,
+    # one head), scores and weighted sum over 10 positions (2·10·8), feed-forward;
     # shared by 100 candidates, plus one 8-wide dot product each
     first = 10 * (4 * 64 + 2 * 8 * 32) + 2 * 10 * 10 * 8
-    last = 10 * 2 * 64 + (2 * 64 + 2 * 8 * 32) + 2 * 10 * 8
+    last = 2 * 64 + 2 * 10 * 8 + 2 * 8 * 32
     assert m.macs_per_candidate(100) == (first + last) / 100 + 8
 
 
@@ -319,6 +320,29 @@ def test_user_vector_equals_the_last_position_of_the_full_encoding(kind, teacher
         full = m.encode(hist, times)[:, -1]
         torch.testing.assert_close(m.user_vector(hist, times), full, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(m.encode(hist, times, last_only=True)[:, -1], full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+@pytest.mark.parametrize("heads,layers", [(1, 1), (2, 1), (2, 2), (4, 3)])
+def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layers, text_emb):
+    """Serving and evaluation (eval mode, no autograd) fold the last layer's projections
+    (``_Block._last_query_attention``); with autograd on, the keys and values are projected as in
+    training. Both give the same scores, with and without padding, for batches and single requests."""
+    cls, cfg_cls = (Teacher, TeacherConfig) if kind == "teacher" else (Student, StudentConfig)
+    torch.manual_seed(heads * 10 + layers)
+    m = cls(cfg_cls(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_heads=heads, n_layers=layers, max_len=8),
+            text_emb=text_emb).eval()
+    for p in m.parameters():  # weights far from their small initialisation, so that errors would show
+        torch.nn.init.normal_(p, std=0.3)
+    hist = pad_histories([[1, 2, 3, 4, 5, 6, 7, 8, 9], [8, 9], [10]], PAD, 8)
+    times = torch.cumsum(torch.randint(0, 5000, hist.shape), 1)
+    cands = torch.tensor([0, 3, 5, 11])
+    for h, t in [(hist, times), (hist[:1], times[:1])]:
+        projected = m.score(h, cands, times=t).detach()
+        with torch.no_grad():
+            folded = m.score(h, cands, times=t)
+        assert projected.abs().max() > 1  # scores of a real spread
+        torch.testing.assert_close(folded, projected, rtol=1e-5, atol=1e-5)
 
 
 def test_default_student_costs_under_a_tenth_of_the_default_teacher():
