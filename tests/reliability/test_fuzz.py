@@ -5,7 +5,7 @@ no 5xx, the status is one the schema declares, the body matches the schema decla
 (errors: ``{"error": {"code", "message"}}``), the content type is JSON. Afterwards the same replicas
 are alive (none crashed and was replaced) and the service is ready.
 
-``DISTILREC_FUZZ_EXAMPLES`` sets the examples per operation and mode (CI: 25; the long run: 500)."""
+``DISTILREC_FUZZ_EXAMPLES`` sets the examples per operation and mode (CI: 25; the long run: 200)."""
 
 from __future__ import annotations
 
