@@ -338,7 +338,7 @@ class _Block(_EvalCache):
         the weights sum to 1. So the query and key projections fold into one ``(H·D, D)`` matrix, the
         value and output projections into one ``(D, H·D)``, and the positions are read twice, by
         ``D``-wide products, instead of being projected to keys and values (for the student's 50
-        positions, about 15 × fewer multiply-accumulates in its one layer)."""
+        positions and 2 heads, 29 k multiply-accumulates instead of 424 k)."""
         b, length, d = h.shape
         qk, qk_bias, vo, vo_bias = self._cached("folded", self._fold)
         q = F.linear(h[:, -1:], qk, qk_bias).view(b, self.heads, d)      # (B, H, D): Wk_jᵀ q_j / √dh
