@@ -175,7 +175,7 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
     return 0
 
 
-def bench_cost(model: str, output: str, runs: int) -> int:
+def bench_cost(model: str, output: str, runs: int, block: int = 20) -> int:
     """``distilrec bench cost``: the cost columns of the report, measured again on an idle moment."""
     import fsspec
 
@@ -185,14 +185,18 @@ def bench_cost(model: str, output: str, runs: int) -> int:
     if runs < 20:
         print(f"distilrec bench cost: --runs {runs}: at least 20 runs are needed for a p99", file=sys.stderr)
         return 2
+    if block < 1:
+        print(f"distilrec bench cost: --block {block}: a block holds at least one request", file=sys.stderr)
+        return 2
     try:
         art = load_artifact(model, with_teacher=True)
     except ArtifactError as e:
         print(f"distilrec bench cost: --model {model!r}: {e}", file=sys.stderr)
         return 2
-    costs = scoring_costs({"teacher": art.teacher, "student": art.student}, runs=runs)
+    costs = scoring_costs({"teacher": art.teacher, "student": art.student}, runs=runs, block=block)
     t, s = costs["teacher"], costs["student"]
-    result = {"artifact": art.uri, "version": art.version, "runs": runs, "batch": BATCH, "models": costs,
+    result = {"artifact": art.uri, "version": art.version, "runs": runs, "block": block, "batch": BATCH,
+              "models": costs,
               "teacher_over_student": {"macs": t["macs_per_candidate"] / s["macs_per_candidate"],
                                        "ms_p50": t["score_ms_p50_1000"] / s["score_ms_p50_1000"],
                                        "ms_p99": t["score_ms_p99_1000"] / s["score_ms_p99_1000"],
@@ -203,8 +207,10 @@ def bench_cost(model: str, output: str, runs: int) -> int:
     rows += [f"| {name} | {c['params']:,} | {c['macs_per_candidate']:,.0f} | {c['score_ms_p50_1000']:.3f} | "
              f"{c['score_ms_p99_1000']:.3f} | {c['score_ms_per_request_batched']:.3f} |" for name, c in costs.items()]
     r = result["teacher_over_student"]
+    turns = (f"in turns of {block} requests, each turn after one uncounted request" if block > 1
+             else "in turns, each request right after the other model's")
     rows.append(f"\nteacher / student: {r['macs']:.1f}× the MACs; one request alone: {r['ms_p50']:.2f}× the p50 time, "
-                f"{r['ms_p99']:.2f}× the p99 time ({runs} runs each, in turns, one thread); in a batch of {BATCH}: "
+                f"{r['ms_p99']:.2f}× the p99 time ({runs} runs each, {turns}, one thread); in a batch of {BATCH}: "
                 f"{r['ms_batched']:.2f}× the time per request")
     table = "\n".join(rows) + "\n"
     fs, root = fsspec.core.url_to_fs(output)
@@ -402,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     bc.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
     bc.add_argument("--output", required=True, help="folder for cost.json and cost.md")
     bc.add_argument("--runs", type=int, default=500, help="timed runs per model (default 500)")
+    bc.add_argument("--block", type=int, default=20,
+                    help="requests per model per turn, after one uncounted warm-up request (default 20; 1 times "
+                         "every request right after the other model's, with its data cold in the caches)")
     bs = bsub.add_parser("serve", help="floor, distilrec, teacher-served and no-batching Serve applications behind "
                                        "one proxy, one open-loop client: throughput at the SLO, p50/p99 at fixed rates")
     bs.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
@@ -448,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             return bench_paths(args)
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
-        return bench_cost(args.model, args.output, args.runs)
+        return bench_cost(args.model, args.output, args.runs, args.block)
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":

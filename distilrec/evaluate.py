@@ -16,7 +16,7 @@ import torch
 from distilrec.baselines import EASE, EASE_LAMBDAS, Popularity
 from distilrec.data import Dataset, Split
 from distilrec.metrics import evaluate_scores, model_score_fn
-from distilrec.models import count_params
+from distilrec.models import count_params, native_cpu_kernels
 
 MODEL_ORDER = ("popularity", "ease", "teacher", "student", "student_no_distill")
 
@@ -53,14 +53,18 @@ BATCH = 32  # the scorer deployment's default max_batch_size (services/serve_con
 
 
 def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, runs: int = 200,
-                  seed: int = 0, batch: int = BATCH) -> dict[str, dict]:
+                  seed: int = 0, batch: int = BATCH, block: int = 20) -> dict[str, dict]:
     """Parameters, MACs per candidate, and the milliseconds each model takes on one CPU thread to score
     full-length histories (timestamps a minute to an hour apart) against the same ``n_candidates``
     random candidates: p50 and p99 of one request alone (``runs`` timed runs after warm-up), and the
     p50 time per request when ``batch`` requests are scored together (``runs // 4`` timed runs).
 
-    Models are timed in turns (model a, model b, a, b, …) so that a slower or busier stretch of a
-    shared machine falls on all of them alike and their ratio holds."""
+    Models are timed in turns, ``block`` requests at a time (model a's block, then b's, a's, …), so
+    that a slower or busier stretch of a shared machine falls on all of them alike and their ratio
+    holds. The first request of each block is not counted: it finds the caches filled by the other
+    model, which a replica serving one model does not. ``block=1`` times every request right after
+    the other model's (each model's data cold in the caches). PyTorch's own CPU kernels are used, as
+    the scorer deployment uses them (:func:`distilrec.models.native_cpu_kernels`)."""
     g = torch.Generator().manual_seed(seed)
     inputs = {}
     for name, model in models.items():
@@ -69,28 +73,32 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
         hist = torch.randint(0, n, (batch, length), generator=g)
         stamps = torch.cumsum(torch.randint(60, 3600, (batch, length), generator=g), 1)
         inputs[name] = (hist, stamps, torch.randint(0, n, (n_candidates,), generator=g))
-    times: dict[str, list[float]] = {name: [] for name in models}
-    batched: dict[str, list[float]] = {name: [] for name in models}
+
+    def timed(requests: int, count: int) -> dict[str, list[float]]:
+        """Milliseconds per request of ``count`` timed calls with ``requests`` histories, per model."""
+        out: dict[str, list[float]] = {name: [] for name in models}
+        per_block = max(1, min(block, count))
+        while min(len(v) for v in out.values()) < count:
+            for name, model in models.items():
+                hist, stamps, cands = inputs[name]
+                for i in range(per_block + (block > 1)):
+                    t0 = time.perf_counter()
+                    model.score(hist[:requests], cands, times=stamps[:requests])
+                    if i or block == 1:
+                        out[name].append((time.perf_counter() - t0) * 1000 / requests)
+        return {name: v[:count] for name, v in out.items()}
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    native = native_cpu_kernels(True)
     try:
         with torch.inference_mode():  # as the scorer deployment runs it
-            for i in range(runs + 10):
-                for name, model in models.items():
-                    hist, stamps, cands = inputs[name]
-                    t0 = time.perf_counter()
-                    model.score(hist[:1], cands, times=stamps[:1])
-                    if i >= 10:
-                        times[name].append((time.perf_counter() - t0) * 1000)
-            for i in range(max(runs // 4, 1) + 2):
-                for name, model in models.items():
-                    hist, stamps, cands = inputs[name]
-                    t0 = time.perf_counter()
-                    model.score(hist, cands, times=stamps)
-                    if i >= 2:
-                        batched[name].append((time.perf_counter() - t0) * 1000 / batch)
+            timed(1, 10)  # warm-up: caches, allocator, the frozen models' cached tables
+            times = timed(1, runs)
+            batched = timed(batch, max(runs // 4, 1))
     finally:
         torch.set_num_threads(threads)
+        native_cpu_kernels(native)
     return {name: {
         "params": count_params(model),
         "macs_per_candidate": round(float(model.macs_per_candidate(n_candidates)), 1),

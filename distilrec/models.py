@@ -28,6 +28,23 @@ from torch import nn
 from distilrec.config import StudentConfig, TeacherConfig
 
 
+def native_cpu_kernels(enabled: bool = True) -> bool:
+    """Score with PyTorch's own CPU kernels instead of oneDNN's (``enabled=True``) or go back to oneDNN
+    (``False``), for this whole process; returns whether PyTorch's were in use before.
+
+    For these models the choice only changes the GELU: oneDNN's costs about 6 µs of set-up per call,
+    PyTorch's 1 µs, which is a tenth of a single request's scoring time for the student; oneDNN's is
+    faster on large inputs (a batch of 32 full teacher histories: 0.63 against 0.98 ms), which makes
+    such a batch about 5 % slower (docs/benchmarks.md, "Scoring cost"). Scores agree to float rounding.
+    The scorer deployment, which mostly scores one or a few requests at a time, calls this when it
+    starts; :func:`distilrec.evaluate.scoring_costs` measures under the same setting. Training keeps
+    PyTorch's default.
+    """
+    before = not torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = not enabled
+    return before
+
+
 def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) -> torch.Tensor:
     """Left-pad (and keep the most recent ``max_len`` of) each history: ``(B, L)`` with L ≤ max_len.
     Timestamps are padded the same way (``pad=0``) so that they stay aligned with the items."""
@@ -161,7 +178,7 @@ def _gap_bounds(n_buckets: int, device: torch.device) -> torch.Tensor:
                         dtype=torch.long, device=device)
 
 
-class _SequenceModel(nn.Module):
+class _SequenceModel(_EvalCache):
     """Causal transformer (pre-norm, SASRec-style) over the history; score = ⟨h_last, item⟩.
 
     The input at each position is the item's vector (id embedding + projected text), a position
@@ -189,28 +206,34 @@ class _SequenceModel(nn.Module):
         ``max_len`` positions are read. ``last_only=True`` gives ``(B, 1, D)``, the last position
         alone, and the last layer then computes only what that position needs (keys and values of
         every position, the query, attention and feed-forward of one): the scoring path."""
-        if hist.shape[1] > self.cfg.max_len:
-            hist = hist[:, -self.cfg.max_len:]
-        valid = hist != self.cfg.n_items
-        dense = False
+        cfg = self.cfg
+        if hist.shape[1] > cfg.max_len:
+            hist = hist[:, -cfg.max_len:]
+        frozen = self._frozen()
+        pos_w, gap_w, norm = self._cached("weights", self._weights) if frozen else self._weights()
+        dense, valid = False, None
         if last_only and not self.training:
             # The scoring path: columns that are padding in every row change nothing for the last
             # position (their positions are masked and position embeddings count from the most recent
-            # item), so they are cut; when no padding is left (a single request's history), attention
-            # needs no mask at all. Full encodings (training, the teacher's targets) keep the mask and
-            # read nothing back from the device.
-            first, dense = _padding_columns(valid)
-            if first:
-                hist, valid = hist[:, first:], valid[:, first:]
+            # item), so they are cut; when there is no padding at all (a single request's history),
+            # attention needs no mask and the positions no validity. Full encodings (training, the
+            # teacher's targets) keep the mask and read nothing back from the device.
+            dense = int(hist.max()) < cfg.n_items  # rows are 0 .. n_items - 1, padding is n_items
+            if not dense:
+                valid = hist != cfg.n_items
+                first, dense = _padding_columns(valid)
+                if first:
+                    hist, valid = hist[:, first:], valid[:, first:]
+        if valid is None and not dense:
+            valid = hist != cfg.n_items
         length = hist.shape[1]
-        x = self.items.embed(hist, self.cfg.d_model ** 0.5) + self.pos_emb.weight[self.cfg.max_len - length:]
-        if self.gap_emb is not None and times is not None:
+        x = self.items.embed(hist, cfg.d_model ** 0.5) + pos_w[cfg.max_len - length:]
+        if gap_w is not None and times is not None:
             if times.shape[1] != length:
                 times = times[:, -length:]
-            x = x + F.embedding(time_gap_buckets(times, None if dense else valid, self.cfg.time_buckets),
-                                self.gap_emb.weight)
-        elif self.gap_emb is not None:
-            x = x + self.gap_emb.weight[0]
+            x = x + F.embedding(time_gap_buckets(times, None if dense else valid, cfg.time_buckets), gap_w)
+        elif gap_w is not None:
+            x = x + gap_w[0]
         if self.training:  # dropout; in eval mode it is the identity, and not even called
             x = self.drop(x)
         if dense:
@@ -218,20 +241,29 @@ class _SequenceModel(nn.Module):
         else:
             x = x * valid.unsqueeze(-1)
             # A query may attend to earlier real items, and always to itself (so no row is empty).
-            if last_only and len(self.blocks) == 1:  # the last query alone sees every position: no causal mask
+            if last_only and cfg.n_layers == 1:  # the last query alone sees every position: no causal mask
                 mask = (valid | (torch.arange(length, device=hist.device) == length - 1))[:, None, None, :]
             else:
                 causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
                 mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
                 mask = mask.unsqueeze(1)
+        last = cfg.n_layers - 1
         for i, block in enumerate(self.blocks):
-            if last_only and i == len(self.blocks) - 1:
-                x, valid = block(x, mask, last_only=True), valid[:, -1:]
+            if last_only and i == last:
+                x = block(x, mask, last_only=True)
+                valid = valid[:, -1:] if valid is not None else None
             else:
                 x = block(x, mask)
             if not dense:
                 x = x * valid.unsqueeze(-1)
-        return F.layer_norm(x, self.norm.normalized_shape, self.norm.weight, self.norm.bias, self.norm.eps)
+        return F.layer_norm(x, *norm)
+
+    def _weights(self) -> tuple:
+        """``(position embeddings, time-gap embeddings or None, the final layer norm's arguments)``, as
+        ``encode`` reads them; cached while frozen (one lookup instead of seven attribute lookups)."""
+        n = self.norm
+        return (self.pos_emb.weight, self.gap_emb.weight if self.gap_emb is not None else None,
+                (n.normalized_shape, n.weight, n.bias, n.eps))
 
     def item_vectors(self) -> torch.Tensor:
         """``(N, D)``: vectors of the trained catalogue (serving precomputes them once)."""
@@ -304,29 +336,38 @@ class _Block(_EvalCache):
 
         The sub-modules hold the weights (and name them in the state dict); the computation calls the
         functional ops on them directly, and dropout only in training, because on the scoring path (one
-        request, one thread) each module call's fixed cost counts (docs/benchmarks.md)."""
+        request, one thread) each module call's and each attribute lookup's fixed cost counts
+        (docs/benchmarks.md)."""
         b, length, d = x.shape
-        h, dh, p = _norm(self.ln1, x), d // self.heads, self.p if self.training else 0.0
-        if last_only and self._frozen():
+        frozen = self._frozen()
+        ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, wup, bup, wdown, bdown, eps = (
+            self._cached("weights", self._weights) if frozen else self._weights())
+        h, dh, p = F.layer_norm(x, (d,), ln1w, ln1b, eps), d // self.heads, self.p if self.training else 0.0
+        if last_only and frozen:
             a, x = self._last_query_attention(h, mask), x[:, -1:]
         else:
-            w, bias = self.qkv.weight, self.qkv.bias
             if last_only:
-                q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
-                k, v = F.linear(h, w[d:], bias[d:]).view(b, length, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+                q = F.linear(h[:, -1:], wqkv[:d], bqkv[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
+                k, v = F.linear(h, wqkv[d:], bqkv[d:]).view(b, length, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
                 x = x[:, -1:]
                 if mask is not None:
                     mask = mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
             else:
-                q, k, v = F.linear(h, w, bias).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
+                q, k, v = F.linear(h, wqkv, bqkv).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and not last_only,
                                                dropout_p=p)
-            a = F.linear(a.transpose(1, 2).reshape(b, x.shape[1], d), self.out.weight, self.out.bias)
+            a = F.linear(a.transpose(1, 2).reshape(b, x.shape[1], d), wo, bo)
         x = x + (F.dropout(a, p) if p else a)
-        up, down = self.ff[0], self.ff[3]  # Linear, GELU, Dropout, Linear
-        f = F.gelu(F.linear(_norm(self.ln2, x), up.weight, up.bias))
-        f = F.linear(F.dropout(f, p) if p else f, down.weight, down.bias)
+        f = F.gelu(F.linear(F.layer_norm(x, (d,), ln2w, ln2b, eps), wup, bup))
+        f = F.linear(F.dropout(f, p) if p else f, wdown, bdown)
         return x + (F.dropout(f, p) if p else f)
+
+    def _weights(self) -> tuple:
+        """The weights in the order ``forward`` reads them, then the eps of both layer norms (built
+        alike). While frozen they are cached: a request looks up one tuple, not thirteen attributes."""
+        up, down = self.ff[0], self.ff[3]  # Linear, GELU, Dropout, Linear
+        return (self.ln1.weight, self.ln1.bias, self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias,
+                self.ln2.weight, self.ln2.bias, up.weight, up.bias, down.weight, down.bias, self.ln1.eps)
 
     def _last_query_attention(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``h (B, L, D)`` normalised inputs → ``(B, 1, D)``: the attention output (after the output
@@ -360,10 +401,6 @@ class _Block(_EvalCache):
         vo = (wo @ wv).transpose(0, 1).reshape(d, heads * d)             # column block j: Wo_j Wv_j
         vo_bias = self.out.weight.detach() @ bv.reshape(d) + self.out.bias.detach()
         return qk.contiguous(), qk_bias.contiguous(), vo.contiguous(), vo_bias
-
-
-def _norm(ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
 
 
 MODELS = {"teacher": (Teacher, TeacherConfig), "student": (Student, StudentConfig)}

@@ -26,7 +26,7 @@ import torch
 from ray import serve
 
 from distilrec.artifacts import Artifact
-from distilrec.models import pad_histories
+from distilrec.models import native_cpu_kernels, pad_histories
 from distilrec.retrieval import impute_item_vectors, make_retrieval
 from distilrec.stores import NewItem, open_event_store
 from services import metrics
@@ -101,6 +101,7 @@ class StudentScorer:
     def __init__(self, model_uri: str, event_store: str, scorer_model: str = "student", retrieval: str = "exact",
                  threads: int = 1, model_poll_s: float = 30.0):
         torch.set_num_threads(threads)
+        native_cpu_kernels(True)  # PyTorch's own CPU kernels: a request's small ops pay less set-up
         self.store = open_event_store(event_store)
         self.state = ServingState(
             model_uri, lambda art: ScorerBundle.build(art, scorer_model, retrieval), self.store, model_poll_s,

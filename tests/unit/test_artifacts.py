@@ -238,5 +238,11 @@ def test_bench_cost_reads_an_artifact_and_writes_its_tables(tmp_path, items, his
     assert result["models"]["student"]["macs_per_candidate"] == round(student.macs_per_candidate(1000), 1)
     assert result["teacher_over_student"]["macs"] > 1  # the fixture teacher reads more and has more layers
     assert "| student |" in (tmp_path / "b" / "cost.md").read_text()
+    assert result["block"] == 20 and "in turns of 20 requests" in (tmp_path / "b" / "cost.md").read_text()
+    assert main(["bench", "cost", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "c"), "--runs", "20",
+                 "--block", "1"]) == 0
+    assert "each request right after the other model's" in (tmp_path / "c" / "cost.md").read_text()
     assert main(["bench", "cost", "--model", str(tmp_path / "none"), "--output", str(tmp_path / "b")]) == 2
     assert "--model" in capsys.readouterr().err
+    assert main(["bench", "cost", "--model", str(tmp_path / "out"), "--output", str(tmp_path / "b"), "--block", "0"]) == 2
+    assert "--block 0" in capsys.readouterr().err

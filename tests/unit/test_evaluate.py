@@ -12,7 +12,7 @@ from distilrec.config import StudentConfig, TeacherConfig
 from distilrec.data import Split
 from distilrec.data.synthetic import generate
 from distilrec.evaluate import (
-    MODEL_ORDER, build_report, evaluate_baselines, evaluate_model, format_table, scoring_cost,
+    MODEL_ORDER, build_report, evaluate_baselines, evaluate_model, format_table, scoring_cost, scoring_costs,
 )
 from distilrec.metrics import evaluate_scores
 from distilrec.models import Student, Teacher, count_params
@@ -47,6 +47,17 @@ def test_scoring_cost_keys_and_values():
         assert cost["score_ms_per_request_batched"] > 0
         assert not m.training
     assert torch.get_num_threads() == threads  # restored after the one-thread timing
+
+
+@pytest.mark.parametrize("block", [1, 3, 20])
+def test_scoring_costs_time_every_run_and_restore_the_kernel_choice(block):
+    t, s = _models(50)
+    onednn = torch.backends.mkldnn.enabled
+    costs = scoring_costs({"teacher": t, "student": s}, runs=7, block=block)
+    assert set(costs) == {"teacher", "student"}
+    for c in costs.values():
+        assert 0 < c["score_ms_p50_1000"] <= c["score_ms_p99_1000"] and c["score_ms_per_request_batched"] > 0
+    assert torch.backends.mkldnn.enabled == onednn  # the process's setting comes back
 
 
 def test_baselines_follow_the_protocol(small):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distilrec.config import StudentConfig, TeacherConfig
-from distilrec.models import MODELS, Student, Teacher, count_params, pad_histories
+from distilrec.models import MODELS, Student, Teacher, count_params, native_cpu_kernels, pad_histories
 
 N_ITEMS, TEXT_DIM = 12, 6  # the shapes of the conftest fixtures
 PAD = N_ITEMS
@@ -373,3 +373,19 @@ def test_time_gap_buckets_are_log2_of_the_gap():
     # out-of-order timestamps (clock skew) count as no gap
     skew = time_gap_buckets(torch.tensor([[100, 40]]), torch.ones(1, 2, dtype=torch.bool), 24)
     assert skew.tolist() == [[0, 1]]
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_native_cpu_kernels_score_as_onednn_does(kind, teacher, student):
+    m = {"teacher": teacher, "student": student}[kind].eval()
+    hist = pad_histories([[1, 2, 3, 4], [5, 6]], m.cfg.n_items, m.cfg.max_len)
+    before = native_cpu_kernels(False)
+    try:
+        with torch.inference_mode():
+            onednn = m.score(hist)
+            assert native_cpu_kernels(True) is False  # it reports the setting it replaced
+            assert not torch.backends.mkldnn.enabled
+            native = m.score(hist)
+    finally:
+        native_cpu_kernels(before)
+    torch.testing.assert_close(native, onednn, rtol=1e-5, atol=1e-5)
