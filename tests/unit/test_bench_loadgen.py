@@ -190,8 +190,10 @@ def test_low_rates_get_longer_steps(server):
 
 def test_closed_loop_throughput_counts_the_time_to_the_last_answer(server):
     """4 requests always in flight for 1 s at 0.3 s each: about 4 rounds of 4, the last round ending
-    after the stop; the throughput is answers over the wall time (so at most 4 / 0.3 ≈ 13.3 req/s)."""
+    after the stop; every request sent before the stop is waited for and counted, and the throughput is
+    answers over the wall time (so at most 4 / 0.3 ≈ 13.3 req/s). How many rounds each of the 4 senders
+    fits into the second depends on the machine's load, so the count need not be a multiple of 4."""
     _, base = server
     s = run_plan(_plan(base + "/slow", [{"kind": "closed", "concurrency": [4]}], timeout_s=10))["phases"][0]["steps"][0]
-    assert s["ok"] % 4 == 0 and s["ok"] >= 4 and s["wall_s"] >= 1.0
+    assert s["ok"] == s["sent"] and s["ok"] >= 4 and s["errors"] == {} and s["wall_s"] >= 1.0
     assert s["goodput_rps"] == pytest.approx(s["ok"] / s["wall_s"], rel=0.01) and s["goodput_rps"] <= 4 / 0.3
