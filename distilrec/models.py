@@ -211,21 +211,18 @@ class _SequenceModel(_EvalCache):
             hist = hist[:, -cfg.max_len:]
         frozen = self._frozen()
         pos_w, gap_w, norm = self._cached("weights", self._weights) if frozen else self._weights()
-        dense, valid = False, None
-        if last_only and not self.training:
-            # The scoring path: columns that are padding in every row change nothing for the last
-            # position (their positions are masked and position embeddings count from the most recent
-            # item), so they are cut; when there is no padding at all (a single request's history),
-            # attention needs no mask and the positions no validity. Full encodings (training, the
-            # teacher's targets) keep the mask and read nothing back from the device.
-            dense = int(hist.max()) < cfg.n_items  # rows are 0 .. n_items - 1, padding is n_items
-            if not dense:
-                valid = hist != cfg.n_items
-                first, dense = _padding_columns(valid)
-                if first:
-                    hist, valid = hist[:, first:], valid[:, first:]
-        if valid is None and not dense:
-            valid = hist != cfg.n_items
+        # The scoring path: when there is no padding at all (a single request's history: rows are
+        # 0 .. n_items - 1, padding is n_items), attention needs no mask and the positions no validity;
+        # columns that are padding in every row change nothing for the last position (their positions
+        # are masked and position embeddings count from the most recent item), so they are cut. Full
+        # encodings (training, the teacher's targets) keep the mask and read nothing back from the device.
+        scoring = last_only and not self.training
+        dense = scoring and int(hist.max()) < cfg.n_items
+        valid = None if dense else hist != cfg.n_items
+        if scoring and not dense:
+            first, dense = _padding_columns(valid)
+            if first:
+                hist, valid = hist[:, first:], valid[:, first:]
         length = hist.shape[1]
         x = self.items.embed(hist, cfg.d_model ** 0.5) + pos_w[cfg.max_len - length:]
         if gap_w is not None and times is not None:
