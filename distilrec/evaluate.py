@@ -65,6 +65,8 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     model, which a replica serving one model does not. ``block=1`` times every request right after
     the other model's (each model's data cold in the caches). PyTorch's own CPU kernels are used, as
     the scorer deployment uses them (:func:`distilrec.models.native_cpu_kernels`)."""
+    if block < 1:
+        raise ValueError(f"block={block}: a block holds at least one request")
     g = torch.Generator().manual_seed(seed)
     inputs = {}
     for name, model in models.items():
@@ -77,14 +79,14 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     def timed(requests: int, count: int) -> dict[str, list[float]]:
         """Milliseconds per request of ``count`` timed calls with ``requests`` histories, per model."""
         out: dict[str, list[float]] = {name: [] for name in models}
-        per_block = max(1, min(block, count))
+        uncounted = 1 if block > 1 else 0
         while min(len(v) for v in out.values()) < count:
             for name, model in models.items():
                 hist, stamps, cands = inputs[name]
-                for i in range(per_block + (block > 1)):
+                for i in range(uncounted + min(block, count)):
                     t0 = time.perf_counter()
                     model.score(hist[:requests], cands, times=stamps[:requests])
-                    if i or block == 1:
+                    if i >= uncounted:
                         out[name].append((time.perf_counter() - t0) * 1000 / requests)
         return {name: v[:count] for name, v in out.items()}
 

@@ -164,10 +164,7 @@ def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor | None, n_buckets:
 
 def _padding_columns(valid: torch.Tensor) -> tuple[int, bool]:
     """``valid (B, L)`` → (how many leading columns are padding in every row, whether the rest has no
-    padding at all). A single request's history has no padding (``pad_histories`` pads to the longest
-    history of the batch): one check."""
-    if bool(valid.all()):
-        return 0, True
+    padding at all). A batch without any padding never gets here: ``encode`` finds it with one ``max``."""
     first = int(valid.any(0).int().argmax()) if valid.shape[1] > 1 else 0
     return first, bool(valid[:, first:].all())
 

@@ -67,6 +67,12 @@ def test_scoring_costs_in_blocks_use_pytorch_kernels_and_restore_the_setting(blo
     assert torch.backends.mkldnn.enabled == onednn  # the process's setting comes back
 
 
+def test_scoring_costs_refuse_an_empty_block():
+    t, s = _models(50)
+    with pytest.raises(ValueError, match="block=0"):
+        scoring_costs({"teacher": t, "student": s}, runs=5, block=0)
+
+
 def test_baselines_follow_the_protocol(small):
     ds, split = small
     lambdas = (10.0, 500.0)
