@@ -2,7 +2,8 @@
 
 Environment: ``DATASET`` (default ``../shared/datasets/ml-latest-small`` beside the repo), ``RUN`` (a
 ``distilrec pipeline --output`` folder; default ``out`` in the repo), ``EXP_OUT`` (default
-``/tmp/teacher-experiments``)."""
+``/tmp/teacher-experiments``), ``RUNS`` (several pipeline output folders, separated by ``:``, for
+the scripts that compare the teachers of several runs)."""
 import glob
 import os
 import pathlib
@@ -13,6 +14,7 @@ sys.path.insert(0, str(REPO))
 DATASET = "movielens:" + os.environ.get("DATASET", str(REPO.parent / "shared/datasets/ml-latest-small"))
 RUN = pathlib.Path(os.environ.get("RUN", REPO / "out"))
 OUT = pathlib.Path(os.environ.get("EXP_OUT", "/tmp/teacher-experiments"))
+RUNS = [pathlib.Path(p) for p in os.environ.get("RUNS", "").split(":") if p]
 OUT.mkdir(parents=True, exist_ok=True)
 
 
