@@ -72,6 +72,8 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     patience: int = Field(8, ge=1, description="epochs without a better validation NDCG@10 before stopping")
+    mask_history: bool = Field(True, description="leave the items already in a position's history out of "
+                               "the training softmax, as the ranking leaves them out")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
     seed: int = 0

@@ -4,6 +4,8 @@ Both train on every position of a user's sequence at once: the input is the sequ
 last item, the target the sequence shifted by one (next-item prediction), with a full softmax over
 the catalogue (no sampled negatives). Long histories are cropped to random windows
 (:func:`crop_window`), and each input position carries its timestamp for the time-gap features.
+By default the items already in a position's history are left out of its softmax
+(:func:`history_items`), as they are left out of the ranking at evaluation and serving.
 
 >>> import numpy as np
 >>> inp, tgt = next_item_batch([np.array([3, 4, 5])], pad=9, max_len=4)
@@ -23,6 +25,9 @@ from torch import nn
 from distilrec.models import Student, Teacher, pad_histories
 
 IGNORE = -100
+# Logit of an item left out of a softmax: finite, so that a KL term over two masked distributions
+# is 0 · (finite) = 0 there rather than 0 · (-inf + inf) = nan.
+_LEFT_OUT = -1e9
 
 
 def next_item_batch(seqs: Sequence[np.ndarray], pad: int, max_len: int,
@@ -63,19 +68,70 @@ def crop_window(seq: np.ndarray, times: np.ndarray, window: int, rng: np.random.
     return seq[start:end], times[start:end]
 
 
+def history_items(inputs: torch.Tensor, pad: int, length: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Each item of ``inputs`` (left-padded with ``pad``) that lies at or before each of the last
+    ``length`` positions (default all of them), as ``(user, position, item)`` index tensors, positions
+    counted within those last ``length``.
+
+    >>> [t.tolist() for t in history_items(torch.tensor([[9, 3, 0]]), pad=9)]
+    [[0, 0, 0], [1, 2, 2], [3, 3, 0]]
+    >>> [t.tolist() for t in history_items(torch.tensor([[9, 3, 0]]), pad=9, length=1)]
+    [[0, 0], [0, 0], [3, 0]]
+    """
+    b, L = inputs.shape
+    pos, upto = torch.tril_indices(L, L, device=inputs.device)  # each position, each one at or before it
+    first = L - (length or L)
+    pos, upto = pos[pos >= first], upto[pos >= first]
+    users = torch.arange(b, device=inputs.device).repeat_interleave(len(pos))
+    items = inputs[:, upto].reshape(-1)
+    real = items != pad
+    return users[real], (pos - first).repeat(b)[real], items[real]
+
+
+def _history_index(inputs: torch.Tensor, targets: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, item)`` of the logits ``(N, n_items)`` of the positions kept from ``targets`` (the last
+    ``targets.shape[1]`` of ``inputs``, in ``hidden[keep]`` order) that lie in each position's history;
+    a row's own target is never among them (a dataset where an item recurs keeps a finite loss)."""
+    keep = targets != IGNORE
+    row = torch.full(keep.shape, -1, dtype=torch.long, device=inputs.device)
+    row[keep] = torch.arange(int(keep.sum()), device=inputs.device)
+    users, pos, items = history_items(inputs, pad, targets.shape[1])
+    rows = row[users, pos]
+    ok = (rows >= 0) & (items != targets[users, pos])
+    return rows[ok], items[ok]
+
+
+def _leave_out(logits: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``logits`` with the ``(row, item)`` entries of ``index`` left out of their softmax, in place.
+
+    The fill is kept out of autograd on purpose. A left-out entry's gradient through a softmax (the
+    cross-entropy's, or the KL term's) is its probability, exp(-1e9 - logsumexp) = 0, so the gradient
+    is exactly that of the masked loss, without the two ``(N, n_items)`` copies that a recorded fill
+    makes (forward and backward). The logits come straight from a matrix product, which does not keep
+    its output for the backward pass (autograd would raise if it did)."""
+    with torch.no_grad():
+        logits.index_put_(index, torch.tensor(_LEFT_OUT, dtype=logits.dtype, device=logits.device))
+    return logits
+
+
 class TeacherTrain(nn.Module):
     """``forward(inputs (B, L), targets (B, L), times (B, L)?) -> scalar`` cross-entropy over the full
-    catalogue at every position."""
+    catalogue at every position; with ``mask_history`` (the default) over the items not yet in the
+    position's history."""
 
-    def __init__(self, teacher: Teacher):
+    def __init__(self, teacher: Teacher, mask_history: bool = True):
         super().__init__()
         self.model = teacher
+        self.mask_history = mask_history
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.model.encode(inputs, times)
         targets = targets[:, -hidden.shape[1]:]
         keep = targets != IGNORE
-        return F.cross_entropy(self.model.logits(hidden[keep]), targets[keep])
+        logits = self.model.logits(hidden[keep])
+        if self.mask_history:
+            logits = _leave_out(logits, _history_index(inputs, targets, self.model.cfg.n_items))
+        return F.cross_entropy(logits, targets[keep])
 
 
 class StudentTrain(nn.Module):
@@ -84,12 +140,15 @@ class StudentTrain(nn.Module):
     The student reads at most its own ``max_len`` most recent items, so it trains on the last
     ``student.cfg.max_len`` positions of a batch; the teacher scores the same positions with its
     whole (longer) context. With ``teacher=None`` (or α = 0) this trains the same student without a
-    teacher.
+    teacher. With ``mask_history`` (the default) both softmaxes leave out the items already in the
+    position's history, the teacher's reach of it included.
     """
 
-    def __init__(self, student: Student, teacher: Teacher | None, temperature: float = 2.0, alpha: float = 0.5):
+    def __init__(self, student: Student, teacher: Teacher | None, temperature: float = 2.0, alpha: float = 0.5,
+                 mask_history: bool = True):
         super().__init__()
         self.model = student
+        self.mask_history = mask_history
         self.teacher = teacher
         if teacher is not None:
             teacher.eval()
@@ -107,13 +166,19 @@ class StudentTrain(nn.Module):
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.model.encode(inputs, times)  # (B, L', D), L' = min(L, student max_len)
         length = hidden.shape[1]
-        keep = targets[:, -length:] != IGNORE
+        targets = targets[:, -length:]
+        keep = targets != IGNORE
         s_logits = self.model.logits(hidden[keep])
-        loss = F.cross_entropy(s_logits, targets[:, -length:][keep])
+        seen = _history_index(inputs, targets, self.model.cfg.n_items) if self.mask_history else None
+        if seen is not None:
+            s_logits = _leave_out(s_logits, seen)
+        loss = F.cross_entropy(s_logits, targets[keep])
         if self.alpha > 0:
             with torch.no_grad():
                 t_hidden = self.teacher.encode(inputs, times)[:, -length:]
                 t_logits = self.teacher.logits(t_hidden[keep])
+                if seen is not None:
+                    t_logits = _leave_out(t_logits, seen)
             kl = F.kl_div(
                 F.log_softmax(s_logits / self.t, -1), F.log_softmax(t_logits / self.t, -1),
                 log_target=True, reduction="batchmean",

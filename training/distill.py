@@ -37,7 +37,8 @@ def student_loss(model: Student, config: dict[str, Any]) -> StudentTrain:
         if config.get("init_from_teacher") and teacher.cfg.d_model == model.cfg.d_model:
             # The student starts in the teacher's item space (a resumed run loads its checkpoint over it).
             model.items.load_state_dict(teacher.items.state_dict())
-    return StudentTrain(model, teacher, temperature=config["temperature"], alpha=config["alpha"])
+    return StudentTrain(model, teacher, temperature=config["temperature"], alpha=config["alpha"],
+                        mask_history=TrainConfig.model_validate(config["train"]).mask_history)
 
 
 def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, cfg: StudentConfig,

@@ -27,7 +27,7 @@ def build_teacher(config: dict[str, Any]) -> Teacher:
 
 
 def teacher_loss(model: Teacher, config: dict[str, Any]) -> TeacherTrain:
-    return TeacherTrain(model)
+    return TeacherTrain(model, mask_history=TrainConfig.model_validate(config["train"]).mask_history)
 
 
 def train_teacher(split: Split, text_emb: np.ndarray | None, cfg: TeacherConfig, train: TrainConfig,

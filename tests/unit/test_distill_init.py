@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from distilrec.artifacts import model_to_bytes
+from distilrec.config import TrainConfig
 from distilrec.models import Student
 from training.distill import student_loss
 
 
 def _config(teacher, text_emb, init: bool) -> dict:
     return {"teacher": model_to_bytes(teacher), "text_emb": text_emb.numpy(), "temperature": 2.0, "alpha": 0.5,
-            "init_from_teacher": init}
+            "init_from_teacher": init, "train": TrainConfig().model_dump()}
 
 
 def test_student_of_the_same_width_starts_from_the_teachers_item_tower(teacher, student, text_emb):

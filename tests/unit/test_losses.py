@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distilrec.losses import IGNORE, StudentTrain, TeacherTrain, next_item_batch
+from distilrec.losses import IGNORE, StudentTrain, TeacherTrain, history_items, next_item_batch
 
 PAD = 12  # n_items of the conftest fixtures
 SEQS = [np.array([1, 2, 3, 4, 5]), np.array([6, 7]), np.array([8, 9, 10])]
@@ -41,6 +41,17 @@ def test_next_item_batch_one_item_sequence_has_no_target():
     assert targets.tolist() == [[IGNORE], [2]]
 
 
+def _unseen(history, target):
+    """Indices of the catalogue left in a position's softmax when its history is masked."""
+    return [i for i in range(PAD) if i not in set(history) or i == target]
+
+
+def _ce(logits, history, target, mask):
+    """Cross-entropy of one position, over the items not in its history when ``mask``."""
+    keep = _unseen(history, target) if mask else list(range(PAD))
+    return F.cross_entropy(logits[keep][None], torch.tensor([keep.index(target)]))
+
+
 def _position_logits(model, seqs, max_len):
     """Model logits at every next-item position, encoding each user's own (unpadded) input alone.
 
@@ -55,47 +66,52 @@ def _position_logits(model, seqs, max_len):
     return out
 
 
-def test_student_without_teacher_is_plain_cross_entropy(student):
-    wrapper = StudentTrain(student, teacher=None).eval()
+@pytest.mark.parametrize("mask", [True, False])
+def test_student_without_teacher_is_plain_cross_entropy(student, mask):
+    wrapper = StudentTrain(student, teacher=None, mask_history=mask).eval()
     assert wrapper.alpha == 0.0
     inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
     loss = wrapper(inputs, targets)
-    # independent reference: each user alone, full softmax over the catalogue
+    # independent reference: each user alone, a softmax over the catalogue (less the history with mask)
     with torch.no_grad():
         logits = _position_logits(student, SEQS, student.cfg.max_len)
-        ys = [y for _, y in _positions(SEQS, student.cfg.max_len)]
-        ref = torch.stack([F.cross_entropy(lg[None], torch.tensor([y])) for lg, y in zip(logits, ys)]).mean()
+        pos = _positions(SEQS, student.cfg.max_len)
+        ref = torch.stack([_ce(lg, h, y, mask) for lg, (h, y) in zip(logits, pos)]).mean()
     assert loss.ndim == 0
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_student_trains_on_its_own_reach_of_a_longer_batch(student, teacher):
     # A batch built for the teacher's reach (8) is longer than the student's (6): the student's loss
-    # covers the last 6 positions only, and the teacher scores them with its whole context.
+    # covers the last 6 positions only, and the teacher scores them with its whole context. The
+    # history left out of the softmax is the whole batch's, beyond the student's reach too.
     seqs = [np.arange(10) % PAD]
     inputs, targets = next_item_batch(seqs, pad=PAD, max_len=teacher.cfg.max_len)
-    assert inputs.shape[1] == 8
+    assert inputs.shape[1] == 8 and inputs[0].tolist() == list(range(1, 9))
     loss = StudentTrain(student, None).eval()(inputs, targets)
     with torch.no_grad():
-        hidden = student.encode(inputs[:, -6:])[0]
-        ref = F.cross_entropy(student.logits(hidden), targets[0, -6:])
+        logits = student.logits(student.encode(inputs[:, -6:])[0])
+        ys = targets[0, -6:].tolist()
+        ref = torch.stack([_ce(lg, range(1, y), y, True) for lg, y in zip(logits, ys)]).mean()
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_teacher_train_is_cross_entropy_over_every_position(teacher):
-    wrapper = TeacherTrain(teacher).eval()
+@pytest.mark.parametrize("mask", [True, False])
+def test_teacher_train_is_cross_entropy_over_every_position(teacher, mask):
+    wrapper = TeacherTrain(teacher, mask_history=mask).eval()
     inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=teacher.cfg.max_len)
     loss = wrapper(inputs, targets)
     with torch.no_grad():
         logits = _position_logits(teacher, SEQS, teacher.cfg.max_len)
-        ys = [y for _, y in _positions(SEQS, teacher.cfg.max_len)]
-        ref = torch.stack([F.cross_entropy(lg[None], torch.tensor([y])) for lg, y in zip(logits, ys)]).mean()
+        pos = _positions(SEQS, teacher.cfg.max_len)
+        ref = torch.stack([_ce(lg, h, y, mask) for lg, (h, y) in zip(logits, pos)]).mean()
     torch.testing.assert_close(loss.detach(), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_distillation_loss_mixes_cross_entropy_and_softened_kl(student, teacher):
+@pytest.mark.parametrize("mask", [True, False])
+def test_distillation_loss_mixes_cross_entropy_and_softened_kl(student, teacher, mask):
     temperature, alpha = 2.0, 0.3
-    wrapper = StudentTrain(student, teacher, temperature=temperature, alpha=alpha).eval()
+    wrapper = StudentTrain(student, teacher, temperature=temperature, alpha=alpha, mask_history=mask).eval()
     inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=student.cfg.max_len)
     loss = wrapper(inputs, targets)
     ce, kl = [], []
@@ -103,7 +119,10 @@ def test_distillation_loss_mixes_cross_entropy_and_softened_kl(student, teacher)
         t_logits = _position_logits(teacher, SEQS, student.cfg.max_len)
         s_logits = _position_logits(student, SEQS, student.cfg.max_len)
         for (h, y), t, s in zip(_positions(SEQS, student.cfg.max_len), t_logits, s_logits):
-            ce.append(F.cross_entropy(s[None], torch.tensor([y])))
+            ce.append(_ce(s, h, y, mask))
+            if mask:  # both distributions over the items not in the history
+                keep = _unseen(h, y)
+                t, s = t[keep], s[keep]
             p_t = F.softmax(t / temperature, -1)
             kl.append((p_t * (F.log_softmax(t / temperature, -1) - F.log_softmax(s / temperature, -1))).sum())
     ref = (1 - alpha) * torch.stack(ce).mean() + alpha * temperature ** 2 * torch.stack(kl).mean()
@@ -163,3 +182,58 @@ def test_losses_run_under_bf16_autocast_with_finite_gradients(student, teacher, 
     loss.backward()
     grads = [p.grad for p in wrapper.model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_history_items_lists_each_positions_history_and_not_padding():
+    inputs, _ = next_item_batch([np.array([5, 3, 7]), np.array([2, 9])], pad=PAD, max_len=8)
+    assert inputs.tolist() == [[5, 3], [PAD, 2]]
+    users, pos, items = history_items(inputs, PAD)
+    assert sorted(zip(users.tolist(), pos.tolist(), items.tolist())) == [(0, 0, 5), (0, 1, 3), (0, 1, 5), (1, 1, 2)]
+    users, pos, items = history_items(inputs, PAD, length=1)  # the last position only, as position 0
+    assert sorted(zip(users.tolist(), pos.tolist(), items.tolist())) == [(0, 0, 3), (0, 0, 5), (1, 0, 2)]
+
+
+def test_leaving_the_history_out_can_only_lower_the_loss(student, teacher):
+    # Fewer competitors in each softmax: the masked cross-entropy is at most the plain one.
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=teacher.cfg.max_len)
+    with torch.no_grad():
+        for masked, plain in ((TeacherTrain(teacher), TeacherTrain(teacher, mask_history=False)),
+                              (StudentTrain(student, None), StudentTrain(student, None, mask_history=False))):
+            assert masked.eval()(inputs, targets) < plain.eval()(inputs, targets)
+
+
+@pytest.mark.parametrize("with_teacher", [False, True])
+def test_masked_loss_has_the_gradient_of_the_reference(student, teacher, with_teacher):
+    # The fill happens outside autograd (losses._leave_out): the gradient must still be the masked
+    # loss's, here against the reference that drops the history's logits before its softmax.
+    model = student if with_teacher else teacher
+    wrapper = StudentTrain(student, teacher, alpha=0.5) if with_teacher else TeacherTrain(teacher)
+    inputs, targets = next_item_batch(SEQS, pad=PAD, max_len=model.cfg.max_len)
+    wrapper.eval()(inputs, targets).backward()
+    got = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    logits = _position_logits(model, SEQS, model.cfg.max_len)
+    pos = _positions(SEQS, model.cfg.max_len)
+    ref = torch.stack([_ce(lg, h, y, True) for lg, (h, y) in zip(logits, pos)]).mean()
+    if with_teacher:
+        with torch.no_grad():
+            t_logits = _position_logits(teacher, SEQS, model.cfg.max_len)
+        kl = []
+        for (h, y), t, s in zip(pos, t_logits, logits):
+            keep = _unseen(h, y)
+            t, s = t[keep] / 2.0, s[keep] / 2.0
+            kl.append((F.softmax(t, -1) * (F.log_softmax(t, -1) - F.log_softmax(s, -1))).sum())
+        ref = 0.5 * ref + 0.5 * 4.0 * torch.stack(kl).mean()
+    ref.backward()
+    want = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(got) == len(want) > 0
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_an_item_that_recurs_stays_a_finite_target(student, teacher):
+    # Some datasets have repeat interactions: the target is never left out of its own softmax.
+    inputs, targets = next_item_batch([np.array([4, 6, 4, 6])], pad=PAD, max_len=student.cfg.max_len)
+    for wrapper in (TeacherTrain(teacher), StudentTrain(student, teacher, alpha=0.5)):
+        loss = wrapper.eval()(inputs, targets)
+        assert torch.isfinite(loss)
