@@ -17,6 +17,8 @@ p.add_argument("--wd", type=float, default=0.0); p.add_argument("--ls", type=flo
 p.add_argument("--epochs", type=int, default=60); p.add_argument("--patience", type=int, default=8)
 p.add_argument("--batch", type=int, default=32); p.add_argument("--model", default="{}")
 p.add_argument("--tag", default="")
+p.add_argument("--maskseen", type=int, default=0)  # 1: the items already in the input get no probability
+p.add_argument("--save_all", type=int, default=0)  # 1: keep every epoch's weights (snapshot ensembles)
 p.add_argument("--plateau", type=int, default=0); p.add_argument("--factor", type=float, default=0.5)
 a = p.parse_args()
 torch.set_num_threads(a.threads); torch.manual_seed(a.seed)
@@ -30,6 +32,19 @@ loader = torch.utils.data.DataLoader(_Users(split.train, split.history_times("va
                                      collate_fn=_Collate(cfg.n_items, cfg.max_len, cfg.max_len, seed=a.seed * 1000))
 evalm = Teacher(cfg, torch.from_numpy(emb.copy()))
 ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if a.ema else None
+def masked_seen_loss(inp, tgt, tm):
+    """Cross-entropy with every item of the input up to each position masked out of the softmax, as the
+    evaluation removes the history from the ranking (MovieLens has no repeated items)."""
+    hidden = model.encode(inp, tm); L2 = hidden.shape[1]; B, L = inp.shape
+    tgt = tgt[:, -L2:]; keep = tgt != IGNORE
+    t_idx, s_idx = torch.tril_indices(L, L)
+    seen = torch.zeros(B, L, cfg.n_items + 1, dtype=torch.bool)
+    b_idx = torch.arange(B).repeat_interleave(len(t_idx))
+    seen[b_idx, t_idx.repeat(B), inp[b_idx, s_idx.repeat(B)]] = True
+    seen = seen[:, -L2:, :cfg.n_items][keep]
+    seen[torch.arange(len(seen)), tgt[keep]] = False
+    logits = model.logits(hidden[keep]).masked_fill(seen, float("-inf"))
+    return F.cross_entropy(logits, tgt[keep])
 def ev(stage, m):
     return evaluate_scores(model_score_fn(m), split.histories(stage), split.targets(stage), times=split.history_times(stage))["ndcg@10"]
 best, stale, rows = -1, 0, []
@@ -37,7 +52,9 @@ for epoch in range(a.epochs):
     if stale >= a.patience: break
     loss_mod.train(); t0 = time.time(); tot = n = 0
     for inp, tgt, tm in loader:
-        if a.ls:
+        if a.maskseen:
+            loss = masked_seen_loss(inp, tgt, tm)
+        elif a.ls:
             hidden = model.encode(inp, tm); tgt = tgt[:, -hidden.shape[1]:]; keep = tgt != IGNORE
             loss = F.cross_entropy(model.logits(hidden[keep]), tgt[keep], label_smoothing=a.ls)
         else:
@@ -49,6 +66,9 @@ for epoch in range(a.epochs):
                     if v.dtype.is_floating_point: ema[k].mul_(a.ema).add_(v, alpha=1 - a.ema)
                     else: ema[k].copy_(v)
     evalm.load_state_dict(ema if ema is not None else model.state_dict())
+    if a.save_all:
+        d = OUT / "models" / a.tag / "epochs"; d.mkdir(parents=True, exist_ok=True)
+        torch.save(evalm.state_dict(), d / f"{epoch:03d}.pt")
     val = ev("val", evalm); test = ev("test", evalm)
     imp = val > best
     if imp:
