@@ -5,7 +5,7 @@ last item, the target the sequence shifted by one (next-item prediction), with a
 the catalogue (no sampled negatives). Long histories are cropped to random windows
 (:func:`crop_window`), and each input position carries its timestamp for the time-gap features.
 By default the items already in a position's history are left out of its softmax
-(:func:`history_items`), as they are left out of the ranking at evaluation and serving.
+(:func:`history_index`), as they are left out of the ranking at evaluation and serving.
 
 >>> import numpy as np
 >>> inp, tgt = next_item_batch([np.array([3, 4, 5])], pad=9, max_len=4)
@@ -68,41 +68,31 @@ def crop_window(seq: np.ndarray, times: np.ndarray, window: int, rng: np.random.
     return seq[start:end], times[start:end]
 
 
-def history_items(inputs: torch.Tensor, pad: int, length: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Each item of ``inputs`` (left-padded with ``pad``) that lies at or before each of the last
-    ``length`` positions (default all of them), as ``(user, position, item)`` index tensors, positions
-    counted within those last ``length``.
+def history_index(inputs: torch.Tensor, targets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Where the history lies in a batch's logits: flat indices into ``(N, pad)``, the logits of the
+    positions that ``targets`` keeps, in ``hidden[targets != IGNORE]`` order (``targets`` covers the
+    last ``targets.shape[1]`` positions of ``inputs``; ``inputs`` is left-padded with ``pad``, which is
+    the catalogue's size). Each row lists the items at or before its position, less its own target,
+    so a dataset where an item recurs keeps a finite loss.
 
-    >>> [t.tolist() for t in history_items(torch.tensor([[9, 3, 0]]), pad=9)]
-    [[0, 0, 0], [1, 2, 2], [3, 3, 0]]
-    >>> [t.tolist() for t in history_items(torch.tensor([[9, 3, 0]]), pad=9, length=1)]
-    [[0, 0], [0, 0], [3, 0]]
+    >>> inputs, targets = torch.tensor([[9, 3, 0]]), torch.tensor([[IGNORE, 0, 5]])
+    >>> [(int(i) // 9, int(i) % 9) for i in history_index(inputs, targets, pad=9)]  # (row, item)
+    [(0, 3), (1, 3), (1, 0)]
     """
     b, L = inputs.shape
+    first = L - targets.shape[1]  # the first position that targets covers
     pos, upto = torch.tril_indices(L, L, device=inputs.device)  # each position, each one at or before it
-    first = L - (length or L)
-    pos, upto = pos[pos >= first], upto[pos >= first]
-    users = torch.arange(b, device=inputs.device).repeat_interleave(len(pos))
-    items = inputs[:, upto].reshape(-1)
-    real = items != pad
-    return users[real], (pos - first).repeat(b)[real], items[real]
-
-
-def _history_index(inputs: torch.Tensor, targets: torch.Tensor, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(row, item)`` of the logits ``(N, n_items)`` of the positions kept from ``targets`` (the last
-    ``targets.shape[1]`` of ``inputs``, in ``hidden[keep]`` order) that lie in each position's history;
-    a row's own target is never among them (a dataset where an item recurs keeps a finite loss)."""
+    pos, upto = pos[pos >= first] - first, upto[pos >= first]
     keep = targets != IGNORE
     row = torch.full(keep.shape, -1, dtype=torch.long, device=inputs.device)
     row[keep] = torch.arange(int(keep.sum()), device=inputs.device)
-    users, pos, items = history_items(inputs, pad, targets.shape[1])
-    rows = row[users, pos]
-    ok = (rows >= 0) & (items != targets[users, pos])
-    return rows[ok], items[ok]
+    rows, items = row[:, pos], inputs[:, upto]  # (b, pairs)
+    ok = (rows >= 0) & (items != pad) & (items != targets[:, pos])
+    return (rows * pad + items)[ok]
 
 
-def _leave_out(logits: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """``logits`` with the ``(row, item)`` entries of ``index`` left out of their softmax, in place.
+def _leave_out(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``logits (N, n_items)`` with the entries at the flat ``index`` left out of their softmax, in place.
 
     The fill is kept out of autograd on purpose. A left-out entry's gradient through a softmax (the
     cross-entropy's, or the KL term's) is its probability, exp(-1e9 - logsumexp) = 0, so the gradient
@@ -110,7 +100,7 @@ def _leave_out(logits: torch.Tensor, index: tuple[torch.Tensor, torch.Tensor]) -
     makes (forward and backward). The logits come straight from a matrix product, which does not keep
     its output for the backward pass (autograd would raise if it did)."""
     with torch.no_grad():
-        logits.index_put_(index, torch.tensor(_LEFT_OUT, dtype=logits.dtype, device=logits.device))
+        logits.view(-1)[index] = _LEFT_OUT
     return logits
 
 
@@ -130,7 +120,7 @@ class TeacherTrain(nn.Module):
         keep = targets != IGNORE
         logits = self.model.logits(hidden[keep])
         if self.mask_history:
-            logits = _leave_out(logits, _history_index(inputs, targets, self.model.cfg.n_items))
+            logits = _leave_out(logits, history_index(inputs, targets, self.model.cfg.n_items))
         return F.cross_entropy(logits, targets[keep])
 
 
@@ -169,7 +159,7 @@ class StudentTrain(nn.Module):
         targets = targets[:, -length:]
         keep = targets != IGNORE
         s_logits = self.model.logits(hidden[keep])
-        seen = _history_index(inputs, targets, self.model.cfg.n_items) if self.mask_history else None
+        seen = history_index(inputs, targets, self.model.cfg.n_items) if self.mask_history else None
         if seen is not None:
             s_logits = _leave_out(s_logits, seen)
         loss = F.cross_entropy(s_logits, targets[keep])

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distilrec.losses import IGNORE, StudentTrain, TeacherTrain, history_items, next_item_batch
+from distilrec.losses import IGNORE, StudentTrain, TeacherTrain, history_index, next_item_batch
 
 PAD = 12  # n_items of the conftest fixtures
 SEQS = [np.array([1, 2, 3, 4, 5]), np.array([6, 7]), np.array([8, 9, 10])]
@@ -184,13 +184,12 @@ def test_losses_run_under_bf16_autocast_with_finite_gradients(student, teacher, 
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_history_items_lists_each_positions_history_and_not_padding():
-    inputs, _ = next_item_batch([np.array([5, 3, 7]), np.array([2, 9])], pad=PAD, max_len=8)
-    assert inputs.tolist() == [[5, 3], [PAD, 2]]
-    users, pos, items = history_items(inputs, PAD)
-    assert sorted(zip(users.tolist(), pos.tolist(), items.tolist())) == [(0, 0, 5), (0, 1, 3), (0, 1, 5), (1, 1, 2)]
-    users, pos, items = history_items(inputs, PAD, length=1)  # the last position only, as position 0
-    assert sorted(zip(users.tolist(), pos.tolist(), items.tolist())) == [(0, 0, 3), (0, 0, 5), (1, 0, 2)]
+def test_history_index_lists_each_kept_positions_history_and_not_padding():
+    inputs, targets = next_item_batch([np.array([5, 3, 7]), np.array([2, 9]), np.array([4])], pad=PAD, max_len=8)
+    assert inputs.tolist() == [[5, 3], [PAD, 2], [PAD, PAD]]  # the third user has no position to train
+    pairs = lambda index: sorted((int(i) // PAD, int(i) % PAD) for i in index)  # (row, item)
+    assert pairs(history_index(inputs, targets, PAD)) == [(0, 5), (1, 3), (1, 5), (2, 2)]  # rows: kept positions
+    assert pairs(history_index(inputs, targets[:, -1:], PAD)) == [(0, 3), (0, 5), (1, 2)]  # last position only
 
 
 def test_leaving_the_history_out_can_only_lower_the_loss(student, teacher):
