@@ -1,4 +1,5 @@
-"""The distillation stage's loss module: the student may start in the teacher's item space."""
+"""The training stages' loss modules: the student may start in the teacher's item space; both take
+`mask_history` from the training configuration."""
 
 from __future__ import annotations
 
@@ -31,3 +32,13 @@ def test_no_copy_when_switched_off_or_widths_differ(teacher, student, student_cf
     before = narrow.items.id_emb.weight.detach().clone()
     student_loss(narrow, _config(teacher, text_emb, init=True))
     torch.testing.assert_close(narrow.items.id_emb.weight, before)
+
+
+def test_both_stages_take_mask_history_from_the_training_config(teacher, student, text_emb):
+    from training.teacher import teacher_loss
+
+    for mask in (True, False):
+        cfg = _config(teacher, text_emb, init=False)
+        cfg["train"] = TrainConfig(mask_history=mask).model_dump()
+        assert student_loss(student, cfg).mask_history is mask
+        assert teacher_loss(teacher, {"train": cfg["train"]}).mask_history is mask
