@@ -11,9 +11,13 @@ KubeRay's autoscaler, ``serve.delete`` / ``serve shutdown``), the proxies stop r
 up to ``graceful_shutdown_timeout_s`` (20 s, Serve's default) for its requests in flight, and only
 then is it killed. These tests put that path under load:
 
-1. Rolling replacement of the scorer under load, with a 0.3 s batch wait (so that several requests sit
-   in the old replica's batch queue when it is told to stop): every request gets a full 200, none is
-   degraded (a request lost by the old replica would fall back to a degraded answer).
+1. Rolling replacement of the scorer (two replicas) under load, with a 0.3 s batch wait (so that
+   several requests sit in an old replica's batch queue when it is told to stop): every request gets a
+   full 200, none is degraded (a request lost by an old replica would fall back to a degraded answer).
+   Two replicas, because Serve's rolling update stops an old replica before it starts its successor
+   (``deployment_state._check_and_stop_outdated_version_replicas``: no surge): with one replica, new
+   requests have nowhere to go for the successor's start-up time (tens of seconds on a busy 2-vCPU CI
+   machine), which is not the path under test; with two, they go to the other one.
 2. Removing an Ingress replica (the one holding the HTTP connections' requests) under load: every
    request gets a full 200; the proxy routes new requests to the remaining replica.
 
@@ -32,17 +36,24 @@ import time
 
 import pytest
 
-from reliability_helpers import record, replica_actors, run_load_in_thread
+from reliability_helpers import record, replica_actors, run_load_in_thread, wait_app_running
 
 pytestmark = pytest.mark.integration
 
 BATCH_WAIT_S = 0.3
 
 
-def _slow_scorer(cfg: dict, app_index: int = 0, num_cpus: float | None = None) -> dict:
+# The load's client waits longer than the ingress's stage deadlines (30 s), so that a request that is
+# merely slow on a busy machine ends as the ingress's answer (degraded or 5xx), not as a transport error.
+CLIENT_TIMEOUT_S = 90.0
+
+
+def _slow_scorer(cfg: dict, app_index: int = 0, num_cpus: float | None = None,
+                 replicas: int | None = None) -> dict:
     """The scorer waits ``BATCH_WAIT_S`` for a batch (requests pile up in its queue); the ingress's stage
     deadlines are 30 s, so that a busy machine's slowness is not taken for a lost request: a request
-    lost by a stopped replica shows as an error (a degraded answer, or a 5xx), never as a timeout."""
+    lost by a stopped replica shows as an error (a degraded answer, or a 5xx), never as a timeout.
+    ``replicas``: a fixed number of scorer replicas instead of the autoscaler's."""
     cfg = copy.deepcopy(cfg)
     for dep in cfg["applications"][app_index]["deployments"]:
         if dep["name"] == "Ingress":
@@ -53,33 +64,68 @@ def _slow_scorer(cfg: dict, app_index: int = 0, num_cpus: float | None = None) -
                                   "max_batch_size": 64}
             if num_cpus is not None:  # a changed resource request: Serve replaces the replica
                 dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": num_cpus}
+            if replicas is not None:
+                dep.pop("autoscaling_config", None)
+                dep["num_replicas"] = replicas
     return cfg
+
+
+def _failures(load) -> dict:
+    """What went wrong, for an assertion message: the status codes and the first few distinct errors
+    (a transport error's text, or the body of a non-200), with when they were sent."""
+    bad = [s for s in load.samples if s.status != 200]
+    kinds: dict[str, list[float]] = {}
+    for s in bad:
+        kinds.setdefault(f"{s.status} {s.error or str(s.body)[:160]}", []).append(round(s.t, 1))
+    return {"codes": load.codes(), "errors": {k: (len(v), v[0], v[-1]) for k, v in list(kinds.items())[:5]}}
+
+
+def _restore(serve_config: dict) -> None:
+    """Back to the session's app with one scorer replica: a fixed single replica first (going from two
+    fixed replicas straight to the autoscaler would keep the second one for its 120 s downscale delay)."""
+    from services.run import deploy
+
+    one = copy.deepcopy(serve_config)
+    for dep in one["applications"][0]["deployments"]:
+        if dep["name"] == "StudentScorer":
+            dep.pop("autoscaling_config", None)
+            dep["num_replicas"] = 1
+    deploy(one)
+    deadline = time.monotonic() + 120
+    while len(replica_actors().get("StudentScorer", [])) != 1:
+        assert time.monotonic() < deadline, "the scorer did not go back to one replica"
+        time.sleep(0.5)
+    deploy(serve_config)
+    wait_app_running()
 
 
 def test_a_replica_replaced_under_load_finishes_its_requests_in_flight(client, serve_url, serve_config, artifact):
     from services.run import deploy
 
     users = list(artifact.histories)
-    deploy(_slow_scorer(serve_config))  # user_config only: reconfigure(), the same replica
+    deploy(_slow_scorer(serve_config, replicas=2))  # the same replica reconfigured, and a second one
+    wait_app_running()
     old = replica_actors()["StudentScorer"]
+    assert len(old) == 2, old
     stop = threading.Event()
     th, out = run_load_in_thread(serve_url, 20.0, 600.0,
                                  lambda i: ("POST", "/v1/recommend", {"user_id": users[i % len(users)], "k": 5}),
-                                 keep_body=True, stop=stop)
+                                 keep_body=True, stop=stop, timeout_s=CLIENT_TIMEOUT_S)
     try:
         time.sleep(3)
         t_roll = time.monotonic()
-        deploy(_slow_scorer(serve_config, num_cpus=0.45))  # a new replica version: a rolling replacement
-        deadline = time.monotonic() + 90
+        deploy(_slow_scorer(serve_config, num_cpus=0.45, replicas=2))  # a new version: a rolling replacement
+        deadline = time.monotonic() + 120
         while any(a["actor_id"] in {o["actor_id"] for o in old} for a in replica_actors().get("StudentScorer", [])):
-            assert time.monotonic() < deadline, "the old scorer replica was not stopped"
+            assert time.monotonic() < deadline, "the old scorer replicas were not stopped"
             time.sleep(0.2)
         t_gone = time.monotonic()
         time.sleep(3)
     finally:
         stop.set()
-        th.join(timeout=120)
-        deploy(serve_config)
+        th.join(timeout=CLIENT_TIMEOUT_S + 30)
+        new = replica_actors()["StudentScorer"]
+        _restore(serve_config)
     assert "error" not in out, out.get("error")
     load = out["result"]
     codes = load.codes()
@@ -87,9 +133,9 @@ def test_a_replica_replaced_under_load_finishes_its_requests_in_flight(client, s
     in_flight = [s for s in load.samples if s.t <= t_gone - load.t0 <= s.t + s.latency_ms / 1000]
     record("graceful_replace", requests=len(load.samples), codes=codes, degraded=degraded,
            roll_s=t_gone - t_roll, p99_ms=load.p(0.99), in_flight_at_stop=len(in_flight))
-    assert codes == {200: len(load.samples)}, [s.body for s in load.samples if s.status != 200][:5]
+    assert codes == {200: len(load.samples)}, _failures(load)
     assert degraded == 0, "a request in flight on the stopped replica was lost (answered by the fallback)"
-    assert replica_actors()["StudentScorer"] != old
+    assert not {a["actor_id"] for a in new} & {a["actor_id"] for a in old}
 
 
 def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_flight(
@@ -114,7 +160,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
     stop = threading.Event()
     th, out = run_load_in_thread(serve_url, 20.0, 600.0,
                                  lambda i: ("POST", "/v1/recommend", {"user_id": users[i % len(users)], "k": 5}),
-                                 keep_body=True, stop=stop)
+                                 keep_body=True, stop=stop, timeout_s=CLIENT_TIMEOUT_S)
     try:
         time.sleep(3)
         t_stop = time.monotonic()
@@ -127,7 +173,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
         time.sleep(3)
     finally:
         stop.set()
-        th.join(timeout=120)
+        th.join(timeout=CLIENT_TIMEOUT_S + 30)
         deploy(serve_config)
     assert "error" not in out, out.get("error")
     load = out["result"]
@@ -138,7 +184,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
            stop_s=t_gone - t_stop, in_flight_at_stop=len(in_flight), p99_ms=load.p(0.99),
            errors=sorted({f"{s.status} {str(s.body)[:160]}" for s in load.samples if s.status != 200}))
     assert in_flight, "no request was in flight when the replica was told to stop"
-    assert codes == {200: len(load.samples)}, codes
+    assert codes == {200: len(load.samples)}, _failures(load)
     assert degraded == 0
 
 
