@@ -50,16 +50,18 @@ class TeacherConfig(_SequenceConfig):
 
 
 class StudentConfig(_SequenceConfig):
-    """The student: the same kind of model, one layer over a short history, so that scoring a request
-    costs a small fraction of the teacher's; a candidate is one ``d_model``-wide dot product. Its
-    width matches the teacher's by default, so that it can start in the teacher's item space
-    (``DistillConfig.init_from_teacher``)."""
+    """The student: the same kind of model, one layer over the last 100 items (half the teacher's
+    reach), so that scoring a request costs a small fraction of the teacher's; a candidate is one
+    ``d_model``-wide dot product. Its width matches the teacher's by default, so that it can start in
+    the teacher's item space (``DistillConfig.init_from_teacher``). The reach of 100 rather than 50
+    (2026-12-02) gained on validation and cost no measurable time per request (docs/benchmarks.md,
+    "Fifth round")."""
 
     kind: Literal["student"] = "student"
     d_model: int = Field(64, gt=0)
     n_heads: int = Field(2, gt=0)
     n_layers: int = Field(1, gt=0)
-    max_len: int = Field(50, gt=0)
+    max_len: int = Field(100, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
@@ -86,7 +88,8 @@ class DistillConfig(TrainConfig):
     init_from_teacher: bool = Field(True, description="start the student's item tower (id embeddings, text "
                                     "projection) from the teacher's when their widths match")
     temperature: float = Field(2.0, gt=0)
-    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the teacher's soft targets")
+    alpha: float = Field(0.9, ge=0.0, le=1.0, description="weight of the teacher's soft targets (the rest on "
+                         "the true next item)")
 
 
 class PipelineConfig(_Strict):

@@ -134,7 +134,7 @@ class StudentTrain(nn.Module):
     position's history, the teacher's reach of it included.
     """
 
-    def __init__(self, student: Student, teacher: Teacher | None, temperature: float = 2.0, alpha: float = 0.5,
+    def __init__(self, student: Student, teacher: Teacher | None, temperature: float = 2.0, alpha: float = 0.9,
                  mask_history: bool = True):
         super().__init__()
         self.model = student

@@ -1,4 +1,8 @@
-"""Single-process distillation experiments: student from teacher (+ beta * EASE) soft targets."""
+"""Single-process distillation experiments: student from teacher (+ beta * EASE) soft targets.
+
+``--mask`` leaves each position's history out of both softmaxes, as ``StudentTrain`` does with
+``mask_history`` (``losses.history_index``); ``--lr``, ``--freeze_items`` (the item tower stays the
+teacher's) and ``--patience`` are the recipe knobs of the fifth round."""
 import argparse, json, sys, time
 import numpy as np, torch, torch.nn.functional as F
 sys.path.insert(0, __import__("os").path.dirname(__file__))
@@ -7,7 +11,7 @@ from distilrec.artifacts import load_artifact
 from distilrec.baselines import EASE
 from distilrec.config import StudentConfig
 from distilrec.data import Split, load_dataset
-from distilrec.losses import IGNORE
+from distilrec.losses import IGNORE, _leave_out, history_index
 from distilrec.metrics import evaluate_scores, model_score_fn
 from distilrec.models import Student
 from training.loop import _Users, _Collate
@@ -16,6 +20,8 @@ p.add_argument("--beta", type=float, default=0.0)
 p.add_argument("--seed", type=int, default=0); p.add_argument("--threads", type=int, default=1)
 p.add_argument("--alpha", type=float, default=0.5); p.add_argument("--T", type=float, default=2.0)
 p.add_argument("--tag", default="")
+p.add_argument("--mask", action="store_true"); p.add_argument("--lr", type=float, default=2e-3)
+p.add_argument("--freeze_items", action="store_true"); p.add_argument("--patience", type=int, default=8)
 p.add_argument("--teacher", default=""); p.add_argument("--student", default="{}")
 a = p.parse_args()
 torch.set_num_threads(a.threads); torch.manual_seed(a.seed)
@@ -40,19 +46,23 @@ if student.cfg.d_model == teacher.cfg.d_model:
     student.items.load_state_dict(teacher.items.state_dict())
 else:
     print("no init from teacher (widths differ)")
-opt = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], lr=2e-3)
+if a.freeze_items:
+    for q in student.items.parameters(): q.requires_grad_(False)
+opt = torch.optim.Adam([q for q in student.parameters() if q.requires_grad], lr=a.lr)
 loader = torch.utils.data.DataLoader(_Users(split.train, split.history_times("val")), batch_size=32, shuffle=True,
                                      collate_fn=_Collate(N, student.cfg.max_len, teacher.cfg.max_len, seed=a.seed * 1000))
 def ev(stage, m):
     return evaluate_scores(model_score_fn(m), split.histories(stage), split.targets(stage), times=split.history_times(stage))["ndcg@10"]
 best, stale = -1, 0
 for epoch in range(60):
-    if stale >= 8: break
+    if stale >= a.patience: break
     student.train(); t0 = time.time(); tot = n = 0
     for inputs, targets, times in loader:
         hidden = student.encode(inputs, times); length = hidden.shape[1]
         keep = targets[:, -length:] != IGNORE
         s_logits = student.logits(hidden[keep])
+        seen = history_index(inputs, targets[:, -length:], N) if a.mask else None
+        if seen is not None: s_logits = _leave_out(s_logits, seen)
         loss = F.cross_entropy(s_logits, targets[:, -length:][keep])
         with torch.no_grad():
             t_logits = teacher.logits(teacher.encode(inputs, times)[:, -length:][keep])
@@ -60,6 +70,7 @@ for epoch in range(60):
                 pre = Bp[inputs[:, :-length]].sum(1) if inputs.shape[1] > length else 0
                 cum = Bp[inputs[:, -length:]].cumsum(1) + (pre[:, None] if torch.is_tensor(pre) else 0)
                 t_logits = t_logits + a.beta * cum[keep]
+            if seen is not None: t_logits = _leave_out(t_logits, seen)
         kl = F.kl_div(F.log_softmax(s_logits / a.T, -1), F.log_softmax(t_logits / a.T, -1), log_target=True, reduction="batchmean")
         loss = (1 - a.alpha) * loss + a.alpha * a.T ** 2 * kl
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); tot += float(loss.detach()); n += 1
