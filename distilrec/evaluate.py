@@ -15,22 +15,29 @@ import torch
 
 from distilrec.baselines import EASE, EASE_LAMBDAS, Popularity
 from distilrec.data import Dataset, Split
-from distilrec.metrics import evaluate_scores, model_score_fn
+from distilrec.metrics import evaluate_ranks, evaluate_scores, model_score_fn, paired_ratio, target_ranks
 from distilrec.models import count_params, native_cpu_kernels
 
 MODEL_ORDER = ("popularity", "ease", "teacher", "student", "student_no_distill")
 
+# The report's paired comparisons (model a, model b): the issue's targets read a's NDCG@10 over b's.
+COMPARISONS = (("teacher", "ease"), ("student", "teacher"), ("student", "student_no_distill"))
 
-def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EASE_LAMBDAS) -> dict[str, dict]:
-    """Popularity and EASE on the test targets; EASE's λ is chosen on validation."""
+
+def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EASE_LAMBDAS,
+                       ranks: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
+    """Popularity and EASE on the test targets; EASE's λ is chosen on validation. When ``ranks`` is
+    given, each model's per-user test ranks are put in it under the model's name (for
+    :func:`compare_models`)."""
     test_h, test_t = split.histories("test"), split.targets("test")
-    pop = Popularity.fit(test_h, n_items)
-    out = {"popularity": {**evaluate_scores(pop.score, test_h, test_t), **_no_cost()}}
+    ranks = {} if ranks is None else ranks
+    ranks["popularity"] = target_ranks(Popularity.fit(test_h, n_items).score, test_h, test_t)
+    out = {"popularity": {**evaluate_ranks(ranks["popularity"]), **_no_cost()}}
     val = {lam: evaluate_scores(EASE.fit(split.train, n_items, lam).score, split.train, split.val_target)["ndcg@10"]
            for lam in lambdas}
     best = max(val, key=val.get)
-    ease = EASE.fit(test_h, n_items, best)
-    out["ease"] = {**evaluate_scores(ease.score, test_h, test_t), **_no_cost(), "lambda": best}
+    ranks["ease"] = target_ranks(EASE.fit(test_h, n_items, best).score, test_h, test_t)
+    out["ease"] = {**evaluate_ranks(ranks["ease"]), **_no_cost(), "lambda": best}
     return out
 
 
@@ -39,9 +46,23 @@ def _no_cost() -> dict:
             "score_ms_per_request_batched": None}
 
 
+def model_ranks(model: torch.nn.Module, split: Split, stage: str = "test") -> np.ndarray:
+    """Each user's rank of the ``stage`` target under ``model`` (full ranking, history removed)."""
+    return target_ranks(model_score_fn(model), split.histories(stage), split.targets(stage),
+                        times=split.history_times(stage))
+
+
 def evaluate_model(model: torch.nn.Module, split: Split, stage: str = "test") -> dict[str, float]:
-    return evaluate_scores(model_score_fn(model), split.histories(stage), split.targets(stage),
-                           times=split.history_times(stage))
+    return evaluate_ranks(model_ranks(model, split, stage))
+
+
+def compare_models(ranks: dict[str, np.ndarray], pairs: Sequence[tuple[str, str]] = COMPARISONS,
+                   **kwargs) -> dict[str, dict]:
+    """The report's ``comparisons``: for each pair ``(a, b)`` present in ``ranks``, a's NDCG@10 over
+    b's with its paired bootstrap interval (:func:`distilrec.metrics.paired_ratio`, ``kwargs`` passed
+    on), keyed ``"a / b"``."""
+    return {f"{a} / {b}": {"a": a, "b": b, **paired_ratio(ranks[a], ranks[b], **kwargs)}
+            for a, b in pairs if a in ranks and b in ranks}
 
 
 def scoring_cost(model: torch.nn.Module, n_candidates: int = 1000, runs: int = 200, seed: int = 0) -> dict:
@@ -110,11 +131,14 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     } for name, model in models.items()}
 
 
-def build_report(ds: Dataset, models: dict[str, dict], extra: dict | None = None) -> dict:
-    """The ``report.json`` layout of ``DESIGN.md``."""
+def build_report(ds: Dataset, models: dict[str, dict], extra: dict | None = None,
+                 comparisons: dict[str, dict] | None = None) -> dict:
+    """The ``report.json`` layout of ``DESIGN.md``, with ``comparisons`` (:func:`compare_models`)
+    when given."""
     ordered = {k: models[k] for k in MODEL_ORDER if k in models}
     ordered.update({k: v for k, v in models.items() if k not in ordered})
-    return {"dataset": ds.summary(), "models": ordered, **(extra or {})}
+    return {"dataset": ds.summary(), "models": ordered, **({"comparisons": comparisons} if comparisons else {}),
+            **(extra or {})}
 
 
 def format_table(report: dict) -> "rich.table.Table":  # noqa: F821
@@ -138,3 +162,4 @@ def format_table(report: dict) -> "rich.table.Table":  # noqa: F821
             fmt(m.get("score_ms_p99_1000"), ".3f"), fmt(m.get("score_ms_per_request_batched"), ".3f"),
         )
     return table
+

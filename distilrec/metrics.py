@@ -39,6 +39,29 @@ def ndcg_hr(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
     return float(ndcg.mean()), float(hit.mean())
 
 
+def target_ranks(
+    score_fn: Callable[..., np.ndarray],
+    histories: Sequence[np.ndarray],
+    targets: np.ndarray,
+    batch_size: int = 256,
+    times: Sequence[np.ndarray] | None = None,
+) -> np.ndarray:
+    """Score users in batches with ``score_fn(histories) -> (B, N)`` (``score_fn(histories, times)``
+    when ``times`` aligned with the histories are given); return each user's :func:`rank_of_targets`."""
+    ranks = []
+    for start in range(0, len(histories), batch_size):
+        h = list(histories[start:start + batch_size])
+        scores = score_fn(h) if times is None else score_fn(h, list(times[start:start + batch_size]))
+        ranks.append(rank_of_targets(scores, h, targets[start:start + batch_size]))
+    return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+
+
+def evaluate_ranks(ranks: np.ndarray, k: int = 10) -> dict[str, float]:
+    """``{"ndcg@k", "hr@k"}`` of the users' target ranks."""
+    ndcg, hr = ndcg_hr(ranks, k)
+    return {f"ndcg@{k}": ndcg, f"hr@{k}": hr}
+
+
 def evaluate_scores(
     score_fn: Callable[..., np.ndarray],
     histories: Sequence[np.ndarray],
@@ -47,15 +70,50 @@ def evaluate_scores(
     batch_size: int = 256,
     times: Sequence[np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Score users in batches with ``score_fn(histories) -> (B, N)`` (``score_fn(histories, times)``
-    when ``times`` aligned with the histories are given) and return NDCG@k and HR@k."""
-    ranks = []
-    for start in range(0, len(histories), batch_size):
-        h = list(histories[start:start + batch_size])
-        scores = score_fn(h) if times is None else score_fn(h, list(times[start:start + batch_size]))
-        ranks.append(rank_of_targets(scores, h, targets[start:start + batch_size]))
-    ndcg, hr = ndcg_hr(np.concatenate(ranks), k)
-    return {f"ndcg@{k}": ndcg, f"hr@{k}": hr}
+    """NDCG@k and HR@k of ``score_fn`` (:func:`target_ranks`, then :func:`evaluate_ranks`)."""
+    return evaluate_ranks(target_ranks(score_fn, histories, targets, batch_size, times), k)
+
+
+def paired_ratio(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10, resamples: int = 2000,
+                 seed: int = 0, level: float = 0.95) -> dict:
+    """Model a's NDCG@k over model b's on the same users, with a paired bootstrap interval.
+
+    Each resample draws the users with replacement and takes the same users for both models, so the
+    interval reflects how the two models differ user by user; it is much narrower than two separate
+    intervals would suggest (one NDCG@10 figure over 610 users carries a standard error of about
+    0.005, ``EVALUATION.md``). Returns ``{"ratio", "low", "high", "level", "users", "resamples"}``;
+    the bounds are the percentile interval, ``None`` where model b scores zero in over 1 % of the
+    resamples (a test set of a handful of users). A
+    ratio whose ``low`` bound is above a target clears it beyond the test set's noise.
+
+    >>> b = np.array([0, 3, 0, 1, 5, 2])          # model b's rank of each user's target
+    >>> paired_ratio(b, b)["ratio"], paired_ratio(b, b)["low"]   # the same model: exactly 1
+    (1.0, 1.0)
+    >>> out = paired_ratio(np.zeros(6, int), b)   # model a ranks every target first
+    >>> out["ratio"], out["low"] > 1.0
+    (1.5315, True)
+    """
+    a_gain = np.where(np.asarray(ranks_a) < k, 1.0 / np.log2(np.asarray(ranks_a) + 2.0), 0.0)
+    b_gain = np.where(np.asarray(ranks_b) < k, 1.0 / np.log2(np.asarray(ranks_b) + 2.0), 0.0)
+    if a_gain.shape != b_gain.shape or a_gain.ndim != 1 or not len(a_gain):
+        raise ValueError(f"paired_ratio needs the ranks of the same users: got shapes {a_gain.shape} and "
+                         f"{b_gain.shape}")
+    n = len(a_gain)
+    ratio = float(a_gain.mean() / b_gain.mean()) if b_gain.mean() > 0 else None
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for start in range(0, resamples, 100):  # 100 resamples at a time bounds the memory on large test sets
+        idx = rng.integers(0, n, size=(min(100, resamples - start), n))
+        num, den = a_gain[idx].sum(1), b_gain[idx].sum(1)
+        ratios.append(np.divide(num, den, out=np.full(len(num), np.nan), where=den > 0))
+    ratios = np.concatenate(ratios)
+    tail = (1 - level) / 2 * 100
+    undefined = np.isnan(ratios).mean()  # model b scored nothing in these resamples (tiny test sets only)
+    low, high = (None, None) if undefined > 0.01 else np.nanpercentile(ratios, [tail, 100 - tail])
+    return {"ratio": None if ratio is None else round(ratio, 4),
+            "low": None if low is None else round(float(low), 4),
+            "high": None if high is None else round(float(high), 4),
+            "level": level, "users": n, "resamples": resamples}
 
 
 def model_score_fn(model: torch.nn.Module) -> Callable[..., np.ndarray]:

@@ -301,7 +301,7 @@ class Teacher(_SequenceModel):
 
 
 class Student(_SequenceModel):
-    """The student (:class:`StudentConfig`: 1 layer of width 64 over the last 50 items by default).
+    """The student (:class:`StudentConfig`: 1 layer of width 64 over the last 100 items by default).
 
     It learns from the teacher's softened scores and the true next item (``distilrec.losses``); at
     serving time its user vector is computed once per request and each candidate costs one dot product.

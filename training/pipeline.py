@@ -31,7 +31,10 @@ from rich.console import Console
 from distilrec.artifacts import ItemTable, write_artifact
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
 from distilrec.data import Dataset, Split, load_dataset
-from distilrec.evaluate import build_report, evaluate_baselines, evaluate_model, format_table, scoring_costs
+from distilrec.bench.report import comparison_lines
+from distilrec.evaluate import (
+    build_report, compare_models, evaluate_baselines, evaluate_ranks, format_table, model_ranks, scoring_costs,
+)
 from distilrec.plots import plot_quality_cost, plot_training_curves
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
@@ -121,7 +124,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     text_dim = int(text_emb.shape[1])
 
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
-    models = evaluate_baselines(split, ds.n_items)
+    ranks: dict[str, np.ndarray] = {}  # each model's per-user test ranks, for the paired comparisons
+    models = evaluate_baselines(split, ds.n_items, ranks=ranks)
 
     ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
     check_gpus(cfg)
@@ -129,25 +133,29 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
     teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
-    models["teacher"] = {**evaluate_model(teacher.model, split), "best_epoch": teacher.best["epoch"]}
+    ranks["teacher"] = model_ranks(teacher.model, split)
+    models["teacher"] = {**evaluate_ranks(ranks["teacher"]), "best_epoch": teacher.best["epoch"]}
 
     scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
     console.print(f"[bold]distillation[/] student {scfg}")
     student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)
-    models["student"] = {**evaluate_model(student.model, split), "best_epoch": student.best["epoch"]}
+    ranks["student"] = model_ranks(student.model, split)
+    models["student"] = {**evaluate_ranks(ranks["student"]), "best_epoch": student.best["epoch"]}
     curves = {"teacher": teacher.history, "student": student.history}
     trained = {"teacher": teacher.model, "student": student.model}
     if cfg.student_without_teacher:
         console.print("[bold]student without the teacher[/] (same architecture, true next item only)")
         alone = distill(split, text_emb, None, scfg, cfg.distill, storage, name="student_no_distill")
-        models["student_no_distill"] = {**evaluate_model(alone.model, split), "best_epoch": alone.best["epoch"]}
+        ranks["student_no_distill"] = model_ranks(alone.model, split)
+        models["student_no_distill"] = {**evaluate_ranks(ranks["student_no_distill"]), "best_epoch": alone.best["epoch"]}
         curves["student_no_distill"] = alone.history
         trained["student_no_distill"] = alone.model
     console.print("[bold]scoring cost[/] 1,000 candidates on one CPU thread, the models timed in turns")
     for name, cost in scoring_costs(trained).items():
         models[name].update(cost)
 
-    report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json())})
+    report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json())},
+                          comparisons=compare_models(ranks))
     items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
     report["artifact"] = write_artifact(
         out, items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
@@ -160,6 +168,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     plot_training_curves(curves, f"{out}/training_curves.png")
     plot_quality_cost(report, f"{out}/quality_cost.png")
     console.print(format_table(report))
+    for line in comparison_lines(report):
+        console.print(line)
     console.print(f"report: {out}/report.json\nartifact: {report['artifact']}")
     return report
 

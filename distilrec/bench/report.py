@@ -253,9 +253,22 @@ QUALITY_NAMES = {"popularity": "popularity", "ease": "EASE", "teacher": "teacher
                  "student": "student (distilled)", "student_no_distill": "student without the teacher"}
 
 
+def comparison_lines(report: dict[str, Any]) -> list[str]:
+    """One line per paired comparison of ``report['comparisons']``, e.g.
+    ``student / teacher: 0.96 × NDCG@10 (95% paired bootstrap interval 0.88 to 1.05, 610 users)``."""
+    lines = []
+    for key, c in (report.get("comparisons") or {}).items():
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        interval = ("no interval (too few users)" if c["low"] is None else
+                    f"{c['level']:.0%} paired bootstrap interval {c['low']:.2f} to {c['high']:.2f}")
+        lines.append(f"{key}: {ratio} × NDCG@10 ({interval}, {c['users']:,} users)")
+    return lines
+
+
 def render_quality_markdown(report: dict[str, Any]) -> str:
     """Quality against cost from a pipeline ``report.json``: NDCG@10, HR@10, params, MACs per candidate,
-    scoring ms for 1,000 candidates (p50 / p99), and each model's NDCG@10 as a share of the teacher's."""
+    scoring ms for 1,000 candidates (p50 / p99), each model's NDCG@10 as a share of the teacher's, and
+    the report's paired comparisons with their intervals (:func:`comparison_lines`)."""
     ds = report["dataset"]
     models = report["models"]
     teacher = models.get("teacher", {}).get("ndcg@10")
@@ -272,4 +285,8 @@ def render_quality_markdown(report: dict[str, Any]) -> str:
                      f"{num(_ratio(m['ndcg@10'], teacher), '.2f')} | {num(m.get('params'), ',')} | "
                      f"{num(m.get('macs_per_candidate'), ',.0f')} | {num(m.get('score_ms_p50_1000'), '.3f')} | "
                      f"{num(m.get('score_ms_p99_1000'), '.3f')} |")
+    paired = comparison_lines(report)
+    if paired:
+        lines += ["", "Paired comparisons on the same test users (a resample draws users, both models alike):", "",
+                  *(f"- {line}" for line in paired)]
     return "\n".join(lines) + "\n"

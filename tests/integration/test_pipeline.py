@@ -25,6 +25,10 @@ def test_report_has_the_documented_layout(pipeline_output):
     for name in ("teacher", "student"):
         m = report["models"][name]
         assert m["params"] > 0 and m["macs_per_candidate"] > 0 and m["score_ms_p50_1000"] > 0
+    paired = report["comparisons"]["student / teacher"]  # the target, with its interval
+    assert paired["ratio"] == pytest.approx(
+        report["models"]["student"]["ndcg@10"] / report["models"]["teacher"]["ndcg@10"], abs=1e-4)
+    assert paired["low"] <= paired["ratio"] <= paired["high"] and paired["users"] == 300
 
 
 def test_plots_are_written_as_png(pipeline_output):

@@ -140,8 +140,12 @@ def test_quality_table_and_cli(tmp_path, capsys):
                          "teacher": {"ndcg@10": 0.0636, "hr@10": 0.1197, "params": 761408,
                                      "macs_per_candidate": 16719, "score_ms_p50_1000": 1.5, "score_ms_p99_1000": 5.8},
                          "student": {"ndcg@10": 0.0642, "hr@10": 0.1148, "params": 701824,
-                                     "macs_per_candidate": 521, "score_ms_p50_1000": 0.5, "score_ms_p99_1000": 2.7}}}
+                                     "macs_per_candidate": 521, "score_ms_p50_1000": 0.5, "score_ms_p99_1000": 2.7}},
+              "comparisons": {"student / teacher": {"a": "student", "b": "teacher", "ratio": 1.0094, "low": 0.9312,
+                                                    "high": 1.0921, "level": 0.95, "users": 610, "resamples": 2000}}}
     md = render_quality_markdown(report)
+    assert ("- student / teacher: 1.01 × NDCG@10 (95% paired bootstrap interval 0.93 to 1.09, 610 users)"
+            in md)
     assert "| student (distilled) | 0.0642 | 0.1148 | 1.01 | 701,824 | 521 | 0.500 | 2.700 |" in md
     assert "| popularity | 0.0194 | 0.0426 | 0.31 | - | - | - | - |" in md
     (tmp_path / "report.json").write_text(json.dumps(report))

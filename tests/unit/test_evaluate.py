@@ -12,9 +12,10 @@ from distilrec.config import StudentConfig, TeacherConfig
 from distilrec.data import Split
 from distilrec.data.synthetic import generate
 from distilrec.evaluate import (
-    MODEL_ORDER, build_report, evaluate_baselines, evaluate_model, format_table, scoring_cost, scoring_costs,
+    MODEL_ORDER, build_report, compare_models, evaluate_baselines, evaluate_model, format_table, model_ranks,
+    scoring_cost, scoring_costs,
 )
-from distilrec.metrics import evaluate_scores
+from distilrec.metrics import evaluate_ranks, evaluate_scores
 from distilrec.models import Student, Teacher, count_params
 
 COST_KEYS = {"params", "macs_per_candidate", "score_ms_p50_1000", "score_ms_p99_1000",
@@ -125,6 +126,28 @@ def test_build_report_has_the_design_layout(small):
     assert report["seed"] == 0
     json.loads(json.dumps(report))  # report.json must be plain JSON
     assert MODEL_ORDER[:4] == ("popularity", "ease", "teacher", "student")
+
+
+def test_report_carries_paired_comparisons_of_the_targets(small):
+    ds, split = small
+    t, s = _models(ds.n_items)
+    ranks: dict = {}
+    models = dict(evaluate_baselines(split, ds.n_items, lambdas=(10.0,), ranks=ranks))
+    assert set(ranks) == {"popularity", "ease"}
+    for name, m in (("teacher", t), ("student", s)):
+        ranks[name] = model_ranks(m, split)
+        models[name] = evaluate_model(m, split)
+        assert ranks[name].shape == (ds.n_users,)
+    assert evaluate_ranks(ranks["ease"]) == pytest.approx({k: models["ease"][k] for k in ("ndcg@10", "hr@10")})
+    comparisons = compare_models(ranks, resamples=200)
+    assert list(comparisons) == ["teacher / ease", "student / teacher"]  # no student alone in this run
+    c = comparisons["student / teacher"]
+    assert c["a"] == "student" and c["b"] == "teacher" and c["users"] == ds.n_users
+    assert c["ratio"] == pytest.approx(models["student"]["ndcg@10"] / models["teacher"]["ndcg@10"], abs=1e-4)
+    assert c["low"] <= c["ratio"] <= c["high"]
+    report = build_report(ds, models, comparisons=comparisons)
+    assert report["comparisons"] == comparisons
+    json.loads(json.dumps(report))
 
 
 def test_format_table_prints_every_model(small):

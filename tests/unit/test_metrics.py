@@ -95,3 +95,31 @@ def test_model_score_fn_returns_numpy_in_eval_mode(student):
     with torch.no_grad():
         ref = student.score(pad_histories([[1, 2], [3]], student.cfg.n_items, student.cfg.max_len))
     np.testing.assert_allclose(out, ref.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_paired_ratio_is_the_ratio_of_means_with_a_paired_interval():
+    from distilrec.metrics import paired_ratio
+
+    rng = np.random.default_rng(1)
+    b = rng.integers(0, 30, size=600)  # model b's ranks of 600 users' targets
+    a = np.where(rng.random(600) < 0.3, np.maximum(b - 3, 0), b)  # a ranks some targets a little higher
+    gain = lambda r: np.where(r < 10, 1.0 / np.log2(r + 2.0), 0.0)  # noqa: E731
+    out = paired_ratio(a, b, resamples=1000)
+    assert out["ratio"] == pytest.approx(gain(a).mean() / gain(b).mean(), abs=1e-4)
+    assert 1.0 < out["low"] < out["ratio"] < out["high"]  # a never ranks lower, so the interval stays above 1
+    assert out["users"] == 600 and out["resamples"] == 1000 and out["level"] == 0.95
+    # Pairing: the same users' difference is tighter than the two figures' own spread. Shuffling a's users
+    # (the same figure, unpaired) widens the interval.
+    unpaired = paired_ratio(rng.permutation(a), b, resamples=1000)
+    assert unpaired["ratio"] == out["ratio"]
+    assert unpaired["high"] - unpaired["low"] > 2 * (out["high"] - out["low"])
+    assert paired_ratio(a, b, resamples=1000) == out  # seeded: the same interval every time
+
+
+def test_paired_ratio_refuses_different_users_and_says_when_b_scores_nothing():
+    from distilrec.metrics import paired_ratio
+
+    with pytest.raises(ValueError, match="same users"):
+        paired_ratio(np.zeros(5, int), np.zeros(6, int))
+    out = paired_ratio(np.zeros(4, int), np.full(4, 50))  # b never hits the top 10
+    assert out["ratio"] is None and out["low"] is None and out["high"] is None
