@@ -9,6 +9,7 @@ synthetic dataset; the application is deployed from ``services/serve_config.yaml
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import sys
@@ -35,6 +36,18 @@ def pipeline_config():
         distill=DistillConfig(epochs=10, patience=3, lr=5e-3, batch_size=32),
         student_without_teacher=False,
     )
+
+
+def with_replicas(serve_config: dict, deployment: str, app_index: int = 0, **policy) -> dict:
+    """A copy of ``serve_config`` whose ``deployment`` (in application ``app_index``) gets its replicas
+    from ``policy`` alone: ``num_replicas=n`` for a fixed number, or ``autoscaling_config={...}``."""
+    cfg = copy.deepcopy(serve_config)
+    for dep in cfg["applications"][app_index]["deployments"]:
+        if dep["name"] == deployment:
+            dep.pop("num_replicas", None)
+            dep.pop("autoscaling_config", None)
+            dep.update(policy)
+    return cfg
 
 
 def _order(item) -> tuple:

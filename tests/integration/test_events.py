@@ -6,7 +6,6 @@ and was not committed; a real second writer holds the lock to make the store ref
 
 from __future__ import annotations
 
-import copy
 import sqlite3
 import time
 import uuid
@@ -15,6 +14,7 @@ import httpx
 import pytest
 import torch
 
+from cluster_fixtures import with_replicas
 from distilrec.cli import read_metrics
 from distilrec.stores import open_event_store
 
@@ -236,12 +236,7 @@ def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_confi
 
     from services.run import APP_NAME, deploy
 
-    two = copy.deepcopy(serve_config)
-    for dep in two["applications"][0]["deployments"]:
-        if dep["name"] == "FeatureEncoder":
-            dep.pop("autoscaling_config", None)
-            dep["num_replicas"] = 2
-    deploy(two)
+    deploy(with_replicas(serve_config, "FeatureEncoder", num_replicas=2))
     try:
         states = serve.status().applications[APP_NAME].deployments["FeatureEncoder"].replica_states
         assert states.get("RUNNING") == 2, states

@@ -13,6 +13,8 @@ import uuid
 import httpx
 import pytest
 
+from cluster_fixtures import with_replicas
+
 pytestmark = pytest.mark.integration
 
 
@@ -25,16 +27,6 @@ def _scorer_replicas() -> int:
     return int(dep.replica_states.get("RUNNING", 0))
 
 
-def _with(serve_config: dict, deployment: str, **options) -> dict:
-    cfg = copy.deepcopy(serve_config)
-    for dep in cfg["applications"][0]["deployments"]:
-        if dep["name"] == deployment:
-            dep.pop("num_replicas", None)
-            dep.pop("autoscaling_config", None)
-            dep.update(options)
-    return cfg
-
-
 def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_config, serve_url, artifact):
     """A test config with short delays (the production one waits 10 s up, 120 s down): 16 clients
     without pause keep more than one request per scorer replica in flight, so Serve adds the second
@@ -43,7 +35,7 @@ def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_c
 
     scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
                "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    deploy(_with(serve_config, "StudentScorer", autoscaling_config=scaling))
+    deploy(with_replicas(serve_config, "StudentScorer", autoscaling_config=scaling))
     users = list(artifact.histories)
     stop = threading.Event()
     codes: list[int] = []
@@ -94,7 +86,7 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
     from services.run import deploy
 
     prefix = f"app{uuid.uuid4().hex[:6]}"
-    app = copy.deepcopy(_with(serve_config, "FeatureEncoder", num_replicas=2)["applications"][0])
+    app = with_replicas(serve_config, "FeatureEncoder", num_replicas=2)["applications"][0]
     app.update(name="distilrec-redis", route_prefix="/redis")
     app["args"]["event_store"] = redis_server.url(with_password=False) + f"?prefix={prefix}"
     app["runtime_env"]["env_vars"]["DISTILREC_REDIS_PASSWORD"] = redis_server.password

@@ -36,6 +36,7 @@ import time
 
 import pytest
 
+from cluster_fixtures import with_replicas
 from reliability_helpers import record, replica_actors, run_load_in_thread, wait_app_running
 
 pytestmark = pytest.mark.integration
@@ -64,10 +65,7 @@ def _slow_scorer(cfg: dict, app_index: int = 0, num_cpus: float | None = None,
                                   "max_batch_size": 64}
             if num_cpus is not None:  # a changed resource request: Serve replaces the replica
                 dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": num_cpus}
-            if replicas is not None:
-                dep.pop("autoscaling_config", None)
-                dep["num_replicas"] = replicas
-    return cfg
+    return cfg if replicas is None else with_replicas(cfg, "StudentScorer", app_index, num_replicas=replicas)
 
 
 def _failures(load) -> dict:
@@ -85,12 +83,7 @@ def _restore(serve_config: dict) -> None:
     fixed replicas straight to the autoscaler would keep the second one for its 120 s downscale delay)."""
     from services.run import deploy
 
-    one = copy.deepcopy(serve_config)
-    for dep in one["applications"][0]["deployments"]:
-        if dep["name"] == "StudentScorer":
-            dep.pop("autoscaling_config", None)
-            dep["num_replicas"] = 1
-    deploy(one)
+    deploy(with_replicas(serve_config, "StudentScorer", num_replicas=1))
     deadline = time.monotonic() + 120
     while len(replica_actors().get("StudentScorer", [])) != 1:
         assert time.monotonic() < deadline, "the scorer did not go back to one replica"
@@ -145,16 +138,8 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
     Every request gets a full 200."""
     from services.run import deploy
 
-    def ingress(cfg: dict, n: int) -> dict:
-        cfg = copy.deepcopy(cfg)
-        for dep in cfg["applications"][0]["deployments"]:
-            if dep["name"] == "Ingress":
-                dep.pop("autoscaling_config", None)
-                dep["num_replicas"] = n
-        return cfg
-
     users = list(artifact.histories)
-    deploy(ingress(_slow_scorer(serve_config), 2))
+    deploy(with_replicas(_slow_scorer(serve_config), "Ingress", num_replicas=2))
     two = replica_actors()["Ingress"]
     assert len(two) == 2
     stop = threading.Event()
@@ -164,7 +149,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
     try:
         time.sleep(3)
         t_stop = time.monotonic()
-        deploy(ingress(_slow_scorer(serve_config), 1))
+        deploy(with_replicas(_slow_scorer(serve_config), "Ingress", num_replicas=1))
         deadline = time.monotonic() + 90
         while len(replica_actors().get("Ingress", [])) != 1:
             assert time.monotonic() < deadline, "the second Ingress replica was not stopped"
