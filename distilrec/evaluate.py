@@ -162,4 +162,3 @@ def format_table(report: dict) -> "rich.table.Table":  # noqa: F821
             fmt(m.get("score_ms_p99_1000"), ".3f"), fmt(m.get("score_ms_per_request_batched"), ".3f"),
         )
     return table
-

@@ -31,12 +31,15 @@ def rank_of_targets(scores: np.ndarray, histories: Sequence[Sequence[int]], targ
     return ((s > t) | ((s == t) & before)).sum(1)
 
 
-def ndcg_hr(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
-    """Mean NDCG@k (1/log2(rank+2) inside the top k) and HR@k over users."""
+def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Each user's NDCG@k: 1/log2(rank+2) when the target ranks inside the top k, else 0."""
     ranks = np.asarray(ranks)
-    hit = ranks < k
-    ndcg = np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0)
-    return float(ndcg.mean()), float(hit.mean())
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def ndcg_hr(ranks: np.ndarray, k: int = 10) -> tuple[float, float]:
+    """Mean NDCG@k (:func:`user_ndcg`) and HR@k over users."""
+    return float(user_ndcg(ranks, k).mean()), float((np.asarray(ranks) < k).mean())
 
 
 def target_ranks(
@@ -83,8 +86,8 @@ def paired_ratio(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10, resample
     intervals would suggest (one NDCG@10 figure over 610 users carries a standard error of about
     0.005, ``EVALUATION.md``). Returns ``{"ratio", "low", "high", "level", "users", "resamples"}``;
     the bounds are the percentile interval, ``None`` where model b scores zero in over 1 % of the
-    resamples (a test set of a handful of users). A
-    ratio whose ``low`` bound is above a target clears it beyond the test set's noise.
+    resamples (a test set of a handful of users). A ratio whose ``low`` bound is above a target clears
+    it beyond the test set's noise.
 
     >>> b = np.array([0, 3, 0, 1, 5, 2])          # model b's rank of each user's target
     >>> paired_ratio(b, b)["ratio"], paired_ratio(b, b)["low"]   # the same model: exactly 1
@@ -93,8 +96,7 @@ def paired_ratio(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10, resample
     >>> out["ratio"], out["low"] > 1.0
     (1.5315, True)
     """
-    a_gain = np.where(np.asarray(ranks_a) < k, 1.0 / np.log2(np.asarray(ranks_a) + 2.0), 0.0)
-    b_gain = np.where(np.asarray(ranks_b) < k, 1.0 / np.log2(np.asarray(ranks_b) + 2.0), 0.0)
+    a_gain, b_gain = user_ndcg(ranks_a, k), user_ndcg(ranks_b, k)
     if a_gain.shape != b_gain.shape or a_gain.ndim != 1 or not len(a_gain):
         raise ValueError(f"paired_ratio needs the ranks of the same users: got shapes {a_gain.shape} and "
                          f"{b_gain.shape}")
