@@ -54,8 +54,8 @@ class StudentConfig(_SequenceConfig):
     reach), so that scoring a request costs a small fraction of the teacher's; a candidate is one
     ``d_model``-wide dot product. Its width matches the teacher's by default, so that it can start in
     the teacher's item space (``DistillConfig.init_from_teacher``). The reach of 100 rather than 50
-    (2026-12-02) gained on validation and cost no measurable time per request (docs/benchmarks.md,
-    "Fifth round")."""
+    (2026-12-02) gained on validation and costs about 15 % more time per request (docs/benchmarks.md,
+    "Fifth round" and "Sixth round")."""
 
     kind: Literal["student"] = "student"
     d_model: int = Field(64, gt=0)

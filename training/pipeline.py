@@ -38,6 +38,7 @@ from distilrec.evaluate import (
 from distilrec.plots import plot_quality_cost, plot_training_curves
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
+from training.loop import TrainOutput
 from training.teacher import train_teacher
 
 console = Console()
@@ -127,27 +128,29 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     ranks: dict[str, np.ndarray] = {}  # each model's per-user test ranks, for the paired comparisons
     models = evaluate_baselines(split, ds.n_items, ranks=ranks)
 
+    def evaluated(name: str, run: TrainOutput) -> None:
+        """Test ``run``'s model: its per-user ranks, NDCG@10, HR@10 and best epoch under ``name``."""
+        ranks[name] = model_ranks(run.model, split)
+        models[name] = {**evaluate_ranks(ranks[name]), "best_epoch": run.best["epoch"]}
+
     ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
     check_gpus(cfg)
     storage = training_storage(out, resume)
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
     teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
-    ranks["teacher"] = model_ranks(teacher.model, split)
-    models["teacher"] = {**evaluate_ranks(ranks["teacher"]), "best_epoch": teacher.best["epoch"]}
+    evaluated("teacher", teacher)
 
     scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
     console.print(f"[bold]distillation[/] student {scfg}")
     student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)
-    ranks["student"] = model_ranks(student.model, split)
-    models["student"] = {**evaluate_ranks(ranks["student"]), "best_epoch": student.best["epoch"]}
+    evaluated("student", student)
     curves = {"teacher": teacher.history, "student": student.history}
     trained = {"teacher": teacher.model, "student": student.model}
     if cfg.student_without_teacher:
         console.print("[bold]student without the teacher[/] (same architecture, true next item only)")
         alone = distill(split, text_emb, None, scfg, cfg.distill, storage, name="student_no_distill")
-        ranks["student_no_distill"] = model_ranks(alone.model, split)
-        models["student_no_distill"] = {**evaluate_ranks(ranks["student_no_distill"]), "best_epoch": alone.best["epoch"]}
+        evaluated("student_no_distill", alone)
         curves["student_no_distill"] = alone.history
         trained["student_no_distill"] = alone.model
     console.print("[bold]scoring cost[/] 1,000 candidates on one CPU thread, the models timed in turns")
