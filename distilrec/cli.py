@@ -3,7 +3,7 @@
     distilrec demo                                     # whole path on synthetic data, offline
     distilrec pipeline --dataset synthetic --output out
     distilrec serve --model out [--host 127.0.0.1] [--port 8000]
-    distilrec bench serve --model out --output bench-out      # also: bench train, bench quality, bench cost
+    distilrec bench serve --model out --output bench-out      # also: bench train, bench quality, bench cost, bench step
 
 ``training`` and ``services`` are imported inside the commands, so ``import distilrec`` stays free
 of Ray.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import sys
@@ -326,6 +327,19 @@ def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
+def bench_step(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``distilrec bench step``: see :mod:`distilrec.bench.step`."""
+    from distilrec.bench.step import run_step_bench, write_step_bench
+
+    for name, value in (("--items", args.items), ("--steps", args.steps), ("--block", args.block)):
+        if value < 1:
+            print(f"distilrec bench step: {name} {value}: must be at least 1", file=sys.stderr)
+            return 2
+    print(write_step_bench(run_step_bench(items=args.items, steps=args.steps, block=args.block), args.output,
+                           _command_line(argv)))
+    return 0
+
+
 def bench_paths(args: argparse.Namespace) -> int:
     """``distilrec bench paths``: Ray Serve's request path with Ray's defaults and with distilrec's options."""
     from distilrec.bench.paths import VARIANTS, run_paths
@@ -378,7 +392,19 @@ def bench_quality(report: str, output: str) -> int:
     return 0
 
 
+def huge_pages_default() -> None:
+    """Let PyTorch back its buffers of 2 MB and more with transparent huge pages, in this process and
+    in the local Ray instance's processes, which inherit its environment (``THP_MEM_ALLOC_ENABLE``, read
+    at PyTorch's first large allocation; ``THP_MEM_ALLOC_ENABLE=0`` in the environment keeps it off).
+    A training step's softmax over the catalogue allocates several buffers of tens of megabytes; with
+    4 kB pages every one of them costs thousands of page faults, and a step on the CPU took 16 to 25 %
+    longer (docs/benchmarks.md, "Seventh round"). Buffers under 2 MB, a served request's, are not
+    affected. The image sets the same variable for the cluster's processes."""
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
+    huge_pages_default()
     p = argparse.ArgumentParser(prog="distilrec", description="Teacher → student recommender on Ray.")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="the whole path on synthetic data, offline, then a few HTTP requests")
@@ -443,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
     bp.add_argument("--warmup", type=int, default=50, help="untimed requests before each row (default 50)")
     bp.add_argument("--variants", default="ray-defaults,grpc,haproxy",
                     help="comma-separated subset of ray-defaults,grpc,haproxy (default: all three)")
+    bst = bsub.add_parser("step", help="one training step's time (teacher, distilled student, student alone) with "
+                                       "the written-out softmax losses and with autograd's, in turns")
+    bst.add_argument("--output", required=True, help="folder for step.json and step.md")
+    bst.add_argument("--items", type=int, default=9724, help="catalogue size (default 9,724: ml-latest-small's)")
+    bst.add_argument("--steps", type=int, default=30, help="timed steps per stage and implementation (default 30)")
+    bst.add_argument("--block", type=int, default=5, help="steps per implementation per turn (default 5)")
     bq = bsub.add_parser("quality", help="quality against cost from a pipeline report.json: a table and a plot")
     bq.add_argument("--report", required=True, help="report.json, or the pipeline output folder holding it (or a URI)")
     bq.add_argument("--output", required=True, help="folder for quality.md and quality_cost.png")
@@ -455,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_train(args, argv)
         if args.bench == "paths":
             return bench_paths(args)
+        if args.bench == "step":
+            return bench_step(args, argv)
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs, args.block)

@@ -104,6 +104,81 @@ def _leave_out(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+class _SoftmaxLoss(torch.autograd.Function):
+    """``(1-α)·CE(s, target) + α·T²·KL(softmax(t/T) ‖ softmax(s/T))``, each averaged over the rows of the
+    ``(N, n_items)`` logits ``s`` (plain cross-entropy without a teacher's logits ``t``), with its
+    gradient ``[(1-α)(softmax(s) - onehot) + α·T·(softmax(s/T) - softmax(t/T))] / N`` written out
+    (``t`` gets none, and is overwritten).
+
+    The value and gradient of ``F.cross_entropy`` (plus ``F.kl_div`` on the two log-softmaxes), in
+    fewer passes over the logits and at most two buffers, which matters because these passes are most of
+    a training step's time on a CPU: autograd keeps every intermediate (each as large as the logits),
+    zero-fills a gradient to scatter the targets into, and walks back through all of them
+    (docs/benchmarks.md, "Seventh round")."""
+
+    @staticmethod
+    def forward(ctx, s: torch.Tensor, target: torch.Tensor, t: torch.Tensor | None = None,
+                temperature: float = 1.0, alpha: float = 0.0) -> torch.Tensor:
+        with torch.autocast(s.device.type, enabled=False):
+            n, dtype = s.shape[0], s.dtype
+            work = torch.promote_types(dtype, torch.float32)  # bf16 logits (autocast) are summed in fp32
+            s = s.to(work)
+            rows = torch.arange(n, device=s.device)
+            loss, grad = 0.0, None
+            if t is not None and alpha > 0:
+                t = t.to(work)
+                log_s_t = torch.log_softmax(s / temperature, -1)
+                log_p_t = torch.log_softmax(t.mul_(1 / temperature), -1, out=torch.empty_like(s))
+                p_t = torch.exp(log_p_t, out=t)
+                # Σ p_t (log p_t - log p_s,T) as two dot products, with no (N, n_items) temporary; a
+                # left-out entry adds 0 · (finite) = 0 to both.
+                kl = torch.dot(p_t.view(-1), log_p_t.view(-1)) - torch.dot(p_t.view(-1), log_s_t.view(-1))
+                loss = alpha * temperature ** 2 * kl
+                grad = log_s_t.exp_().sub_(p_t).mul_(alpha * temperature / n)  # α·T·(p_s,T - p_t) / N
+                log_s = torch.log_softmax(s, -1, out=log_p_t)
+            else:
+                log_s = torch.log_softmax(s, -1)
+            loss = (loss - (1 - alpha) * log_s[rows, target].sum()) / n
+            p_s = log_s.exp_()
+            grad = p_s.mul_((1 - alpha) / n) if grad is None else grad.add_(p_s, alpha=(1 - alpha) / n)
+            grad[rows, target] -= (1 - alpha) / n
+            ctx.dtype = dtype
+            ctx.save_for_backward(grad)
+            return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_output).to(ctx.dtype), None, None, None, None
+
+
+def softmax_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                 temperature: float = 1.0, alpha: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of ``logits (N, n_items)`` against ``target (N,)``; with ``teacher_logits``
+    and ``alpha > 0``, ``(1-α)·CE + α·T²·KL(teacher_T ‖ student_T)`` (KL averaged over the N rows, as
+    ``F.kl_div(..., reduction="batchmean")``). ``teacher_logits`` is overwritten.
+
+    >>> s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0, 4, 2])
+    >>> torch.allclose(softmax_loss(s, y, t.clone(), 2.0, 0.7), softmax_loss_reference(s, y, t, 2.0, 0.7))
+    True
+    >>> torch.allclose(softmax_loss(s, y), F.cross_entropy(s, y))
+    True
+    """
+    return _SoftmaxLoss.apply(logits, target, teacher_logits, temperature, alpha)
+
+
+def softmax_loss_reference(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                           temperature: float = 1.0, alpha: float = 0.0) -> torch.Tensor:
+    """:func:`softmax_loss` through autograd and PyTorch's own losses: its definition, which the tests
+    and ``distilrec bench step`` compare it with."""
+    loss = F.cross_entropy(logits, target)
+    if teacher_logits is None or alpha == 0:
+        return loss
+    kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
+                  log_target=True, reduction="batchmean")
+    return (1 - alpha) * loss + alpha * temperature ** 2 * kl
+
+
 class TeacherTrain(nn.Module):
     """``forward(inputs (B, L), targets (B, L), times (B, L)?) -> scalar`` cross-entropy over the full
     catalogue at every position; with ``mask_history`` (the default) over the items not yet in the
@@ -121,7 +196,7 @@ class TeacherTrain(nn.Module):
         logits = self.model.logits(hidden[keep])
         if self.mask_history:
             logits = _leave_out(logits, history_index(inputs, targets, self.model.cfg.n_items))
-        return F.cross_entropy(logits, targets[keep])
+        return softmax_loss(logits, targets[keep])
 
 
 class StudentTrain(nn.Module):
@@ -162,16 +237,11 @@ class StudentTrain(nn.Module):
         seen = history_index(inputs, targets, self.model.cfg.n_items) if self.mask_history else None
         if seen is not None:
             s_logits = _leave_out(s_logits, seen)
-        loss = F.cross_entropy(s_logits, targets[keep])
-        if self.alpha > 0:
-            with torch.no_grad():
-                t_hidden = self.teacher.encode(inputs, times)[:, -length:]
-                t_logits = self.teacher.logits(t_hidden[keep])
-                if seen is not None:
-                    t_logits = _leave_out(t_logits, seen)
-            kl = F.kl_div(
-                F.log_softmax(s_logits / self.t, -1), F.log_softmax(t_logits / self.t, -1),
-                log_target=True, reduction="batchmean",
-            )
-            loss = (1 - self.alpha) * loss + self.alpha * self.t ** 2 * kl
-        return loss
+        if self.alpha == 0:
+            return softmax_loss(s_logits, targets[keep])
+        with torch.no_grad():
+            t_hidden = self.teacher.encode(inputs, times)[:, -length:]
+            t_logits = self.teacher.logits(t_hidden[keep])
+            if seen is not None:
+                t_logits = _leave_out(t_logits, seen)
+        return softmax_loss(s_logits, targets[keep], t_logits, self.t, self.alpha)

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distilrec.losses import IGNORE, StudentTrain, TeacherTrain, history_index, next_item_batch
+from distilrec.losses import (IGNORE, StudentTrain, TeacherTrain, history_index, next_item_batch, softmax_loss,
+                              softmax_loss_reference)
 
 PAD = 12  # n_items of the conftest fixtures
 SEQS = [np.array([1, 2, 3, 4, 5]), np.array([6, 7]), np.array([8, 9, 10])]
@@ -238,3 +239,36 @@ def test_an_item_that_recurs_stays_a_finite_target(student, teacher):
         # A target left out of its own softmax would cost about 1e9 (its logit is -1e9), not merely be
         # infinite, so the bound is what tells the two apart.
         assert torch.isfinite(loss) and loss.item() < 100
+
+
+@pytest.mark.parametrize("temperature,alpha", [(1.0, 0.0), (1.0, 0.5), (2.0, 0.9), (4.0, 1.0)])
+def test_softmax_loss_has_the_value_and_gradient_of_autograds_losses(temperature, alpha):
+    # The written-out gradient (losses._SoftmaxLoss) against autograd through F.cross_entropy and
+    # F.kl_div (softmax_loss_reference), in float64, with some entries left out of both softmaxes as the
+    # history mask leaves them.
+    g = torch.Generator().manual_seed(0)
+    s = (torch.randn(7, 50, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.randn(7, 50, generator=g, dtype=torch.float64) * 3
+    target = torch.randint(0, 50, (7,), generator=g)
+    left_out = torch.rand(7, 50, generator=g) < 0.3
+    left_out[torch.arange(7), target] = False
+    with torch.no_grad():
+        s.masked_fill_(left_out, -1e9)
+        t.masked_fill_(left_out, -1e9)
+    weights = torch.randn(7, generator=g, dtype=torch.float64)  # a non-trivial upstream gradient
+    got = softmax_loss(s, target, t.clone(), temperature, alpha)
+    (got * weights.sum()).backward()
+    got_grad, s.grad = s.grad.clone(), None
+    ref = softmax_loss_reference(s, target, t, temperature, alpha)
+    (ref * weights.sum()).backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(got_grad, s.grad)
+    assert (got_grad[left_out] == 0).all()
+
+
+def test_softmax_loss_without_a_teacher_leaves_the_logits_untouched():
+    s = torch.randn(4, 9, requires_grad=True)
+    before = s.detach().clone()
+    softmax_loss(s, torch.tensor([1, 2, 3, 4])).backward()
+    assert torch.equal(s.detach(), before)
+    torch.testing.assert_close(s.grad.sum(-1), torch.zeros(4))  # softmax - onehot sums to 0 in each row
