@@ -85,6 +85,9 @@ class DistillConfig(TrainConfig):
     """Distillation: the student matches the teacher's softened ranking and the true next item."""
 
     lr: float = Field(2e-3, gt=0)
+    patience: int = Field(16, ge=1, description="epochs without a better validation NDCG@10 before stopping: "
+                          "twice the teacher's, as the distilled student's validation figure is noisy and still "
+                          "rises after 8 flat epochs (docs/benchmarks.md, \"Seventh round\")")
     init_from_teacher: bool = Field(True, description="start the student's item tower (id embeddings, text "
                                     "projection) from the teacher's when their widths match")
     temperature: float = Field(2.0, gt=0)
