@@ -9,10 +9,9 @@ Adam, for ``batch_size / num_workers`` users (the default :class:`~distilrec.con
 with full-length histories, on one thread, with the default shapes and distillation settings over a
 catalogue of ``--items`` items (9,724 by default, ml-latest-small's) with random weights, and with
 PyTorch's huge pages as the pipeline has them (:func:`distilrec.cli.huge_pages_default`; run it with
-``THP_MEM_ALLOC_ENABLE=0`` for 4 kB pages). Three stages:
-the teacher, the distilled student and the student alone. Each stage is timed with both losses in
-alternating blocks of ``--block`` steps, so that a busier stretch of a shared machine falls on both, and
-the figure is the ratio of the two medians. The step's cost depends on the shapes only (not on what
+``THP_MEM_ALLOC_ENABLE=0`` for 4 kB pages). Three stages: the teacher, the distilled student and the
+student alone. Each stage is timed with both losses in alternating blocks of ``--block`` steps, so that
+a busier stretch of a shared machine falls on both, and the figure is the ratio of the two medians. The step's cost depends on the shapes only (not on what
 the weights have learnt), so random weights and histories measure it.
 """
 
