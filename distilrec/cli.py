@@ -178,9 +178,8 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
 
 def bench_cost(model: str, output: str, runs: int, block: int = 20) -> int:
     """``distilrec bench cost``: the cost columns of the report, measured again on an idle moment."""
-    import fsspec
-
     from distilrec.artifacts import ArtifactError, load_artifact
+    from distilrec.bench.report import write_tables
     from distilrec.evaluate import BATCH, scoring_costs
 
     if runs < 20:
@@ -214,12 +213,7 @@ def bench_cost(model: str, output: str, runs: int, block: int = 20) -> int:
                 f"{r['ms_p99']:.2f}× the p99 time ({runs} runs each, {turns}, one thread); in a batch of {BATCH}: "
                 f"{r['ms_batched']:.2f}× the time per request")
     table = "\n".join(rows) + "\n"
-    fs, root = fsspec.core.url_to_fs(output)
-    fs.makedirs(root, exist_ok=True)
-    with fsspec.open(f"{output.rstrip('/')}/cost.json", "w") as f:
-        json.dump(result, f, indent=2)
-    with fsspec.open(f"{output.rstrip('/')}/cost.md", "w") as f:
-        f.write(table)
+    write_tables(output, "cost", table, result)
     print(table)
     return 0
 
@@ -371,7 +365,7 @@ def bench_quality(report: str, output: str) -> int:
     """``distilrec bench quality``: the pipeline report's quality/cost table and plot."""
     import fsspec
 
-    from distilrec.bench.report import render_quality_markdown
+    from distilrec.bench.report import render_quality_markdown, write_tables
     from distilrec.plots import plot_quality_cost
 
     uri = report if report.endswith(".json") else f"{report.rstrip('/')}/report.json"
@@ -383,10 +377,7 @@ def bench_quality(report: str, output: str) -> int:
         print(f"distilrec bench quality: --report {report!r}: not a readable pipeline report.json ({e!r})",
               file=sys.stderr)
         return 2
-    fs, root = fsspec.core.url_to_fs(output)
-    fs.makedirs(root, exist_ok=True)
-    with fsspec.open(f"{output.rstrip('/')}/quality.md", "w") as f:
-        f.write(table)
+    write_tables(output, "quality", table)
     plot_quality_cost(rep, f"{output.rstrip('/')}/quality_cost.png")
     print(table)
     return 0

@@ -21,6 +21,23 @@ BATCHING_GAIN = 1.5        # batching on ≥ 1.5 × off at high load
 HALF_LOAD_P99_MS = 25.0    # p99 ≤ 25 ms at half of distilrec's throughput at SLO
 
 
+def write_tables(output: str, stem: str, table: str, result: dict[str, Any] | None = None) -> None:
+    """``OUTPUT/STEM.md`` holding ``table``, and ``OUTPUT/STEM.json`` holding ``result`` when given, in a
+    local folder or under an fsspec URI (made if missing)."""
+    import json
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(output)
+    fs.makedirs(root, exist_ok=True)
+    base = output.rstrip("/")
+    if result is not None:
+        with fsspec.open(f"{base}/{stem}.json", "w") as f:
+            json.dump(result, f, indent=2)
+    with fsspec.open(f"{base}/{stem}.md", "w") as f:
+        f.write(table)
+
+
 def _fmt(x: float | None, nd: int = 1) -> str:
     return "-" if x is None else f"{x:,.{nd}f}"
 

@@ -11,15 +11,15 @@ catalogue of ``--items`` items (9,724 by default, ml-latest-small's) with random
 PyTorch's huge pages as the pipeline has them (:func:`distilrec.cli.huge_pages_default`; run it with
 ``THP_MEM_ALLOC_ENABLE=0`` for 4 kB pages). Three stages: the teacher, the distilled student and the
 student alone. Each stage is timed with both losses in alternating blocks of ``--block`` steps, so that
-a busier stretch of a shared machine falls on both, and the figure is the ratio of the two medians. The step's cost depends on the shapes only (not on what
-the weights have learnt), so random weights and histories measure it.
+a busier stretch of a shared machine falls on both, and the figure is the ratio of the two medians. The
+step's cost depends on the shapes only (not on what the weights have learnt), so random weights and
+histories measure it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import statistics
 import time
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from distilrec import losses
+from distilrec.bench.report import write_tables
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
 from distilrec.losses import StudentTrain, TeacherTrain, next_item_batch
 from distilrec.models import Student, Teacher
@@ -129,13 +130,7 @@ def step_table(result: dict[str, Any]) -> str:
 
 
 def write_step_bench(result: dict[str, Any], output: str, command: str) -> str:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(output)
-    fs.makedirs(root, exist_ok=True)
+    """``step.json`` (with the command line) and ``step.md`` into ``output``; returns the table."""
     table = step_table(result)
-    with fsspec.open(f"{output.rstrip('/')}/step.json", "w") as f:
-        json.dump({**result, "command": command}, f, indent=2)
-    with fsspec.open(f"{output.rstrip('/')}/step.md", "w") as f:
-        f.write(table)
+    write_tables(output, "step", table, {**result, "command": command})
     return table
