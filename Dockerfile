@@ -21,7 +21,7 @@ ARG TORCH_INDEX_URL=""
 ARG EXTRAS=s3,text
 
 # THP_MEM_ALLOC_ENABLE: PyTorch backs its buffers of 2 MB and more with transparent huge pages (where the
-# node's kernel allows it, "madvise" or "always"); a training step on the CPU is 16 to 25 % faster with it
+# node's kernel allows it, "madvise" or "always"); a training step on the CPU takes 16 to 25 % less time
 # (docs/benchmarks.md, "Seventh round"). `distilrec` sets it too when the environment does not.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

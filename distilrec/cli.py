@@ -388,8 +388,8 @@ def huge_pages_default() -> None:
     in the local Ray instance's processes, which inherit its environment (``THP_MEM_ALLOC_ENABLE``, read
     at PyTorch's first large allocation; ``THP_MEM_ALLOC_ENABLE=0`` in the environment keeps it off).
     A training step's softmax over the catalogue allocates several buffers of tens of megabytes; with
-    4 kB pages every one of them costs thousands of page faults, and a step on the CPU took 16 to 25 %
-    longer (docs/benchmarks.md, "Seventh round"). Buffers under 2 MB, a served request's, are not
+    4 kB pages every one of them costs thousands of page faults, and huge pages take 16 to 25 % off a
+    step on the CPU (docs/benchmarks.md, "Seventh round"). Buffers under 2 MB, a served request's, are not
     affected. The image sets the same variable for the cluster's processes."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
