@@ -327,7 +327,9 @@ def test_user_vector_equals_the_last_position_of_the_full_encoding(kind, teacher
 def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layers, text_emb):
     """Serving and evaluation (eval mode, no autograd) fold the last layer's projections
     (``_Block._last_query_attention``); with autograd on, the keys and values are projected as in
-    training. Both give the same scores, with and without padding, for batches and single requests."""
+    training. Both give the same scores, with and without padding, for batches and single requests (a
+    batch without padding, and a single request, take the dense path: no mask, and for one request
+    matrix-vector products)."""
     cls, cfg_cls = (Teacher, TeacherConfig) if kind == "teacher" else (Student, StudentConfig)
     torch.manual_seed(heads * 10 + layers)
     m = cls(cfg_cls(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_heads=heads, n_layers=layers, max_len=8),
@@ -337,7 +339,8 @@ def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layer
     hist = pad_histories([[1, 2, 3, 4, 5, 6, 7, 8, 9], [8, 9], [10]], PAD, 8)
     times = torch.cumsum(torch.randint(0, 5000, hist.shape), 1)
     cands = torch.tensor([0, 3, 5, 11])
-    for h, t in [(hist, times), (hist[:1], times[:1])]:
+    dense = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 0, 1, 2, 3, 4]])
+    for h, t in [(hist, times), (hist[:1], times[:1]), (dense, times[:2]), (dense[1:, 3:], times[1:2, 3:])]:
         projected = m.score(h, cands, times=t).detach()
         with torch.no_grad():
             folded = m.score(h, cands, times=t)
