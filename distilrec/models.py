@@ -391,7 +391,7 @@ class _Block(_EvalCache):
         d = x.shape[-1]
         if h is None:
             h = F.layer_norm(x, (d,), ln1w, ln1b, eps)
-        x = x[..., -1, :] + self._last_query_attention(h, mask)
+        x = x.select(-2, -1) + self._last_query_attention(h, mask)
         return x + _affine(F.gelu(_affine(F.layer_norm(x, (d,), ln2w, ln2b, eps), wup, bup)), wdown, bdown)
 
     def _weights(self) -> tuple:
@@ -415,7 +415,7 @@ class _Block(_EvalCache):
         positions and 2 heads, 29 k multiply-accumulates instead of 424 k)."""
         *lead, _, d = h.shape
         qk, qk_bias, vo, vo_bias = self._cached("folded", self._fold)
-        q = _affine(h[..., -1, :], qk, qk_bias).view(*lead, self.heads, d)  # (B, H, D): Wk_jᵀ q_j / √dh
+        q = _affine(h.select(-2, -1), qk, qk_bias).view(*lead, self.heads, d)  # (B, H, D): Wk_jᵀ q_j / √dh
         scores = torch.matmul(q, h.transpose(-1, -2))                    # (B, H, L)
         if mask is not None:                                             # (B, 1, L, L) or (B, 1, 1, L)
             scores = scores.masked_fill(~mask[:, :, -1], float("-inf"))
