@@ -59,8 +59,10 @@ def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) ->
 
 def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; for one vector ``x`` (one request's last position) a matrix-vector
-    product, about 1 µs (a third) cheaper a call on one CPU thread than ``linear``'s matrix product."""
-    return torch.addmv(bias, weight, x) if x.dim() == 1 else F.linear(x, weight, bias)
+    product, about 1 µs (a third) cheaper a call on one CPU thread than ``linear``'s matrix product.
+    Under autocast ``x`` may be bf16 while the weights are not: ``linear`` casts them, ``addmv`` would
+    refuse (the CPU's autocast does not cover it), so mixed dtypes go to ``linear``."""
+    return torch.addmv(bias, weight, x) if x.dim() == 1 and x.dtype == weight.dtype else F.linear(x, weight, bias)
 
 
 class _EvalCache(nn.Module):
@@ -78,7 +80,10 @@ class _EvalCache(nn.Module):
         if self._cache is None:
             self._cache = {}
         if key not in self._cache:
-            self._cache[key] = make()
+            # Made once for every later call, so in the weights' own dtype even if this call runs under
+            # autocast (a bf16 copy would then be used outside it too).
+            with torch.autocast(next(self.parameters()).device.type, enabled=False):
+                self._cache[key] = make()
         return self._cache[key]
 
     def train(self, mode: bool = True):

@@ -348,6 +348,24 @@ def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layer
         torch.testing.assert_close(folded, projected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_single_request_scores_under_bf16_autocast(kind, teacher, student):
+    """One request's history takes the dense path (matrix-vector products); under the CPU's bf16
+    autocast it gives what the padded path gives, as training's validation may score under autocast.
+    What the frozen model caches then (the folded projections) stays in float32 for later requests."""
+    m = teacher if kind == "teacher" else student
+    m.eval()
+    hist, padded = torch.tensor([[3, 7, 1, 4]]), torch.tensor([[PAD, 3, 7, 1, 4]])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        dense, masked = m.score(hist), m.score(padded)
+    assert dense.shape == (1, N_ITEMS) and torch.isfinite(dense).all()
+    torch.testing.assert_close(dense.float(), masked.float(), rtol=0.05, atol=0.05)
+    with torch.no_grad():
+        after = m.score(hist)
+    assert after.dtype == torch.float32
+    torch.testing.assert_close(after, m.score(hist).detach())  # the same as with autograd on (no cache)
+
+
 def test_default_student_costs_under_a_tenth_of_the_default_teacher():
     t = Teacher(TeacherConfig(n_items=50, text_dim=0))
     s = Student(StudentConfig(n_items=50, text_dim=0))
