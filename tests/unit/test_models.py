@@ -351,8 +351,8 @@ def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layer
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_single_request_scores_under_bf16_autocast(kind, teacher, student):
     """One request's history takes the dense path (matrix-vector products); under the CPU's bf16
-    autocast it gives what the padded path gives, as training's validation may score under autocast.
-    What the frozen model caches then (the folded projections) stays in float32 for later requests."""
+    autocast it gives what the padded path gives. What the frozen model caches on that first request
+    (the folded projections, the item table) stays in float32 for later requests without autocast."""
     m = teacher if kind == "teacher" else student
     m.eval()
     hist, padded = torch.tensor([[3, 7, 1, 4]]), torch.tensor([[PAD, 3, 7, 1, 4]])
