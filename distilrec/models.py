@@ -130,6 +130,10 @@ class _ItemTower(_EvalCache):
         """
         return self._table(1.0) if self._frozen() else self._compute()
 
+    def trained(self) -> torch.Tensor:
+        """``(N, D)``: :meth:`all` without the padding row, the view cached with the table."""
+        return self._cached("trained", lambda: self._table(1.0)[:-1]) if self._frozen() else self._compute()[:-1]
+
     def embed(self, rows: torch.Tensor, scale: float) -> torch.Tensor:
         """``(B, L) -> (B, L, D)``: the vectors of ``rows`` (padding gives zeros) times ``scale``. When
         the table is cached, the scaled table is too, so that a request costs one gather."""
@@ -290,9 +294,7 @@ class _SequenceModel(_EvalCache):
 
     def item_vectors(self) -> torch.Tensor:
         """``(N, D)``: vectors of the trained catalogue (serving precomputes them once)."""
-        if self._frozen():
-            return self._cached("item_vectors", lambda: self.items.all()[:-1])
-        return self.items.all()[:-1]
+        return self.items.trained()
 
     def text_item_vectors(self, text_emb: torch.Tensor) -> torch.Tensor:
         """``(M, text_dim) -> (M, D)``: vectors of items that have no trained id embedding."""

@@ -232,6 +232,16 @@ def test_cache_is_dropped_by_load_state_dict(kind, teacher_cfg, student_cfg, tex
         torch.testing.assert_close(m.score(hist), expected)
 
 
+def test_item_vectors_follow_weights_loaded_into_the_item_tower(student_cfg, text_emb):
+    """The cached item vectors live with the item tower's table, so loading only the tower's weights
+    renews them too."""
+    m, other = Student(student_cfg, text_emb=text_emb).eval(), Student(student_cfg, text_emb=text_emb).eval()
+    with torch.no_grad():
+        m.item_vectors()  # fills the caches
+        m.items.load_state_dict(other.items.state_dict())
+        torch.testing.assert_close(m.item_vectors(), other.item_vectors())
+
+
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_cache_is_dropped_after_training(kind, teacher, student):
     m = teacher if kind == "teacher" else student
