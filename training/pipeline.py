@@ -15,11 +15,15 @@ loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray/<run 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
+import statistics
+import time
 from datetime import datetime, timezone
+from typing import Iterator
 from pathlib import Path
 
 import fsspec
@@ -31,7 +35,7 @@ from rich.console import Console
 from distilrec.artifacts import ItemTable, write_artifact
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
 from distilrec.data import Dataset, Split, load_dataset
-from distilrec.bench.report import comparison_lines
+from distilrec.bench.report import comparison_lines, time_line
 from distilrec.evaluate import (
     build_report, compare_models, evaluate_baselines, evaluate_ranks, format_table, model_ranks, scoring_costs,
 )
@@ -42,6 +46,43 @@ from training.loop import TrainOutput
 from training.teacher import train_teacher
 
 console = Console()
+
+
+class StageClock:
+    """Wall-clock seconds of each stage of one pipeline call, for ``report["run"]``: where a run's time
+    goes (the issue's budget is for the whole command), without timestamps to dig out of the logs."""
+
+    def __init__(self) -> None:
+        self.started = datetime.now(timezone.utc)
+        self._t0 = time.perf_counter()
+        self.stage_s: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_s[name] = round(time.perf_counter() - t0, 1)
+
+    def total_s(self) -> float:
+        return round(time.perf_counter() - self._t0, 1)
+
+
+def epoch_summary(run: TrainOutput) -> dict:
+    """A training stage's epochs: how many ran, the best one (counted from 0, as in the curves), its
+    validation NDCG@10, and the median epoch's seconds (the training pass, not the validation)."""
+    return {"trained": len(run.history), "best": int(run.best["epoch"]),
+            "best_val_ndcg@10": run.best["val_ndcg@10"],
+            "median_epoch_s": round(statistics.median(h["epoch_s"] for h in run.history), 2)}
+
+
+def run_summary(clock: StageClock, runs: dict[str, TrainOutput], resume: bool) -> dict:
+    """``report["run"]``: when the call started, its seconds in all and by stage, and each training
+    stage's epochs. With ``resume`` the seconds are this call's: a stage found finished takes little."""
+    return {"started": clock.started.strftime("%Y-%m-%dT%H:%M:%SZ"), "resumed": resume,
+            "wall_s": clock.total_s(), "stage_s": dict(clock.stage_s),
+            "epochs": {name: epoch_summary(run) for name, run in runs.items()}}
 
 
 def ensure_ray(num_workers: int, metrics_export_port: int | None = None,
@@ -116,54 +157,64 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
 
     ``output`` is a local folder or an fsspec URI (``s3://bucket/prefix``); ``resume=True`` continues
     the latest run in ``output`` from its Ray Train checkpoints."""
+    clock = StageClock()
     out, work = output_locations(output)
-    ds = load_dataset(spec)
-    split = Split.leave_one_out(ds)
+    with clock.stage("data"):
+        ds = load_dataset(spec)
+        split = Split.leave_one_out(ds)
     console.print(f"[bold]dataset[/] {ds.name}: {ds.n_users} users, {ds.n_items} items, "
                   f"{ds.n_interactions} interactions")
-    text_emb, encoder = item_embeddings(ds, cfg.encoder, work)
+    with clock.stage("text_embeddings"):
+        text_emb, encoder = item_embeddings(ds, cfg.encoder, work)
     text_dim = int(text_emb.shape[1])
 
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
     ranks: dict[str, np.ndarray] = {}  # each model's per-user test ranks, for the paired comparisons
-    models = evaluate_baselines(split, ds.n_items, ranks=ranks)
+    with clock.stage("baselines"):
+        models = evaluate_baselines(split, ds.n_items, ranks=ranks)
 
     def evaluated(name: str, run: TrainOutput) -> None:
         """Test ``run``'s model: its per-user ranks, NDCG@10, HR@10 and best epoch under ``name``."""
         ranks[name] = model_ranks(run.model, split)
         models[name] = {**evaluate_ranks(ranks[name]), "best_epoch": run.best["epoch"]}
 
-    ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
-    check_gpus(cfg)
+    with clock.stage("ray_start"):
+        ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
+        check_gpus(cfg)
     storage = training_storage(out, resume)
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
-    teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
-    evaluated("teacher", teacher)
+    with clock.stage("teacher"):  # each training stage with its test evaluation
+        teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
+        evaluated("teacher", teacher)
 
     scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
     console.print(f"[bold]distillation[/] student {scfg}")
-    student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)
-    evaluated("student", student)
-    curves = {"teacher": teacher.history, "student": student.history}
-    trained = {"teacher": teacher.model, "student": student.model}
+    with clock.stage("student"):
+        student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)
+        evaluated("student", student)
+    runs = {"teacher": teacher, "student": student}
     if cfg.student_without_teacher:
         console.print("[bold]student without the teacher[/] (same architecture, true next item only)")
-        alone = distill(split, text_emb, None, scfg, cfg.distill, storage, name="student_no_distill")
-        evaluated("student_no_distill", alone)
-        curves["student_no_distill"] = alone.history
-        trained["student_no_distill"] = alone.model
+        with clock.stage("student_no_distill"):
+            runs["student_no_distill"] = distill(split, text_emb, None, scfg, cfg.distill, storage,
+                                                 name="student_no_distill")
+            evaluated("student_no_distill", runs["student_no_distill"])
+    curves = {name: run.history for name, run in runs.items()}
     console.print("[bold]scoring cost[/] 1,000 candidates on one CPU thread, the models timed in turns")
-    for name, cost in scoring_costs(trained).items():
-        models[name].update(cost)
+    with clock.stage("scoring_cost"):
+        for name, cost in scoring_costs({name: run.model for name, run in runs.items()}).items():
+            models[name].update(cost)
 
     report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json())},
                           comparisons=compare_models(ranks))
     items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
-    report["artifact"] = write_artifact(
-        out, items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
-        dataset=report["dataset"], metrics=models, encoder=encoder,
-    )
+    with clock.stage("artifact"):
+        report["artifact"] = write_artifact(
+            out, items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
+            dataset=report["dataset"], metrics=models, encoder=encoder,
+        )
+    report["run"] = run_summary(clock, runs, resume)  # the seconds up to here: the report and plots follow
     with fsspec.open(f"{out}/report.json", "w") as f:
         json.dump(report, f, indent=2)
     with fsspec.open(f"{out}/training_curves.json", "w") as f:
@@ -173,6 +224,7 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     console.print(format_table(report))
     for line in comparison_lines(report):
         console.print(line)
+    console.print(time_line(report["run"]))
     console.print(f"report: {out}/report.json\nartifact: {report['artifact']}")
     return report
 

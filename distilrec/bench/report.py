@@ -282,10 +282,21 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def time_line(run: dict[str, Any]) -> str:
+    """``time: 24.2 min in all: text embeddings 54 s, teacher 8.4 min, …`` from a pipeline report's
+    ``run`` (its wall-clock seconds in all and by stage)."""
+    def fmt(s: float) -> str:
+        return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+    parts = ", ".join(f"{name.replace('_', ' ')} {fmt(s)}" for name, s in run["stage_s"].items())
+    return f"time: {fmt(run['wall_s'])} in all: {parts}"
+
+
 def render_quality_markdown(report: dict[str, Any]) -> str:
     """Quality against cost from a pipeline ``report.json``: NDCG@10, HR@10, params, MACs per candidate,
-    scoring ms for 1,000 candidates (p50 / p99), each model's NDCG@10 as a share of the teacher's, and
-    the report's paired comparisons with their intervals (:func:`comparison_lines`)."""
+    scoring ms for 1,000 candidates (p50 / p99), each model's NDCG@10 as a share of the teacher's, the
+    report's paired comparisons with their intervals (:func:`comparison_lines`), and the run's time
+    (:func:`time_line`) when the report has it."""
     ds = report["dataset"]
     models = report["models"]
     teacher = models.get("teacher", {}).get("ndcg@10")
@@ -306,4 +317,6 @@ def render_quality_markdown(report: dict[str, Any]) -> str:
     if paired:
         lines += ["", "Paired comparisons on the same test users (a resample draws users, both models alike):", "",
                   *(f"- {line}" for line in paired)]
+    if report.get("run"):
+        lines += ["", f"The pipeline's {time_line(report['run'])}."]
     return "\n".join(lines) + "\n"

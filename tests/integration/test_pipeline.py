@@ -31,6 +31,22 @@ def test_report_has_the_documented_layout(pipeline_output):
     assert paired["low"] <= paired["ratio"] <= paired["high"] and paired["users"] == 300
 
 
+def test_report_says_where_the_time_went(pipeline_output):
+    """Each stage's seconds, and each training stage's epochs as the training curves have them."""
+    report = json.loads((pipeline_output / "report.json").read_text())
+    curves = json.loads((pipeline_output / "training_curves.json").read_text())
+    run = report["run"]
+    stages = {"data", "text_embeddings", "baselines", "ray_start", "teacher", "student", "scoring_cost", "artifact"}
+    assert stages <= set(run["stage_s"])
+    assert all(s >= 0 for s in run["stage_s"].values())
+    assert sum(run["stage_s"].values()) <= run["wall_s"] and run["resumed"] is False
+    assert set(run["epochs"]) == set(curves)
+    for name, epochs in run["epochs"].items():
+        assert epochs["trained"] == len(curves[name])
+        assert epochs["best"] == report["models"][name]["best_epoch"]
+        assert epochs["best_val_ndcg@10"] == max(h["val_ndcg@10"] for h in curves[name])
+
+
 def test_plots_are_written_as_png(pipeline_output):
     for name in ("training_curves.png", "quality_cost.png"):
         data = (pipeline_output / name).read_bytes()

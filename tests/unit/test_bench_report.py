@@ -148,6 +148,10 @@ def test_quality_table_and_cli(tmp_path, capsys):
             in md)
     assert "| student (distilled) | 0.0642 | 0.1148 | 1.01 | 701,824 | 521 | 0.500 | 2.700 |" in md
     assert "| popularity | 0.0194 | 0.0426 | 0.31 | - | - | - | - |" in md
+    assert "time:" not in md  # a report from before the pipeline timed its stages
+    report["run"] = {"wall_s": 919.1, "stage_s": {"teacher": 286.0, "student": 364.4}}
+    md = render_quality_markdown(report)
+    assert md.endswith("The pipeline's time: 15.3 min in all: teacher 4.8 min, student 6.1 min.\n")
     (tmp_path / "report.json").write_text(json.dumps(report))
     assert main(["bench", "quality", "--report", str(tmp_path), "--output", str(tmp_path / "q")]) == 0
     assert (tmp_path / "q" / "quality.md").read_text() == md

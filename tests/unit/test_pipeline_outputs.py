@@ -1,10 +1,17 @@
-"""Where the pipeline writes: a local folder or any fsspec URI (``s3://…``; ``memory://`` here)."""
+"""Where the pipeline writes: a local folder or any fsspec URI (``s3://…``; ``memory://`` here), and
+the run's own account of its time (``report["run"]``)."""
 
 from __future__ import annotations
 
-import fsspec
+import time
 
-from training.pipeline import output_locations, training_storage
+import fsspec
+import pytest
+import torch
+
+from training.loop import TrainOutput
+from distilrec.bench.report import time_line
+from training.pipeline import StageClock, output_locations, run_summary, training_storage
 
 
 def test_local_output_is_made_absolute_and_is_its_own_work_folder(tmp_path, monkeypatch):
@@ -27,3 +34,27 @@ def test_training_storage_on_a_uri_resumes_the_latest_run():
     assert first.startswith(f"{out}/ray/run-")
     assert fsspec.open(f"{out}/ray/LATEST_RUN", "rb").open().read().decode() == first.rsplit("/", 1)[1]
     assert training_storage(out, resume=True) == first
+
+
+def _run(vals: list[float], secs: list[float]) -> TrainOutput:
+    history = [{"epoch": i, "loss": 1.0, "val_ndcg@10": v, "epoch_s": s} for i, (v, s) in enumerate(zip(vals, secs))]
+    return TrainOutput(torch.nn.Linear(1, 1), history, max(history, key=lambda h: h["val_ndcg@10"]), "ckpt")
+
+
+def test_the_run_summary_times_each_stage_and_sums_up_the_epochs():
+    clock = StageClock()
+    with clock.stage("baselines"):
+        time.sleep(0.05)
+    with pytest.raises(RuntimeError), clock.stage("teacher"):  # a failing stage still has its time
+        raise RuntimeError("worker lost")
+    run = run_summary(clock, {"teacher": _run([0.1, 0.3, 0.2], [4.0, 6.0, 5.0])}, resume=False)
+    assert list(run["stage_s"]) == ["baselines", "teacher"]
+    assert run["stage_s"]["baselines"] >= 0.05 - 1e-9
+    assert run["wall_s"] >= sum(run["stage_s"].values())
+    assert run["epochs"] == {"teacher": {"trained": 3, "best": 1, "best_val_ndcg@10": 0.3, "median_epoch_s": 5.0}}
+    assert run["resumed"] is False and run["started"].endswith("Z")
+
+
+def test_the_time_line_gives_minutes_for_long_stages_and_seconds_for_short_ones():
+    run = {"wall_s": 1455.0, "stage_s": {"text_embeddings": 54.2, "teacher": 502.0, "ray_start": 1.4}}
+    assert time_line(run) == "time: 24.2 min in all: text embeddings 54 s, teacher 8.4 min, ray start 1 s"
