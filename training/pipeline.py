@@ -23,8 +23,8 @@ import posixpath
 import statistics
 import time
 from datetime import datetime, timezone
-from typing import Iterator
 from pathlib import Path
+from typing import Iterator
 
 import fsspec
 import numpy as np
@@ -42,7 +42,7 @@ from distilrec.evaluate import (
 from distilrec.plots import plot_quality_cost, plot_training_curves
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
-from training.loop import TrainOutput
+from training.loop import VAL_METRIC, TrainOutput
 from training.teacher import train_teacher
 
 console = Console()
@@ -73,7 +73,7 @@ def epoch_summary(run: TrainOutput) -> dict:
     """A training stage's epochs: how many ran, the best one (counted from 0, as in the curves), its
     validation NDCG@10, and the median epoch's seconds (the training pass, not the validation)."""
     return {"trained": len(run.history), "best": int(run.best["epoch"]),
-            "best_val_ndcg@10": run.best["val_ndcg@10"],
+            "best_val_ndcg@10": run.best[VAL_METRIC],
             "median_epoch_s": round(statistics.median(h["epoch_s"] for h in run.history), 2)}
 
 
