@@ -39,7 +39,8 @@ def test_report_says_where_the_time_went(pipeline_output):
     stages = {"data", "text_embeddings", "baselines", "ray_start", "teacher", "student", "scoring_cost", "artifact"}
     assert stages <= set(run["stage_s"])
     assert all(s >= 0 for s in run["stage_s"].values())
-    assert sum(run["stage_s"].values()) <= run["wall_s"] and run["resumed"] is False
+    assert sum(run["stage_s"].values()) <= run["wall_s"] + 0.05 * len(run["stage_s"])  # each rounded to 0.1 s
+    assert run["resumed"] is False
     assert set(run["epochs"]) == set(curves)
     for name, epochs in run["epochs"].items():
         assert epochs["trained"] == len(curves[name])

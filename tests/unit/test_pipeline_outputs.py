@@ -9,8 +9,8 @@ import fsspec
 import pytest
 import torch
 
-from training.loop import TrainOutput
 from distilrec.bench.report import time_line
+from training.loop import TrainOutput
 from training.pipeline import StageClock, output_locations, run_summary, training_storage
 
 
@@ -50,7 +50,7 @@ def test_the_run_summary_times_each_stage_and_sums_up_the_epochs():
     run = run_summary(clock, {"teacher": _run([0.1, 0.3, 0.2], [4.0, 6.0, 5.0])}, resume=False)
     assert list(run["stage_s"]) == ["baselines", "teacher"]
     assert run["stage_s"]["baselines"] >= 0.05 - 1e-9
-    assert run["wall_s"] >= sum(run["stage_s"].values())
+    assert sum(run["stage_s"].values()) <= run["wall_s"] + 0.05 * len(run["stage_s"])  # each rounded to 0.1 s
     assert run["epochs"] == {"teacher": {"trained": 3, "best": 1, "best_val_ndcg@10": 0.3, "median_epoch_s": 5.0}}
     assert run["resumed"] is False and run["started"].endswith("Z")
 
