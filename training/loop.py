@@ -98,6 +98,14 @@ def _epoch_gauges() -> dict[str, Any]:
     }
 
 
+def step_autocast(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The context of a training step: bf16 autocast when ``tc.bf16`` says so (by default with GPUs
+    only), else none. tests/unit/test_losses.py runs both losses under it on the CPU; validation runs
+    outside it."""
+    on = tc.use_gpu if tc.bf16 is None else tc.bf16
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for ``TorchTrainer``. ``config`` keys: see :func:`fit`."""
     import ray.train
@@ -136,8 +144,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
 
     gauges = _epoch_gauges()
-    # bf16 autocast on GPUs (tests/unit/test_losses.py runs both losses under it on the CPU).
-    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if tc.use_gpu else contextlib.nullcontext()
+    amp = step_autocast(tc, device)
     for epoch in range(start_epoch, tc.epochs):
         if stale >= tc.patience:
             break

@@ -229,15 +229,17 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     return report
 
 
-def load_config(path: str | None, use_gpu: bool = False, workers: int | None = None) -> PipelineConfig:
-    """The ``--config`` YAML (or the defaults), with the command line's ``--use-gpu`` and ``--workers``
-    applied to every training stage (teacher and distillation)."""
+def load_config(path: str | None, use_gpu: bool = False, workers: int | None = None,
+                bf16: bool = False) -> PipelineConfig:
+    """The ``--config`` YAML (or the defaults), with the command line's ``--use-gpu``, ``--workers`` and
+    ``--bf16`` applied to every training stage (teacher and distillation)."""
     if not path:
         cfg = PipelineConfig()
     else:
         with fsspec.open(path, "r") as f:
             cfg = PipelineConfig.model_validate(yaml.safe_load(f) or {})
-    update = {**({"use_gpu": True} if use_gpu else {}), **({"num_workers": workers} if workers else {})}
+    update = {**({"use_gpu": True} if use_gpu else {}), **({"num_workers": workers} if workers else {}),
+              **({"bf16": True} if bf16 else {})}
     if update:
         cfg = cfg.model_copy(update={"teacher_train": cfg.teacher_train.model_copy(update=update),
                                      "distill": cfg.distill.model_copy(update=update)})
@@ -276,8 +278,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue the latest run from its checkpoints")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker, bf16 autocast")
     p.add_argument("--workers", type=int, help="Ray Train workers of every stage (default: the config's, 2)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPUs too (faster where they have bf16)")
     args = p.parse_args(argv)
-    run_pipeline(args.dataset, args.output, load_config(args.config, args.use_gpu, args.workers), resume=args.resume)
+    run_pipeline(args.dataset, args.output, load_config(args.config, args.use_gpu, args.workers, args.bf16),
+                 resume=args.resume)
 
 
 if __name__ == "__main__":

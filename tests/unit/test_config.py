@@ -63,6 +63,33 @@ def test_command_line_gpu_and_workers_apply_to_every_training_stage(tmp_path):
     assert mixed.distill.alpha == 0.3 and mixed.distill.use_gpu
 
 
+def test_bf16_autocast_is_for_gpus_unless_asked_for_on_cpus(tmp_path):
+    import torch
+
+    from training.loop import step_autocast
+    from training.pipeline import load_config
+
+    cpu = torch.device("cpu")
+    x = torch.randn(4, 8)
+
+    def matmul_dtype(tc: TrainConfig) -> torch.dtype:
+        with step_autocast(tc, cpu):
+            return (x @ x.T).dtype
+
+    plain = load_config(None)
+    assert plain.teacher_train.bf16 is None and plain.distill.bf16 is None
+    assert matmul_dtype(plain.teacher_train) == torch.float32  # the CPU default: no autocast
+    assert matmul_dtype(TrainConfig(use_gpu=True)) == torch.bfloat16  # GPUs: on by default
+    assert matmul_dtype(TrainConfig(use_gpu=True, bf16=False)) == torch.float32  # … unless turned off
+    asked = load_config(None, bf16=True)
+    for stage in (asked.teacher_train, asked.distill):
+        assert stage.bf16 is True and not stage.use_gpu and matmul_dtype(stage) == torch.bfloat16
+    yml = tmp_path / "c.yaml"
+    yml.write_text("teacher_train: {bf16: true}\n")
+    one = load_config(str(yml))
+    assert one.teacher_train.bf16 is True and one.distill.bf16 is None
+
+
 def test_pipeline_cli_names_a_bad_worker_count(capsys):
     from distilrec.cli import main
 
