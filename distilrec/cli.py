@@ -411,8 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="train teacher and student with one GPU per Ray Train worker and bf16 autocast")
     pl.add_argument("--workers", type=int, help="Ray Train workers (DDP) of every stage (default: the config's, 2)")
     pl.add_argument("--bf16", action="store_true",
-                    help="bf16 autocast on CPUs too: 1.3 to 1.5 x faster training steps where the CPU has bf16 "
-                         "instructions (AVX-512 BF16, AMX), with the figures of a different arithmetic")
+                    help="bf16 autocast on CPUs too: 1.3 to 1.5 x faster training steps measured on a CPU with "
+                         "AVX-512 BF16, with the figures of a different arithmetic")
     s = sub.add_parser("serve", help="serve a trained model over HTTP on a local Ray instance")
     s.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
     s.add_argument("--host", default="127.0.0.1")
