@@ -329,8 +329,8 @@ def bench_step(args: argparse.Namespace, argv: list[str] | None) -> int:
         if value < 1:
             print(f"distilrec bench step: {name} {value}: must be at least 1", file=sys.stderr)
             return 2
-    print(write_step_bench(run_step_bench(items=args.items, steps=args.steps, block=args.block), args.output,
-                           _command_line(argv)))
+    result = run_step_bench(items=args.items, steps=args.steps, block=args.block, compare=args.compare)
+    print(write_step_bench(result, args.output, _command_line(argv)))
     return 0
 
 
@@ -463,8 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     bp.add_argument("--warmup", type=int, default=50, help="untimed requests before each row (default 50)")
     bp.add_argument("--variants", default="ray-defaults,grpc,haproxy",
                     help="comma-separated subset of ray-defaults,grpc,haproxy (default: all three)")
-    bst = bsub.add_parser("step", help="one training step's time (teacher, distilled student, student alone) with "
-                                       "the written-out softmax losses and with autograd's, in turns")
+    bst = bsub.add_parser("step", help="one training step's time (teacher, distilled student, student alone) two "
+                                       "ways in turns: the written-out softmax losses and autograd's, or float32 "
+                                       "and bf16 autocast")
+    bst.add_argument("--compare", choices=("losses", "bf16"), default="losses",
+                     help="losses: written out against autograd (default); bf16: float32 against bf16 autocast")
     bst.add_argument("--output", required=True, help="folder for step.json and step.md")
     bst.add_argument("--items", type=int, default=9724, help="catalogue size (default 9,724: ml-latest-small's)")
     bst.add_argument("--steps", type=int, default=30, help="timed steps per stage and implementation (default 30)")

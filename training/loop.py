@@ -98,12 +98,16 @@ def _epoch_gauges() -> dict[str, Any]:
     }
 
 
+def uses_bf16(tc: TrainConfig) -> bool:
+    """Whether this worker's training steps run under bf16 autocast: as ``tc.bf16`` says, by default
+    with GPUs only."""
+    return tc.use_gpu if tc.bf16 is None else tc.bf16
+
+
 def step_autocast(tc: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    """The context of a training step: bf16 autocast when ``tc.bf16`` says so (by default with GPUs
-    only), else none. tests/unit/test_losses.py runs both losses under it on the CPU; validation runs
-    outside it."""
-    on = tc.use_gpu if tc.bf16 is None else tc.bf16
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if on else contextlib.nullcontext()
+    """The context of a training step: bf16 autocast when :func:`uses_bf16`, else none.
+    tests/unit/test_losses.py runs both losses under it on the CPU; validation runs outside it."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if uses_bf16(tc) else contextlib.nullcontext()
 
 
 def worker_loop(config: dict[str, Any]) -> None:
@@ -144,7 +148,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
 
     gauges = _epoch_gauges()
-    amp = step_autocast(tc, device)
+    amp, bf16 = step_autocast(tc, device), uses_bf16(tc)
     for epoch in range(start_epoch, tc.epochs):
         if stale >= tc.patience:
             break
@@ -174,7 +178,8 @@ def worker_loop(config: dict[str, Any]) -> None:
         improved = val_ndcg > best
         best, stale = (val_ndcg, 0) if improved else (best, stale + 1)
         metrics = {"epoch": epoch, "loss": total / max(n, 1), VAL_METRIC: val_ndcg,
-                   "epoch_s": epoch_s, "samples_per_s": samples / max(epoch_s, 1e-9), "rank": rank}
+                   "epoch_s": epoch_s, "samples_per_s": samples / max(epoch_s, 1e-9), "rank": rank,
+                   "bf16": bf16}
         history.append(metrics)
         stage = {"stage": config["name"]}
         gauges["sps"].set(metrics["samples_per_s"], tags={**stage, "rank": str(rank)})

@@ -71,10 +71,12 @@ class StageClock:
 
 def epoch_summary(run: TrainOutput) -> dict:
     """A training stage's epochs: how many ran, the best one (counted from 0, as in the curves), its
-    validation NDCG@10, and the median epoch's seconds (the training pass, not the validation)."""
+    validation NDCG@10, the median epoch's seconds (the training pass, not the validation), and how
+    many epochs trained under bf16 autocast (0: float32 throughout; a resumed run may mix the two)."""
     return {"trained": len(run.history), "best": int(run.best["epoch"]),
             "best_val_ndcg@10": run.best[VAL_METRIC],
-            "median_epoch_s": round(statistics.median(h["epoch_s"] for h in run.history), 2)}
+            "median_epoch_s": round(statistics.median(h["epoch_s"] for h in run.history), 2),
+            "bf16_epochs": sum(bool(h.get("bf16")) for h in run.history)}
 
 
 def run_summary(clock: StageClock, runs: dict[str, TrainOutput], resume: bool) -> dict:

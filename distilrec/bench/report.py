@@ -284,12 +284,14 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
 
 def time_line(run: dict[str, Any]) -> str:
     """``time: 24.2 min in all: text embeddings 54 s, teacher 8.4 min, …`` from a pipeline report's
-    ``run`` (its wall-clock seconds in all and by stage)."""
+    ``run`` (its wall-clock seconds in all and by stage), and ``; bf16 autocast: teacher, …`` naming
+    the training stages that had epochs under bf16 autocast (the figures of a different arithmetic)."""
     def fmt(s: float) -> str:
         return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
     parts = ", ".join(f"{name.replace('_', ' ')} {fmt(s)}" for name, s in run["stage_s"].items())
-    return f"time: {fmt(run['wall_s'])} in all: {parts}"
+    bf16 = [name.replace("_", " ") for name, e in run.get("epochs", {}).items() if e.get("bf16_epochs")]
+    return f"time: {fmt(run['wall_s'])} in all: {parts}" + (f"; bf16 autocast: {', '.join(bf16)}" if bf16 else "")
 
 
 def render_quality_markdown(report: dict[str, Any]) -> str:

@@ -32,7 +32,11 @@ def test_report_has_the_documented_layout(pipeline_output):
 
 
 def test_report_says_where_the_time_went(pipeline_output):
-    """Each stage's seconds, and each training stage's epochs as the training curves have them."""
+    """Each stage's seconds, and each training stage's epochs as the training curves have them, with the
+    arithmetic the workers chose from the report's config."""
+    from distilrec.config import DistillConfig, TrainConfig
+    from training.loop import uses_bf16
+
     report = json.loads((pipeline_output / "report.json").read_text())
     curves = json.loads((pipeline_output / "training_curves.json").read_text())
     run = report["run"]
@@ -46,6 +50,9 @@ def test_report_says_where_the_time_went(pipeline_output):
         assert epochs["trained"] == len(curves[name])
         assert epochs["best"] == report["models"][name]["best_epoch"]
         assert epochs["best_val_ndcg@10"] == max(h["val_ndcg@10"] for h in curves[name])
+        train = (TrainConfig if name == "teacher" else DistillConfig).model_validate(
+            report["config"]["teacher_train" if name == "teacher" else "distill"])
+        assert epochs["bf16_epochs"] == (epochs["trained"] if uses_bf16(train) else 0), name
 
 
 def test_plots_are_written_as_png(pipeline_output):

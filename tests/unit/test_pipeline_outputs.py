@@ -36,8 +36,9 @@ def test_training_storage_on_a_uri_resumes_the_latest_run():
     assert training_storage(out, resume=True) == first
 
 
-def _run(vals: list[float], secs: list[float]) -> TrainOutput:
-    history = [{"epoch": i, "loss": 1.0, "val_ndcg@10": v, "epoch_s": s} for i, (v, s) in enumerate(zip(vals, secs))]
+def _run(vals: list[float], secs: list[float], bf16: list[bool] | None = None) -> TrainOutput:
+    history = [{"epoch": i, "loss": 1.0, "val_ndcg@10": v, "epoch_s": s, "bf16": b}
+               for i, (v, s, b) in enumerate(zip(vals, secs, bf16 or [False] * len(vals)))]
     return TrainOutput(torch.nn.Linear(1, 1), history, max(history, key=lambda h: h["val_ndcg@10"]), "ckpt")
 
 
@@ -47,14 +48,22 @@ def test_the_run_summary_times_each_stage_and_sums_up_the_epochs():
         time.sleep(0.05)
     with pytest.raises(RuntimeError), clock.stage("teacher"):  # a failing stage still has its time
         raise RuntimeError("worker lost")
-    run = run_summary(clock, {"teacher": _run([0.1, 0.3, 0.2], [4.0, 6.0, 5.0])}, resume=False)
+    runs = {"teacher": _run([0.1, 0.3, 0.2], [4.0, 6.0, 5.0]),
+            "student": _run([0.2, 0.1], [2.0, 3.0], bf16=[False, True])}  # resumed under bf16 autocast
+    run = run_summary(clock, runs, resume=False)
     assert list(run["stage_s"]) == ["baselines", "teacher"]
     assert run["stage_s"]["baselines"] >= 0.05 - 1e-9
     assert sum(run["stage_s"].values()) <= run["wall_s"] + 0.05 * len(run["stage_s"])  # each rounded to 0.1 s
-    assert run["epochs"] == {"teacher": {"trained": 3, "best": 1, "best_val_ndcg@10": 0.3, "median_epoch_s": 5.0}}
+    assert run["epochs"] == {
+        "teacher": {"trained": 3, "best": 1, "best_val_ndcg@10": 0.3, "median_epoch_s": 5.0, "bf16_epochs": 0},
+        "student": {"trained": 2, "best": 0, "best_val_ndcg@10": 0.2, "median_epoch_s": 2.5, "bf16_epochs": 1}}
     assert run["resumed"] is False and run["started"].endswith("Z")
 
 
 def test_the_time_line_gives_minutes_for_long_stages_and_seconds_for_short_ones():
     run = {"wall_s": 1455.0, "stage_s": {"text_embeddings": 54.2, "teacher": 502.0, "ray_start": 1.4}}
     assert time_line(run) == "time: 24.2 min in all: text embeddings 54 s, teacher 8.4 min, ray start 1 s"
+    run["epochs"] = {"teacher": {"trained": 40, "bf16_epochs": 40}, "student": {"trained": 30, "bf16_epochs": 0}}
+    assert time_line(run).endswith("ray start 1 s; bf16 autocast: teacher")
+    run["epochs"]["teacher"]["bf16_epochs"] = 0
+    assert time_line(run).endswith("ray start 1 s")  # float32 throughout: nothing to say
