@@ -410,9 +410,10 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--use-gpu", action="store_true",
                     help="train teacher and student with one GPU per Ray Train worker and bf16 autocast")
     pl.add_argument("--workers", type=int, help="Ray Train workers (DDP) of every stage (default: the config's, 2)")
-    pl.add_argument("--bf16", action="store_true",
-                    help="bf16 autocast on CPUs too: 1.3 to 1.5 x faster training steps measured on a CPU with "
-                         "AVX-512 BF16, with the figures of a different arithmetic")
+    pl.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="bf16 autocast of the training steps on every CPU; --no-bf16: float32 everywhere. Default: "
+                         "with GPUs, and on CPUs with AVX-512 BF16 (1.3 to 1.5 x faster steps there, the same "
+                         "figures on validation); CPUs without it would emulate bf16")
     s = sub.add_parser("serve", help="serve a trained model over HTTP on a local Ray instance")
     s.add_argument("--model", required=True, help="pipeline output folder, artifact version folder, or URI")
     s.add_argument("--host", default="127.0.0.1")

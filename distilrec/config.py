@@ -78,10 +78,11 @@ class TrainConfig(_Strict):
                                "the training softmax, as the ranking leaves them out")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
-    bf16: bool | None = Field(None, description="bf16 autocast of the training steps: None = with GPUs only; True "
-                              "also on CPUs (1.3 to 1.5 × faster steps measured on one with AVX-512 BF16, "
-                              "docs/benchmarks.md, \"Ninth round\"; not measured on CPUs without bf16 instructions), "
-                              "with the figures of a different arithmetic")
+    bf16: bool | None = Field(None, description="bf16 autocast of the training steps. None: with GPUs, and on "
+                              "CPUs with AVX-512 BF16 (1.3 to 1.5 × faster steps there, the same figures on "
+                              "validation: docs/benchmarks.md, \"Tenth round\"), each worker deciding on its own "
+                              "machine; True: on every CPU too (one without bf16 instructions emulates it); "
+                              "False: float32")
     seed: int = 0
 
 

@@ -232,16 +232,17 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
 
 
 def load_config(path: str | None, use_gpu: bool = False, workers: int | None = None,
-                bf16: bool = False) -> PipelineConfig:
+                bf16: bool | None = None) -> PipelineConfig:
     """The ``--config`` YAML (or the defaults), with the command line's ``--use-gpu``, ``--workers`` and
-    ``--bf16`` applied to every training stage (teacher and distillation)."""
+    ``--bf16`` / ``--no-bf16`` (``bf16`` True / False; None leaves the config's) applied to every
+    training stage (teacher and distillation)."""
     if not path:
         cfg = PipelineConfig()
     else:
         with fsspec.open(path, "r") as f:
             cfg = PipelineConfig.model_validate(yaml.safe_load(f) or {})
     update = {**({"use_gpu": True} if use_gpu else {}), **({"num_workers": workers} if workers else {}),
-              **({"bf16": True} if bf16 else {})}
+              **({"bf16": bf16} if bf16 is not None else {})}
     if update:
         cfg = cfg.model_copy(update={"teacher_train": cfg.teacher_train.model_copy(update=update),
                                      "distill": cfg.distill.model_copy(update=update)})
@@ -280,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue the latest run from its checkpoints")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker, bf16 autocast")
     p.add_argument("--workers", type=int, help="Ray Train workers of every stage (default: the config's, 2)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast on CPUs too (faster where they have bf16)")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast of the training steps on every CPU (--no-bf16: float32 everywhere; default: "
+                        "with GPUs and on CPUs with AVX-512 BF16)")
     args = p.parse_args(argv)
     run_pipeline(args.dataset, args.output, load_config(args.config, args.use_gpu, args.workers, args.bf16),
                  resume=args.resume)

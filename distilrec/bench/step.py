@@ -71,12 +71,6 @@ def ratio_key(compare: str) -> str:
     return f"{reference}_over_{tested}".replace("-", "_")
 
 
-def cpu_bf16_instructions() -> list[str]:
-    """The bf16 instruction sets of this CPU that PyTorch reports (``avx512_bf16``, ``amx_bf16``, Arm's ``bf16``)."""
-    caps = torch.cpu.get_capabilities()
-    return [name for name in ("avx512_bf16", "amx_bf16", "bf16") if caps.get(name)]
-
-
 def _batch(n_items: int, users: int, length: int, seed: int) -> tuple[torch.Tensor, ...]:
     """Random full-length histories of distinct items, a minute to an hour apart."""
     rng = np.random.default_rng(seed)
@@ -114,6 +108,8 @@ def run_step_bench(items: int = 9724, text_dim: int = 384, steps: int = 30, bloc
         raise ValueError(f"steps={steps}, block={block}: both must be at least 1")
     if compare not in COMPARISONS:
         raise ValueError(f"compare={compare!r}: one of {', '.join(COMPARISONS)}")
+    from training.loop import cpu_bf16_instructions
+
     ways, key = COMPARISONS[compare], ratio_key(compare)
     tested, reference = ways
     cfg = cfg or PipelineConfig()

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from distilrec import losses
-from distilrec.bench.step import (COMPARISONS, IMPLEMENTATIONS, _batch, _loss, _stages, cpu_bf16_instructions,
-                                   run_step_bench, step_table)
+from distilrec.bench.step import COMPARISONS, IMPLEMENTATIONS, _batch, _loss, _stages, run_step_bench, step_table
 from distilrec.cli import main
 from distilrec.config import PipelineConfig
+from training.loop import cpu_bf16_instructions
 
 SMALL = PipelineConfig(teacher={"d_model": 16, "max_len": 12}, student={"d_model": 16, "max_len": 6})
 

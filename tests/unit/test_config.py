@@ -63,12 +63,15 @@ def test_command_line_gpu_and_workers_apply_to_every_training_stage(tmp_path):
     assert mixed.distill.alpha == 0.3 and mixed.distill.use_gpu
 
 
-def test_bf16_autocast_is_for_gpus_unless_asked_for_on_cpus(tmp_path):
+@pytest.mark.parametrize("instructions", [[], ["avx512_bf16"], ["avx512_bf16", "amx_bf16"], ["bf16"]])
+def test_bf16_autocast_by_default_with_gpus_and_on_cpus_with_avx512_bf16(tmp_path, monkeypatch, instructions):
     import torch
 
+    import training.loop
     from training.loop import step_autocast
     from training.pipeline import load_config
 
+    monkeypatch.setattr(training.loop, "cpu_bf16_instructions", lambda: instructions)
     cpu = torch.device("cpu")
     x = torch.randn(4, 8)
 
@@ -78,16 +81,33 @@ def test_bf16_autocast_is_for_gpus_unless_asked_for_on_cpus(tmp_path):
 
     plain = load_config(None)
     assert plain.teacher_train.bf16 is None and plain.distill.bf16 is None
-    assert matmul_dtype(plain.teacher_train) == torch.float32  # the CPU default: no autocast
+    # The CPU default: bf16 where the CPU has AVX-512 BF16 (measured), float32 elsewhere (Arm's bf16: not measured).
+    cpu_default = torch.bfloat16 if "avx512_bf16" in instructions else torch.float32
+    assert matmul_dtype(plain.teacher_train) == cpu_default and matmul_dtype(plain.distill) == cpu_default
     assert matmul_dtype(TrainConfig(use_gpu=True)) == torch.bfloat16  # GPUs: on by default
     assert matmul_dtype(TrainConfig(use_gpu=True, bf16=False)) == torch.float32  # … unless turned off
-    asked = load_config(None, bf16=True)
+    asked = load_config(None, bf16=True)  # --bf16: on every CPU
     for stage in (asked.teacher_train, asked.distill):
         assert stage.bf16 is True and not stage.use_gpu and matmul_dtype(stage) == torch.bfloat16
+    off = load_config(None, use_gpu=True, bf16=False)  # --no-bf16: float32 everywhere, GPUs too
+    for stage in (off.teacher_train, off.distill):
+        assert stage.bf16 is False and stage.use_gpu and matmul_dtype(stage) == torch.float32
     yml = tmp_path / "c.yaml"
-    yml.write_text("teacher_train: {bf16: true}\n")
+    yml.write_text("teacher_train: {bf16: false}\n")
     one = load_config(str(yml))
-    assert one.teacher_train.bf16 is True and one.distill.bf16 is None
+    assert one.teacher_train.bf16 is False and one.distill.bf16 is None
+    assert load_config(str(yml), bf16=True).teacher_train.bf16 is True  # the command line wins
+
+
+@pytest.mark.parametrize("flag, want", [([], None), (["--bf16"], True), (["--no-bf16"], False)])
+def test_the_pipeline_command_hands_bf16_to_every_training_stage(monkeypatch, flag, want):
+    import training.pipeline
+    from distilrec.cli import main
+
+    seen = []
+    monkeypatch.setattr(training.pipeline, "run_pipeline", lambda dataset, output, cfg, resume: seen.append(cfg))
+    assert main(["pipeline", "--dataset", "synthetic", "--output", "o", *flag]) == 0
+    assert seen[0].teacher_train.bf16 is want and seen[0].distill.bf16 is want
 
 
 def test_pipeline_cli_names_a_bad_worker_count(capsys):
