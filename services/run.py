@@ -69,16 +69,26 @@ def serve_env(haproxy: str | None = None, local: bool = False) -> dict[str, str]
 FAST_PATH_OPT_IN = "DISTILREC_FAST_PATH"
 
 
+# A local instance has one node and so one HTTP proxy. Serve's controller kills a proxy that leaves three
+# health checks in a row unanswered for RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S each (10 s by default) and
+# starts another: right on a cluster, where other nodes' proxies take the traffic, but on one busy 2-vCPU
+# machine (a burst of replica start-ups) it closed the only HTTP port for about a minute while the proxy
+# was merely slow (docs/reliability.md, 2026-12-02). 30 s each: about 90 s before a local proxy is replaced.
+LOCAL_PROXY_HEALTH_CHECK_TIMEOUT_S = "30"
+
+
 def local_serve_env() -> dict[str, str]:
     """What a local Ray instance that distilrec starts (``distilrec serve``, ``demo``, ``bench serve``, the
-    tests) gets: Ray's default request path, unless ``DISTILREC_FAST_PATH=1`` is set, which gives
-    ``serve_env(local=True)`` and frozen replica heaps (``DISTILREC_FREEZE_HEAP=1``, see
-    ``services.state.freeze_heap``). Opt-in: the FeatureEncoder memory growth that the soak found with it
-    was fixed (per-thread SQLite connections), but with it as the default both full test runs of
-    2026-11-28 failed a latency check by chance on a 2-vCPU machine (docs/reliability.md)."""
+    tests) gets: a longer proxy health-check timeout (``LOCAL_PROXY_HEALTH_CHECK_TIMEOUT_S``) and Ray's
+    default request path, unless ``DISTILREC_FAST_PATH=1`` is set, which adds ``serve_env(local=True)``
+    and frozen replica heaps (``DISTILREC_FREEZE_HEAP=1``, see ``services.state.freeze_heap``). Opt-in:
+    the FeatureEncoder memory growth that the soak found with it was fixed (per-thread SQLite
+    connections), but with it as the default both full test runs of 2026-11-28 failed a latency check by
+    chance on a 2-vCPU machine (docs/reliability.md)."""
+    env = {"RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": LOCAL_PROXY_HEALTH_CHECK_TIMEOUT_S}
     if os.environ.get(FAST_PATH_OPT_IN) != "1":
-        return {}
-    return {**serve_env(local=True), "DISTILREC_FREEZE_HEAP": "1"}
+        return env
+    return {**env, **serve_env(local=True), "DISTILREC_FREEZE_HEAP": "1"}
 
 
 def _free_port() -> int:

@@ -295,3 +295,20 @@ def test_runtime_knobs_change_without_restarting_replicas(client, serve_config, 
     finally:
         deploy(serve_config)
     assert len(_rec(client, user_id=user)["items"]) == 10
+
+
+
+def test_the_local_cluster_gives_its_only_proxy_longer_health_checks(ray_cluster):
+    """Every process of the session's local cluster (the Serve controller included) starts with the proxy
+    health-check timeout of ``services.run.local_serve_env`` (30 s unless this environment sets its own):
+    Serve reads it as it imports, so a task started now sees what the controller saw."""
+    import os
+
+    @ray_cluster.remote(num_cpus=0)
+    def timeout_s() -> float:
+        from ray.serve._private import constants
+
+        return constants.PROXY_HEALTH_CHECK_TIMEOUT_S
+
+    expected = float(os.environ["RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"])  # set by ensure_ray, or by the user
+    assert ray_cluster.get(timeout_s.remote(), timeout=120) == expected

@@ -94,7 +94,7 @@ def test_local_instances_take_the_fast_path_only_when_asked(monkeypatch):
     import services.run as run
 
     monkeypatch.delenv("DISTILREC_FAST_PATH", raising=False)
-    assert run.local_serve_env() == {}
+    assert run.local_serve_env() == {"RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}  # one node, one proxy
     monkeypatch.setenv("DISTILREC_FAST_PATH", "1")
     env = run.local_serve_env()
     assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["DISTILREC_FREEZE_HEAP"] == "1"
