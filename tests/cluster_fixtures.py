@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -50,6 +52,17 @@ def with_replicas(serve_config: dict, deployment: str, app_index: int = 0, **pol
     return cfg
 
 
+def fixed_replicas(serve_config: dict, deployment: str, n: int, app_index: int = 0) -> dict:
+    """A copy of ``serve_config`` whose ``deployment`` runs exactly ``n`` replicas, written as the
+    autoscaling range ``n..n`` and not as ``num_replicas``: Ray Serve 2.60 hashes the list of an
+    application's autoscaling deployments into the application's code version
+    (``deploy_utils.get_app_code_version``), so switching one deployment between ``autoscaling_config``
+    and ``num_replicas`` restarts every deployment of the application (a minute of replica start-ups on
+    a 2-vCPU machine), where a range is a lightweight update of that deployment alone."""
+    return with_replicas(serve_config, deployment, app_index,
+                         autoscaling_config={"min_replicas": n, "max_replicas": n, "initial_replicas": n})
+
+
 def _order(item) -> tuple:
     """Sort key: tests without the Serve app first (the local cluster has ``num_workers + 1`` logical
     CPUs and the app's replicas hold 1.25 of them from their deployment to the end of the session, so
@@ -71,6 +84,98 @@ def _order(item) -> tuple:
 def pytest_collection_modifyitems(session, config, items):
     """Run the tests in the order of :func:`_order` (a stable sort: otherwise in file order)."""
     items.sort(key=_order)
+
+
+def _warnings(path: Path, pattern: str, last: int) -> list[str]:
+    """The last ``last`` lines of a log file that match ``pattern``, without Ray's colour codes."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    hits = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in lines if re.search(pattern, ln)]
+    return [ln[:240] for ln in hits[-last:]]
+
+
+def cluster_diagnosis() -> str:
+    """A dozen lines on the session's Ray cluster for a failing Serve test: Serve's proxies and
+    applications, the Serve actors that died (a dead ``ProxyActor`` is a proxy the controller killed and
+    replaced, the HTTP port closed meanwhile), the machine's memory and load, and the last warnings of
+    the Serve controller and the raylet (failed health checks, workers killed for memory). A CI log shows
+    only the tail of a run and the cluster is gone afterwards, so this is taken when the test fails."""
+    import psutil
+    import ray
+    from ray import serve
+    from ray.util.state import list_actors
+
+    out = []
+    mem = psutil.virtual_memory()
+    out.append(f"machine: memory {mem.percent:.0f}% used ({mem.available / 2**30:.1f} GiB free), "
+               f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    try:
+        status = serve.status()
+        out.append(f"proxies: { {node[:8]: _value(p) for node, p in status.proxies.items()} }")
+        for name, app in status.applications.items():
+            sick = {d: f"{_value(s.status)} {s.message[:120]}" for d, s in app.deployments.items()
+                    if _value(s.status) != "HEALTHY"}
+            out.append(f"app {name}: {_value(app.status)}" + (f" {sick}" if sick else ""))
+    except Exception as e:  # noqa: BLE001 - a diagnosis must not raise
+        out.append(f"serve.status() failed: {type(e).__name__}: {e}")
+    try:
+        gcs = ray.get_runtime_context().gcs_address
+        actors = list_actors(address=gcs, detail=True, limit=10_000, raise_on_missing_output=False)
+        serve_actors = [a for a in actors if (a.class_name or "").startswith(("ServeReplica:", "ProxyActor",
+                                                                              "ServeController"))]
+        for kind in ("ProxyActor", "ServeController"):
+            mine = [a for a in serve_actors if a.class_name == kind]
+            restarts = sum(a.num_restarts or 0 for a in mine)
+            out.append(f"{kind}: {sum(a.state == 'ALIVE' for a in mine)} alive, "
+                       f"{sum(a.state == 'DEAD' for a in mine)} dead, {restarts} restarts")
+        dead = [a for a in serve_actors if a.state == "DEAD"]
+        out.append(f"dead Serve actors: {len(dead)} (replicas that Serve stopped or a test killed on purpose)")
+        for a in dead[-4:]:
+            cause = json.dumps(a.death_cause or {})[:200]
+            out.append(f"  {a.class_name} pid {a.pid}: {cause}")
+    except Exception as e:  # noqa: BLE001
+        out.append(f"Ray's state API failed: {type(e).__name__}: {e}")
+    try:
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+        controller = sorted((logs / "serve").glob("controller_[0-9]*.log"), key=lambda p: p.stat().st_mtime)
+        for path in controller[-1:]:
+            out += [f"  {path.name}: {ln}" for ln in _warnings(path, r"WARNING|ERROR", 6)]
+        memory_kills = r"(?i)low on memory|kill\w* .*memory"  # Ray's memory monitor killing workers
+        out += [f"  raylet.out: {ln}" for ln in _warnings(logs / "raylet.out", memory_kills, 3)]
+    except Exception as e:  # noqa: BLE001
+        out.append(f"Ray's logs not read: {type(e).__name__}: {e}")
+    return "\n".join(out)
+
+
+def _value(status) -> str:
+    """An enum's value (``HEALTHY``), not its repr."""
+    return str(getattr(status, "value", status))
+
+
+_DIAGNOSES: list[tuple[str, str]] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A Serve test that fails gets :func:`cluster_diagnosis` in its report, and again at the end of the
+    run (just above the short summary, the part of a CI log that is kept)."""
+    report = yield
+    if report.failed and "serve_url" in getattr(item, "fixturenames", ()):
+        import ray
+
+        if ray.is_initialized():
+            text = cluster_diagnosis()
+            report.sections.append(("Ray cluster at the failure", text))
+            _DIAGNOSES.append((item.nodeid, text))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    for nodeid, text in _DIAGNOSES:
+        terminalreporter.write_sep("-", f"Ray cluster when {nodeid} failed")
+        terminalreporter.write_line(text)
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import torch
 
-from cluster_fixtures import with_replicas
+from cluster_fixtures import fixed_replicas
 from distilrec.cli import read_metrics
 from distilrec.stores import open_event_store
 
@@ -236,7 +236,7 @@ def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_confi
 
     from services.run import APP_NAME, deploy
 
-    deploy(with_replicas(serve_config, "FeatureEncoder", num_replicas=2))
+    deploy(fixed_replicas(serve_config, "FeatureEncoder", 2))
     try:
         states = serve.status().applications[APP_NAME].deployments["FeatureEncoder"].replica_states
         assert states.get("RUNNING") == 2, states
@@ -248,6 +248,7 @@ def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_confi
             body = _recommend(client, user_id=user, k=3)
             assert body["cold_start"] is False and item not in _ids(body)
     finally:
+        deploy(fixed_replicas(serve_config, "FeatureEncoder", 1))  # one replica now, not after the downscale delay
         deploy(serve_config)
 
 

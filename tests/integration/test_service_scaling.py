@@ -13,7 +13,7 @@ import uuid
 import httpx
 import pytest
 
-from cluster_fixtures import with_replicas
+from cluster_fixtures import fixed_replicas, with_replicas
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
     from services.run import deploy
 
     prefix = f"app{uuid.uuid4().hex[:6]}"
-    app = with_replicas(serve_config, "FeatureEncoder", num_replicas=2)["applications"][0]
+    app = fixed_replicas(serve_config, "FeatureEncoder", 2)["applications"][0]
     app.update(name="distilrec-redis", route_prefix="/redis")
     app["args"]["event_store"] = redis_server.url(with_password=False) + f"?prefix={prefix}"
     app["runtime_env"]["env_vars"]["DISTILREC_REDIS_PASSWORD"] = redis_server.password

@@ -36,7 +36,7 @@ import time
 
 import pytest
 
-from cluster_fixtures import with_replicas
+from cluster_fixtures import fixed_replicas
 from reliability_helpers import record, replica_actors, run_load_in_thread, wait_app_running
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def _slow_scorer(cfg: dict, app_index: int = 0, num_cpus: float | None = None,
                                   "max_batch_size": 64}
             if num_cpus is not None:  # a changed resource request: Serve replaces the replica
                 dep["ray_actor_options"] = {**dep.get("ray_actor_options", {}), "num_cpus": num_cpus}
-    return cfg if replicas is None else with_replicas(cfg, "StudentScorer", app_index, num_replicas=replicas)
+    return cfg if replicas is None else fixed_replicas(cfg, "StudentScorer", replicas, app_index)
 
 
 def _failures(load) -> dict:
@@ -83,7 +83,7 @@ def _restore(serve_config: dict) -> None:
     fixed replicas straight to the autoscaler would keep the second one for its 120 s downscale delay)."""
     from services.run import deploy
 
-    deploy(with_replicas(serve_config, "StudentScorer", num_replicas=1))
+    deploy(fixed_replicas(serve_config, "StudentScorer", 1))
     deadline = time.monotonic() + 120
     while len(replica_actors().get("StudentScorer", [])) != 1:
         assert time.monotonic() < deadline, "the scorer did not go back to one replica"
@@ -139,7 +139,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
     from services.run import deploy
 
     users = list(artifact.histories)
-    deploy(with_replicas(_slow_scorer(serve_config), "Ingress", num_replicas=2))
+    deploy(fixed_replicas(_slow_scorer(serve_config), "Ingress", 2))
     two = replica_actors()["Ingress"]
     assert len(two) == 2
     stop = threading.Event()
@@ -149,7 +149,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
     try:
         time.sleep(3)
         t_stop = time.monotonic()
-        deploy(with_replicas(_slow_scorer(serve_config), "Ingress", num_replicas=1))
+        deploy(fixed_replicas(_slow_scorer(serve_config), "Ingress", 1))
         deadline = time.monotonic() + 90
         while len(replica_actors().get("Ingress", [])) != 1:
             assert time.monotonic() < deadline, "the second Ingress replica was not stopped"
