@@ -130,9 +130,11 @@ def cluster_diagnosis() -> str:
             restarts = sum(a.num_restarts or 0 for a in mine)
             out.append(f"{kind}: {sum(a.state == 'ALIVE' for a in mine)} alive, "
                        f"{sum(a.state == 'DEAD' for a in mine)} dead, {restarts} restarts")
-        dead = [a for a in serve_actors if a.state == "DEAD"]
+        # A dead proxy or controller first: those are never stopped on purpose.
+        dead = sorted((a for a in serve_actors if a.state == "DEAD"),
+                      key=lambda a: a.class_name.startswith("ServeReplica:"))
         out.append(f"dead Serve actors: {len(dead)} (replicas that Serve stopped or a test killed on purpose)")
-        for a in dead[-4:]:
+        for a in dead[:4]:
             cause = json.dumps(a.death_cause or {})[:200]
             out.append(f"  {a.class_name} pid {a.pid}: {cause}")
     except Exception as e:  # noqa: BLE001
