@@ -297,7 +297,6 @@ def test_runtime_knobs_change_without_restarting_replicas(client, serve_config, 
     assert len(_rec(client, user_id=user)["items"]) == 10
 
 
-
 def test_the_local_cluster_gives_its_only_proxy_longer_health_checks(ray_cluster):
     """Every process of the session's local cluster (the Serve controller included) starts with the proxy
     health-check timeout of ``services.run.local_serve_env`` (30 s unless this environment sets its own):

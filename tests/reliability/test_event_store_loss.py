@@ -116,9 +116,10 @@ def _pinned(serve_config: dict) -> dict:
     """The session's app with one Ingress and one FeatureEncoder replica, the autoscaler's range 1..1.
 
     While the encoder restarts, every event waits up to the 10 s store deadline in the ingress, and Serve's
-    autoscaler, which counts those waiting requests, asked for 4 Ingress and 2 encoder replicas (1 hog
-    on this 2-vCPU machine, 2026-12-02, docs/reliability.md). Their start-ups starved the encoder's own
-    restart, /readyz stayed 503 for more than 90 s, and once the proxy stopped answering its health checks.
+    autoscaler, which counts those waiting requests, asked for 4 Ingress and 2 encoder replicas (with a
+    busy loop on one of this machine's two vCPUs, the likely story of CI's failure on 2026-12-02:
+    docs/reliability.md). Their start-ups starved the encoder's own restart, /readyz stayed 503 for more
+    than 90 s, and the proxy missed its health checks.
     That reaction is real and recorded there; this test is about the events a dying writer acknowledged,
     so it holds the replica counts still (a lightweight update: the same replicas)."""
     return fixed_replicas(fixed_replicas(serve_config, "Ingress", 1), "FeatureEncoder", 1)
