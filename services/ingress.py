@@ -42,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from distilrec.artifacts import resolve
 from services import metrics
+from services.autoscaling import CPU_METRIC, CpuMeter
 from services.state import freeze_heap
 
 log = logging.getLogger("ray.serve")
@@ -284,12 +285,19 @@ class Ingress:
         self.stage = metrics.stage_latency()
         self.cold_start = metrics.cold_start_total()
         self.degraded = metrics.degraded_total()
+        self.cpu = CpuMeter()
         freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
     def reconfigure(self, config: dict) -> None:
         """``{"deadline_ms": {"encode": 500, "score": 300, …}}``."""
         for stage, ms in (config.get("deadline_ms") or {}).items():
             self.deadlines_ms[stage] = float(ms)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's autoscaling metric of this replica: the share of a CPU it used since the last call.
+        The ingress mostly waits on the other stages, so it scales on its CPU
+        (``services.autoscaling.CpuBusyPolicy``), not on the requests it holds."""
+        return {CPU_METRIC: self.cpu.sample()}
 
     async def _timed(self, stage: str, response):
         """Await a stage call within its deadline; the call is cancelled when the deadline passes."""

@@ -114,13 +114,24 @@ def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None,
             app.setdefault("args", {})["model_uri"] = str(model_uri)
         app.setdefault("args", {}).update(copy.deepcopy(app_args or {}))
         for dep in app.get("deployments", []):
-            override = (overrides or {}).get(dep["name"], {})
+            override = copy.deepcopy((overrides or {}).get(dep["name"], {}))
             # A fixed replica count and autoscaling exclude each other: the one given replaces the other.
             for given, dropped in (("num_replicas", "autoscaling_config"), ("autoscaling_config", "num_replicas")):
                 if given in override:
                     dep.pop(dropped, None)
+            keep_autoscaling_policy(dep, override)
             dep.update(override)
     return cfg
+
+
+def keep_autoscaling_policy(deployment: dict[str, Any], override: dict[str, Any]) -> None:
+    """An ``autoscaling_config`` override without a ``policy`` keeps the file's (the Ingress scales on its
+    CPU, ``services/autoscaling.py``): a new range or delay is not a request for another policy, and Ray
+    2.60 counts each deployment's policy in the application's code version, so dropping it would also
+    restart every deployment of the application. The chart's template applies the same rule."""
+    given, base = override.get("autoscaling_config"), deployment.get("autoscaling_config")
+    if isinstance(given, dict) and isinstance(base, dict) and "policy" in base and "policy" not in given:
+        override["autoscaling_config"] = {**given, "policy": copy.deepcopy(base["policy"])}
 
 
 def failed_application(states: dict[str, Any], unhealthy_since: dict[str, float], now: float,

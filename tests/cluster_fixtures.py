@@ -42,10 +42,16 @@ def pipeline_config():
 
 def with_replicas(serve_config: dict, deployment: str, app_index: int = 0, **policy) -> dict:
     """A copy of ``serve_config`` whose ``deployment`` (in application ``app_index``) gets its replicas
-    from ``policy`` alone: ``num_replicas=n`` for a fixed number, or ``autoscaling_config={...}``."""
+    from ``policy`` alone: ``num_replicas=n`` for a fixed number, or ``autoscaling_config={...}`` (which
+    keeps the deployment's autoscaling ``policy`` unless it names one, as ``services.run.load_config``
+    does)."""
+    from services.run import keep_autoscaling_policy
+
     cfg = copy.deepcopy(serve_config)
+    policy = copy.deepcopy(policy)
     for dep in cfg["applications"][app_index]["deployments"]:
         if dep["name"] == deployment:
+            keep_autoscaling_policy(dep, policy)
             dep.pop("num_replicas", None)
             dep.pop("autoscaling_config", None)
             dep.update(policy)
@@ -54,8 +60,9 @@ def with_replicas(serve_config: dict, deployment: str, app_index: int = 0, **pol
 
 def fixed_replicas(serve_config: dict, deployment: str, n: int, app_index: int = 0) -> dict:
     """A copy of ``serve_config`` whose ``deployment`` runs exactly ``n`` replicas, written as the
-    autoscaling range ``n..n`` and not as ``num_replicas``: Ray Serve 2.60 hashes the list of an
-    application's autoscaling deployments into the application's code version
+    autoscaling range ``n..n`` (the deployment's policy kept) and not as ``num_replicas``: Ray Serve
+    2.60 hashes the list of an application's autoscaling deployments and their policies into the
+    application's code version
     (``deploy_utils.get_app_code_version``), so switching one deployment between ``autoscaling_config``
     and ``num_replicas`` restarts every deployment of the application (a minute of replica start-ups on
     a 2-vCPU machine), where a range is a lightweight update of that deployment alone."""

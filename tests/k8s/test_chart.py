@@ -124,6 +124,28 @@ def test_deployment_overrides_replace_options():
                                    if d["name"] == "Ingress")
 
 
+def test_an_autoscaling_override_keeps_the_files_policy_as_local_runs_do():
+    """The Ingress scales on its CPU (services/autoscaling.py); a values override of its range keeps that
+    policy, as ``services.run.load_config`` does; one that names a policy gets it."""
+    from services.run import DEFAULT_CONFIG, load_config
+
+    def ingress(sets: tuple[str, ...]) -> dict:
+        docs = [d for d in yaml.safe_load_all(helm_template(sets=sets).stdout) if d]
+        return next(d for d in _serve_config(docs)["applications"][0]["deployments"] if d["name"] == "Ingress")
+
+    ranged = ingress(("serve.config.deployments.Ingress.autoscaling_config.min_replicas=2",
+                      "serve.config.deployments.Ingress.autoscaling_config.max_replicas=8"))
+    local = load_config(DEFAULT_CONFIG, overrides={"Ingress": {"autoscaling_config": {"min_replicas": 2,
+                                                                                      "max_replicas": 8}}})
+    assert ranged["autoscaling_config"] == next(d for d in local["applications"][0]["deployments"]
+                                                if d["name"] == "Ingress")["autoscaling_config"]
+    assert ranged["autoscaling_config"]["policy"]["policy_function"] == "services.autoscaling:CpuBusyPolicy"
+    default = "ray.serve.autoscaling_policy:default_autoscaling_policy"
+    own = ingress(("serve.config.deployments.Ingress.autoscaling_config.max_replicas=2",
+                   f"serve.config.deployments.Ingress.autoscaling_config.policy.policy_function={default}"))
+    assert own["autoscaling_config"] == {"max_replicas": 2, "policy": {"policy_function": default}}
+
+
 # ----------------------------------------------------------------------------------- training and storage
 
 def _entrypoint_args(job_spec: dict) -> dict:

@@ -113,16 +113,17 @@ def test_redis_stopped_and_started_during_a_stream_of_events_loses_no_acknowledg
 
 
 def _pinned(serve_config: dict) -> dict:
-    """The session's app with one Ingress and one FeatureEncoder replica, the autoscaler's range 1..1.
+    """The session's app with one FeatureEncoder replica, the autoscaler's range 1..1.
 
-    While the encoder restarts, every event waits up to the 10 s store deadline in the ingress, and Serve's
-    autoscaler, which counts those waiting requests, asked for 4 Ingress and 2 encoder replicas (with a
+    While the encoder restarts, every event waits up to the 10 s store deadline. Serve's default
+    policy, which counts those waiting requests, asked for 4 Ingress and 2 encoder replicas (with a
     busy loop on one of this machine's two vCPUs, the likely story of CI's failure on 2026-12-02:
-    docs/reliability.md). Their start-ups starved the encoder's own restart, /readyz stayed 503 for more
-    than 90 s, and the proxy missed its health checks.
-    That reaction is real and recorded there; this test is about the events a dying writer acknowledged,
-    so it holds the replica counts still (a lightweight update: the same replicas)."""
-    return fixed_replicas(fixed_replicas(serve_config, "Ingress", 1), "FeatureEncoder", 1)
+    docs/reliability.md); their start-ups starved the encoder's own restart, /readyz stayed 503 for more
+    than 90 s, and the proxy missed its health checks. The ingress now scales on its CPU
+    (services/autoscaling.py) and keeps the session's config here; the encoder keeps Serve's policy
+    (more encoders help a slow remote store), and this test, about the events a dying writer
+    acknowledged, holds it still (a lightweight update: the same replica)."""
+    return fixed_replicas(serve_config, "FeatureEncoder", 1)
 
 
 def test_sqlite_store_keeps_every_acknowledged_event_when_the_writer_process_dies(
@@ -145,9 +146,11 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_the_writer_process_die
         for replica in encoder:
             os.kill(replica["pid"], signal.SIGKILL)
         old = {r["actor_id"] for r in encoder}
-        deadline = t_kill + 60
+        deadline, ingress_max = t_kill + 60, 1
         while time.monotonic() < deadline:
-            now = replica_actors().get("FeatureEncoder", [])
+            actors = replica_actors()
+            ingress_max = max(ingress_max, len(actors.get("Ingress", [])))  # not pinned: scales on its CPU
+            now = actors.get("FeatureEncoder", [])
             if now and not old & {r["actor_id"] for r in now}:
                 break
             time.sleep(0.5)
@@ -164,7 +167,7 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_the_writer_process_die
     with open_event_store(str(event_store_path)) as store:
         counts = _check_stream(load, store, prefix, items)
     after = [s for s in load.samples if s.t >= t_back - load.t0 + 1]
-    record("event_store_loss_sqlite", restart_s=t_back - t_kill, **counts)
+    record("event_store_loss_sqlite", restart_s=t_back - t_kill, ingress_replicas_max=ingress_max, **counts)
     # A 503 here may come after the dead process committed (the write and the answer are not atomic):
     # the client was told to retry, and a retry may duplicate; what must never happen is a lost 2xx.
     assert counts["acked"] > 0 and after and all(s.status == 200 for s in after)

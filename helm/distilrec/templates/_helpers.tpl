@@ -144,8 +144,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- /* a fixed replica count and autoscaling exclude each other: the one given replaces the other */}}
 {{- if hasKey $o "num_replicas" }}{{- $_ := unset $dep "autoscaling_config" }}{{- end }}
 {{- if hasKey $o "autoscaling_config" }}{{- $_ := unset $dep "num_replicas" }}{{- end }}
+{{- $policy := dig "autoscaling_config" "policy" nil $dep }}
 {{- range $k, $v := $o }}
-{{- $_ := set $dep $k $v }}
+{{- $_ := set $dep $k (deepCopy $v) }}
+{{- end }}
+{{- /* an autoscaling_config given without a policy keeps the file's (services.run.keep_autoscaling_policy) */}}
+{{- if and $policy (kindIs "map" $dep.autoscaling_config) (not (hasKey $dep.autoscaling_config "policy")) }}
+{{- $_ := set $dep.autoscaling_config "policy" $policy }}
 {{- end }}
 {{- end }}
 {{- end }}
