@@ -1,31 +1,32 @@
-"""Scaling the stages that mostly wait on others by their own CPU, not by the requests they hold.
+"""Scaling the ingress by its own CPU, not by the requests it holds.
 
 Serve's default policy scales a deployment on the requests it holds (running and queued) against
 ``target_ongoing_requests``. That is right for the scorer, whose requests are its own work. The ingress
-and the feature encoder mostly *wait*: the ingress on the encoder, scorer and ranker, the encoder on the
-event store. When a stage below them is slow or restarting, every request piles up in them, the default
-policy counts the pile as their load and starts more of them (seen: 4 ingress and 2 encoder replicas
-while the encoder restarted, docs/reliability.md). More replicas of a stage that waits do not make the
-stage below any faster, and on a small node their start-ups take the CPU from the replica that is
-recovering.
+mostly *waits*, on the encoder, the scorer and the ranker. When a stage below it is slow or restarting,
+every request piles up in it, the default policy counts the pile as its load and starts more ingress
+replicas (seen: 4 while the encoder restarted, docs/reliability.md). More replicas of a stage that waits
+do not make the stage below any faster, and on a small node their start-ups take the CPU from the
+replica that is recovering.
 
-So these two deployments report the share of one CPU their process used (``CpuMeter``, from
-``record_autoscaling_stats``, which Serve calls on each replica every few seconds), and
+So each ingress replica reports the share of one CPU its process used (``CpuMeter``, from
+``Ingress.record_autoscaling_stats``, which Serve calls on each replica every few seconds), and
 ``CpuBusyPolicy`` asks for as many replicas as keep that share near ``target_cpu``, like a Kubernetes
 HPA on CPU. A replica that holds 200 requests waiting on a restarting encoder uses almost no CPU and adds
 nothing; one whose event loop is saturated by HTTP parsing and JSON uses about one CPU and asks for more.
 Bounds, ``upscale_delay_s`` and ``downscale_delay_s`` of the deployment's ``autoscaling_config`` apply as
 for Serve's own policy.
 
+The feature encoder keeps Serve's policy: it waits on the event store itself, and when a remote store
+(Redis) is slow but alive, more encoders do raise throughput, which its CPU would not show.
+
 In ``services/serve_config.yaml``::
 
     autoscaling_config:
       min_replicas: 1
       max_replicas: 4
-      policy: {policy_function: services.autoscaling:CpuBusyPolicy, policy_kwargs: {target_cpu: 0.6}}
+      policy: {policy_function: "services.autoscaling:CpuBusyPolicy", policy_kwargs: {target_cpu: 0.6}}
 
-Serve pickles this module by value into its controller, so it imports nothing but the standard library
-(and Ray's, which every Ray process has).
+Serve pickles this module by value into its controller, so it imports nothing but the standard library.
 """
 
 from __future__ import annotations
