@@ -97,7 +97,7 @@ class Blocked:
         if name.split(".")[0] in ("services", "distilrec"):
             raise ImportError("not installed here: " + name)
 sys.meta_path.insert(0, Blocked())
-import cloudpickle
+from ray import cloudpickle  # what Serve's controller unpickles with
 cls = cloudpickle.loads({blob!r})
 policy = cls(**{kwargs!r})
 print(type(policy).__name__, policy.target_cpu)
