@@ -123,11 +123,18 @@ SIZED = Row("Is it sized right?", [
           "Ray Serve's replicas per deployment and the autoscaler's target.", width=8),
     Panel("Requests in flight per deployment",
           [Target(f"sum by (deployment) (ray_serve_replica_processing_queries{{{SEL}}})", "{{deployment}}")],
-          "Requests each deployment's replicas are working on (autoscaling follows target_ongoing_requests).",
+          "Requests each deployment's replicas are working on (the encoder, scorer and ranker scale on these "
+          "against target_ongoing_requests; the ingress, which mostly waits on them, on its CPU).",
           width=8),
     Panel("Queued requests per deployment",
           [Target(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{SEL}}})", "{{deployment}}")],
           "Requests waiting for a replica; a growing queue means too few replicas.", width=8),
+    Panel("Ingress CPU per replica",
+          [Target(f"avg(ray_distilrec_ingress_cpu_busy{{{SEL}}})", "mean"),
+           Target(f"max(ray_distilrec_ingress_cpu_busy{{{SEL}}})", "busiest replica")],
+          "Share of a CPU each ingress replica used: its autoscaling keeps the mean near target_cpu (0.6 in "
+          "services/serve_config.yaml). Many requests in flight at a low CPU means they wait on another stage.",
+          width=8),
 ])
 
 OVERVIEW = Dashboard(

@@ -285,7 +285,7 @@ class Ingress:
         self.stage = metrics.stage_latency()
         self.cold_start = metrics.cold_start_total()
         self.degraded = metrics.degraded_total()
-        self.cpu = CpuMeter()
+        self.cpu, self.cpu_busy = CpuMeter(), metrics.ingress_cpu_busy()
         freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
     def reconfigure(self, config: dict) -> None:
@@ -296,8 +296,11 @@ class Ingress:
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's autoscaling metric of this replica: the share of a CPU it used since the last call.
         The ingress mostly waits on the other stages, so it scales on its CPU
-        (``services.autoscaling.CpuBusyPolicy``), not on the requests it holds."""
-        return {CPU_METRIC: self.cpu.sample()}
+        (``services.autoscaling.CpuBusyPolicy``), not on the requests it holds. The same figure is
+        exported as ``distilrec_ingress_cpu_busy`` for the dashboard."""
+        busy = self.cpu.sample()
+        self.cpu_busy.set(busy)
+        return {CPU_METRIC: busy}
 
     async def _timed(self, stage: str, response):
         """Await a stage call within its deadline; the call is cancelled when the deadline passes."""

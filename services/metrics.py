@@ -56,6 +56,12 @@ def event_store_errors() -> metrics.Counter:
                            tag_keys=("op",))
 
 
+def ingress_cpu_busy() -> metrics.Gauge:
+    return metrics.Gauge("distilrec_ingress_cpu_busy",
+                         "Share of a CPU this ingress replica's process used since its last report: what the "
+                         "ingress's autoscaling follows (services/autoscaling.py).")
+
+
 def model_info() -> metrics.Gauge:
     return metrics.Gauge("distilrec_model_info", "1 for the model version this replica serves.",
                          tag_keys=("version",))

@@ -74,7 +74,7 @@ def test_overview_answers_the_four_questions():
                    "scorer_batch_size_bucket", "candidates_per_request_bucket", "cold_start_total",
                    "events_stored_total", "event_to_effect_seconds_bucket", "model_info",
                    "model_created_timestamp_seconds", "model_reloads_total", "event_store_errors_total",
-                   "items_added_total"):
+                   "items_added_total", "ingress_cpu_busy"):
         assert f"ray_distilrec_{metric}" in exprs, metric
     assert "ray_serve_deployment_replica_healthy" in exprs
 
