@@ -75,15 +75,12 @@ class CpuBusyPolicy:
         self.target_cpu = float(target_cpu)
 
     def __call__(self, ctx: Any) -> tuple[float, dict]:
-        running = ctx.current_num_replicas
-        if running == 0:
-            return ctx.target_num_replicas, {}
         shares = [v for v in ((ctx.aggregated_metrics or {}).get(CPU_METRIC) or {}).values()
                   if v is not None and math.isfinite(v)]
-        if not shares:
+        if not shares:  # Serve reports running replicas only: none running means none reported
             return ctx.target_num_replicas, {}
         mean = sum(shares) / len(shares)
-        return desired_replicas(mean, running, self.target_cpu), {}
+        return desired_replicas(mean, ctx.current_num_replicas, self.target_cpu), {}
 
 
 def desired_replicas(mean_share: float, running: int, target_cpu: float) -> float:
@@ -98,7 +95,7 @@ def desired_replicas(mean_share: float, running: int, target_cpu: float) -> floa
     >>> desired_replicas(0.05, 4, 0.6) < 1   # four idle ones, whatever they hold: back to the minimum
     True
     """
-    ratio = max(mean_share, 0.0) / target_cpu
+    ratio = mean_share / target_cpu
     if abs(ratio - 1) <= TOLERANCE:
         return running
     return running * ratio

@@ -48,7 +48,6 @@ def with_replicas(serve_config: dict, deployment: str, app_index: int = 0, **pol
     from services.run import keep_autoscaling_policy
 
     cfg = copy.deepcopy(serve_config)
-    policy = copy.deepcopy(policy)
     for dep in cfg["applications"][app_index]["deployments"]:
         if dep["name"] == deployment:
             keep_autoscaling_policy(dep, policy)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import threading
 import time
 import uuid
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from cluster_fixtures import fixed_replicas, with_replicas
+from reliability_helpers import record, recommend_request, run_load_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -121,29 +121,11 @@ def test_the_ingress_does_not_scale_on_requests_that_wait_for_a_slow_stage(clien
             assert dep["max_ongoing_requests"] >= 64, dep
             dep["user_config"] = {**dep["user_config"], "max_batch_size": 64, "batch_wait_timeout_s": 3.0}
     deploy(cfg)
-    users = list(artifact.histories)
-    codes: list[int | str] = []
-    stop = threading.Event()
-
-    async def load() -> None:  # `rate` requests a second, each sent on time whatever the others do
-        async with httpx.AsyncClient(base_url=serve_url, timeout=60, limits=httpx.Limits(max_connections=500)) as c:
-            async def one(n: int) -> None:
-                try:
-                    r = await c.post("/v1/recommend", json={"user_id": users[n % len(users)], "k": 5})
-                    codes.append(r.status_code)
-                except httpx.HTTPError as e:
-                    codes.append(type(e).__name__)
-            tasks, t0, n = [], time.monotonic(), 0
-            while not stop.is_set():
-                tasks.append(asyncio.create_task(one(n)))
-                n += 1
-                await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
-            await asyncio.gather(*tasks)
-
-    thread = threading.Thread(target=lambda: asyncio.run(load()), daemon=True)
     held, shares, ingress = [], [], []
+    stop = threading.Event()
+    th, out = run_load_in_thread(serve_url, rate, 600.0, recommend_request(list(artifact.histories), k=5),
+                                 stop=stop, timeout_s=60.0)
     try:
-        thread.start()
         end = time.monotonic() + 40
         while time.monotonic() < end:
             total, cpu = _controller_view("Ingress")
@@ -154,23 +136,23 @@ def test_the_ingress_does_not_scale_on_requests_that_wait_for_a_slow_stage(clien
             time.sleep(1)
     finally:
         stop.set()
-        thread.join(timeout=90)
+        th.join(timeout=90)
         deploy(serve_config)
-    held_sorted = sorted(held)
-    counts = {str(c): codes.count(c) for c in set(codes)}
-    print("\nRELIABILITY " + json.dumps({
-        "test": "ingress_waiting", "held_median": round(held_sorted[len(held) // 2], 1),
-        "held_max": round(held_sorted[-1], 1), "cpu_max": round(max(shares, default=-1.0), 3),
-        "ingress_replicas_max": max(ingress), "requests": len(codes), "codes": counts}), flush=True)
+    assert "error" not in out, out.get("error")
+    codes = out["result"].codes()
+    held_median = sorted(held)[len(held) // 2]
+    record("ingress_waiting", held_median=round(held_median, 1), held_max=round(max(held), 1),
+           cpu_max=round(max(shares, default=-1.0), 3),
+           ingress_replicas_max=max(ingress), requests=len(out["result"].samples), codes=codes)
     # The condition the default policy reacts to was there: for most of the run the ingress held more
     # requests than its target (the default policy would have asked for a second replica)...
-    assert held_sorted[len(held) // 2] > target, held
+    assert held_median > target, held
     # ...the policy had the ingress's CPU to go by (a policy without reports holds, which would pass
     # this test for the wrong reason), and that CPU was below its target of 0.6...
     assert shares and max(shares) < 0.6, shares
     # ...and the ingress stayed at one replica.
     assert max(ingress) == 1, ingress
-    assert codes and set(codes) == {200}, counts
+    assert codes and set(codes) == {200}, codes
 
 
 def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, serve_config, redis_server, artifact,

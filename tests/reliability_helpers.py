@@ -1,6 +1,6 @@
-"""Helpers of the reliability suite: an open-loop load driver, the live Serve replicas and their
-processes, and the figures the tests print (collected by ``pytest -s`` / the CI log, copied into
-docs/reliability.md).
+"""Helpers of the Serve tests (tests/integration and tests/reliability): an open-loop load driver, the
+live Serve replicas and their processes, and the figures the tests print (collected by ``pytest -s`` /
+the CI log, copied into docs/reliability.md).
 
 The load driver is open loop: request ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones
 have been answered, and its latency counts from that scheduled time, so a server that falls behind
