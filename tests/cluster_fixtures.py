@@ -197,14 +197,45 @@ def metrics_port() -> int:
     return _free_port()
 
 
+S3_BUCKET = "distilrec-test"
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(metrics_port):
+def s3_endpoint():
+    """A real S3 endpoint for the session: moto's S3 server on a free local port, with the bucket
+    ``S3_BUCKET``. Its URL and credentials go into this process's environment before the Ray cluster
+    starts, as the chart's ``artifacts.type: objectStore`` puts them into every Ray pod
+    (``AWS_ENDPOINT_URL`` and the keys), so that the driver (s3fs) and Ray Train's workers (pyarrow's S3)
+    reach it. Set outright, not by default: the tests must never write to a user's own endpoint."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as e:  # moto is in the dev extra
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"moto is missing in CI ({e}); `pip install -e .[dev]` installs it")
+        yield f"no S3 endpoint: {e} (pip install -e '.[dev]')"
+        return
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "distilrec-test",
+           "AWS_SECRET_ACCESS_KEY": "distilrec-test", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=S3_BUCKET)
+    yield env
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(metrics_port, s3_endpoint):
     import ray
 
     from services.run import local_serve_env
     from training.pipeline import ensure_ray
 
-    ensure_ray(2, metrics_export_port=metrics_port, env=local_serve_env())
+    s3_env = s3_endpoint if isinstance(s3_endpoint, dict) else {}
+    ensure_ray(2, metrics_export_port=metrics_port, env={**local_serve_env(), **s3_env})
     yield ray
     from ray import serve
 

@@ -88,29 +88,6 @@ def test_artifact_rebuilds_both_models(pipeline_output):
     assert sum(len(h) for h in art.histories.values()) == report["dataset"]["interactions"]
 
 
-def test_resume_continues_from_the_latest_checkpoint(ray_cluster, tmp_path):
-    from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
-    from training.pipeline import run_pipeline
-
-    def cfg(epochs):
-        return PipelineConfig(encoder="tiny", teacher_train=TrainConfig(epochs=epochs, patience=10),
-                              distill=DistillConfig(epochs=epochs, patience=10), student_without_teacher=False)
-
-    def teacher_history():
-        run_id = (tmp_path / "ray" / "LATEST_RUN").read_text().strip()
-        last = max(p for p in (tmp_path / "ray" / run_id / "teacher").glob("checkpoint_*") if p.is_dir())
-        return run_id, json.loads((last / "history.json").read_text())
-
-    spec = "synthetic:users=80,items=30,seed=5"
-    run_pipeline(spec, str(tmp_path), cfg(2))
-    first_run, first = teacher_history()
-    run_pipeline(spec, str(tmp_path), cfg(3), resume=True)
-    resumed_run, resumed = teacher_history()
-    assert resumed_run == first_run
-    assert [h["epoch"] for h in resumed] == [0, 1, 2]
-    assert resumed[:2] == first  # the first two epochs were not trained again
-
-
 def test_a_gpu_run_on_a_cluster_without_gpus_is_refused_at_once(ray_cluster):
     """Ray Train would wait for ever for GPUs the cluster does not have; the pipeline says so instead."""
     from training.pipeline import NotEnoughGPUs, check_gpus, load_config
