@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":
-        from training.pipeline import NotEnoughGPUs, load_config, run_pipeline
+        from training.pipeline import NotEnoughGPUs, OutputLocationError, load_config, run_pipeline
 
         if args.workers is not None and args.workers < 1:
             print(f"distilrec pipeline: --workers {args.workers}: need at least 1 Ray Train worker", file=sys.stderr)
@@ -507,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(args.dataset, args.output, cfg, resume=args.resume)
         except NotEnoughGPUs as e:
             print(f"distilrec pipeline: --use-gpu: {e}", file=sys.stderr)
+            return 2
+        except OutputLocationError as e:
+            print(f"distilrec pipeline: --output {args.output!r}: {e}", file=sys.stderr)
             return 2
         except (ValueError, FileNotFoundError) as e:
             print(f"distilrec pipeline: --dataset {args.dataset!r}: {e}", file=sys.stderr)

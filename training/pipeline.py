@@ -139,15 +139,36 @@ def training_storage(out: str, resume: bool) -> str:
     return f"{out.rstrip('/')}/ray/{run_id}"
 
 
+class OutputLocationError(ValueError):
+    """The pipeline cannot write to its ``--output`` (checked before any work starts)."""
+
+
+WRITE_CHECK = ".distilrec-write-check"
+
+
 def output_locations(output: str) -> tuple[str, Path]:
     """``(OUT, local work folder)``. ``OUT`` is an absolute local path or the URI as given; the work
     folder (the text-embedding cache, a locally built encoder) is ``OUT`` itself when it is local,
-    else a folder under ``$DISTILREC_CACHE_DIR`` (default ``~/.cache/distilrec``) named after the URI."""
+    else a folder under ``$DISTILREC_CACHE_DIR`` (default ``~/.cache/distilrec``) named after the URI.
+
+    A URI is tried at once with a small write (``OUT/.distilrec-write-check``, removed again), so that
+    a missing filesystem package (``gcsfs``), missing credentials or a bucket that does not exist is an
+    :class:`OutputLocationError` now, not a stack trace after minutes of data loading and baselines."""
     if "://" not in output:
         out = Path(output).expanduser().resolve()
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputLocationError(f"cannot make the folder {out}: {e.strerror or e}") from None
         return str(out), out
     out = output.rstrip("/")
+    try:
+        fs, root = fsspec.core.url_to_fs(out)
+        probe = posixpath.join(root, WRITE_CHECK)
+        fs.pipe_file(probe, b"distilrec")
+        fs.rm_file(probe)
+    except Exception as e:  # noqa: BLE001 - whatever stops the write (an import, credentials, the bucket)
+        raise OutputLocationError(f"cannot write there ({type(e).__name__}: {e})") from None
     cache = Path(os.environ.get("DISTILREC_CACHE_DIR", "~/.cache/distilrec")).expanduser()
     work = cache / "work" / hashlib.sha256(out.encode()).hexdigest()[:16]
     work.mkdir(parents=True, exist_ok=True)

@@ -90,3 +90,16 @@ def test_the_pipeline_writes_resumes_and_serves_from_s3(s3_out, tmp_path):
     art = load_artifact(s3_out, with_teacher=True)
     assert art.uri == resumed["artifact"] and art.teacher is not None
     assert len(art.items) == resumed["dataset"]["items"]
+
+
+def test_an_output_bucket_that_does_not_exist_is_refused_before_any_work(s3_endpoint, capsys):
+    """``--output`` is tried with a write first: a missing bucket (or missing credentials) is a one-line
+    error naming the value within seconds, not a stack trace after the data and the baselines."""
+    if isinstance(s3_endpoint, str):
+        pytest.skip(s3_endpoint)
+    from distilrec.cli import main
+
+    assert main(["pipeline", "--dataset", "synthetic:users=80,items=30", "--output", "s3://no-such-bucket/out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distilrec pipeline: --output 's3://no-such-bucket/out': cannot write there (")
+    assert "NoSuchBucket" in err or "does not exist" in err, err

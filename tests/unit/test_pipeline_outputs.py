@@ -11,7 +11,8 @@ import torch
 
 from distilrec.bench.report import time_line
 from training.loop import TrainOutput
-from training.pipeline import StageClock, output_locations, run_summary, training_storage
+from training.pipeline import (WRITE_CHECK, OutputLocationError, StageClock, output_locations, run_summary,
+                               training_storage)
 
 
 def test_local_output_is_made_absolute_and_is_its_own_work_folder(tmp_path, monkeypatch):
@@ -26,6 +27,34 @@ def test_uri_output_stays_a_uri_with_a_local_work_folder(tmp_path, monkeypatch):
     assert out == "memory://bucket/models"
     assert work.is_dir() and tmp_path / "cache" in work.parents
     assert output_locations("memory://bucket/models")[1] == work  # the same URI, the same cache
+
+
+def test_a_uri_is_tried_with_a_write_that_leaves_nothing_behind(memory_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILREC_CACHE_DIR", str(tmp_path / "cache"))
+    out, _ = output_locations(f"{memory_uri}/out")
+    fs, root = fsspec.core.url_to_fs(out)
+    assert out == f"{memory_uri}/out" and not fs.exists(f"{root}/{WRITE_CHECK}")
+
+
+@pytest.mark.parametrize("output, message", [
+    ("nosuch://bucket/out", "cannot write there (ValueError: Protocol not known: nosuch)"),
+    ("{file}/out", "cannot make the folder {file}/out"),  # a folder inside a plain file
+])
+def test_an_output_that_cannot_be_written_is_refused_at_once(tmp_path, output, message):
+    (tmp_path / "plain").write_text("not a folder")
+    file = tmp_path / "plain"
+    with pytest.raises(OutputLocationError) as e:
+        output_locations(output.format(file=file))
+    assert message.format(file=file) in str(e.value)
+
+
+def test_the_cli_names_a_bad_output_before_it_reads_the_dataset(capsys):
+    from distilrec.cli import main
+
+    assert main(["pipeline", "--dataset", "movielens:/nonexistent", "--output", "nosuch://bucket/out"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distilrec pipeline: --output 'nosuch://bucket/out': cannot write there")
+    assert "--dataset" not in err
 
 
 def test_training_storage_on_a_uri_resumes_the_latest_run():
