@@ -70,26 +70,29 @@ class EncoderBundle:
         """The artifact's text encoder, loaded on first use (``POST /v1/items``)."""
         with self._lock:
             if self._text_encoder is None:
-                from distilrec.text import TextEncoder
-
                 if not self.encoder_uri:
                     raise LookupError("the loaded model has no text encoder")
-                self._text_encoder = TextEncoder(_local_encoder(self.encoder_uri))
+                self._text_encoder = load_text_encoder(self.encoder_uri)
             return self._text_encoder
 
 
-def _local_encoder(uri: str) -> str:
-    """A local folder for the encoder: an fsspec URI (``s3://…/encoder``) is copied once."""
+def load_text_encoder(uri: str):
+    """The artifact's text encoder (``distilrec.text.TextEncoder``) from a local folder, or from an
+    fsspec URI (``s3://…/encoder``) through a temporary copy that is removed once the weights are in
+    memory: each model version loads its own, and copies kept in the pod's ``/tmp`` (a size-limited
+    emptyDir in the chart) would pile up with every version until the kubelet evicts the pod."""
+    from distilrec.text import TextEncoder
+
     if "://" not in uri:
-        return uri
+        return TextEncoder(uri)
     import tempfile
 
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri)
-    local = tempfile.mkdtemp(prefix="distilrec-encoder-")
-    fs.get(path.rstrip("/") + "/", local, recursive=True)
-    return local
+    with tempfile.TemporaryDirectory(prefix="distilrec-encoder-") as local:
+        fs.get(path.rstrip("/") + "/", local, recursive=True)
+        return TextEncoder(local)
 
 
 @serve.deployment

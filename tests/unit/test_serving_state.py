@@ -1,6 +1,6 @@
 """Per-replica serving state without a cluster: the scorer's and ranker's bundles built from a real
-artifact (student and teacher), new items from the store, a version swap, a refused artifact, and an
-artifact written before the ``attributes`` column existed."""
+artifact (student and teacher), new items from the store, a version swap, a refused artifact, an
+artifact written before the ``attributes`` column existed, and a text encoder loaded from a URI."""
 
 from __future__ import annotations
 
@@ -125,3 +125,24 @@ def test_the_loaded_bundle_is_out_of_the_collectors_view_and_a_swapped_out_one_i
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_an_encoder_at_a_uri_loads_through_a_copy_that_is_removed(tiny_encoder, memory_uri, tmp_path, monkeypatch):
+    """Each model version's encoder is copied from the object store to load it; the copy must not stay
+    in /tmp (a size-limited emptyDir in the chart) or every model swap would add one."""
+    import tempfile
+    from pathlib import Path
+
+    import fsspec
+
+    from services.feature_encoder import load_text_encoder
+
+    fs, root = fsspec.core.url_to_fs(f"{memory_uri}/models/v1/encoder")
+    for f in Path(tiny_encoder).iterdir():
+        fs.pipe_file(f"{root}/{f.name}", f.read_bytes())
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    texts = ["a red car", "a haunted rocket"]
+    remote = load_text_encoder(f"{memory_uri}/models/v1/encoder")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    np.testing.assert_allclose(remote.encode(texts), load_text_encoder(tiny_encoder).encode(texts), atol=1e-6)
