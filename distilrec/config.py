@@ -10,6 +10,8 @@ True
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -115,3 +117,12 @@ class PipelineConfig(_Strict):
     teacher_train: TrainConfig = TrainConfig()
     distill: DistillConfig = DistillConfig()
     student_without_teacher: bool = Field(True, description="also train the student alone, to show the gain")
+
+
+def cache_home() -> Path:
+    """distilrec's local cache folder: ``$XDG_CACHE_HOME/distilrec``, else ``~/.cache/distilrec``.
+
+    The chart's pods have a read-only root filesystem and ``XDG_CACHE_HOME=/tmp/cache``; a fixed
+    ``~/.cache`` would not be writable there."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache") / "distilrec"

@@ -33,7 +33,7 @@ import yaml
 from rich.console import Console
 
 from distilrec.artifacts import ItemTable, write_artifact
-from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig
+from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig, cache_home
 from distilrec.data import Dataset, Split, load_dataset
 from distilrec.bench.report import comparison_lines, time_line
 from distilrec.evaluate import (
@@ -149,7 +149,8 @@ WRITE_CHECK = ".distilrec-write-check"
 def output_locations(output: str) -> tuple[str, Path]:
     """``(OUT, local work folder)``. ``OUT`` is an absolute local path or the URI as given; the work
     folder (the text-embedding cache, a locally built encoder) is ``OUT`` itself when it is local,
-    else a folder under ``$DISTILREC_CACHE_DIR`` (default ``~/.cache/distilrec``) named after the URI.
+    else a folder under ``$DISTILREC_CACHE_DIR`` (default :func:`distilrec.config.cache_home`:
+    ``$XDG_CACHE_HOME/distilrec`` or ``~/.cache/distilrec``) named after the URI.
 
     A URI is tried at once with a small write (``OUT/.distilrec-write-check``, removed again), so that
     a missing filesystem package (``gcsfs``), missing credentials or a bucket that does not exist is an
@@ -169,9 +170,14 @@ def output_locations(output: str) -> tuple[str, Path]:
         fs.rm_file(probe)
     except Exception as e:  # noqa: BLE001 - whatever stops the write (an import, credentials, the bucket)
         raise OutputLocationError(f"cannot write there ({type(e).__name__}: {e})") from None
-    cache = Path(os.environ.get("DISTILREC_CACHE_DIR", "~/.cache/distilrec")).expanduser()
+    cache = Path(os.environ["DISTILREC_CACHE_DIR"]).expanduser() if os.environ.get("DISTILREC_CACHE_DIR") \
+        else cache_home()
     work = cache / "work" / hashlib.sha256(out.encode()).hexdigest()[:16]
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputLocationError(f"cannot make the local work folder {work} ({e.strerror or e}; "
+                                  "set DISTILREC_CACHE_DIR or XDG_CACHE_HOME to a writable folder)") from None
     return out, work
 
 

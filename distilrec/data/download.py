@@ -39,9 +39,12 @@ MOVIELENS_FILES: dict[str, tuple[str, ...]] = {
 
 
 def data_dir() -> Path:
-    """The dataset cache: ``$DISTILREC_DATA_DIR``, else ``~/.cache/distilrec/datasets``."""
+    """The dataset cache: ``$DISTILREC_DATA_DIR``, else ``datasets`` in :func:`distilrec.config.cache_home`
+    (``$XDG_CACHE_HOME/distilrec``, or ``~/.cache/distilrec``)."""
+    from distilrec.config import cache_home
+
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "distilrec" / "datasets"
+    return Path(env).expanduser() if env else cache_home() / "datasets"
 
 
 def is_complete(folder: Path, name: str) -> bool:

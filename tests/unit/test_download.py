@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -106,8 +107,11 @@ def test_default_url_and_cache_dir(monkeypatch, tmp_path):
     assert download.zip_url("ml-25m", download.DEFAULT_BASE_URL) == (
         "https://files.grouplens.org/datasets/movielens/ml-25m.zip")
     monkeypatch.delenv("DISTILREC_DATA_DIR", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     assert download.data_dir() == tmp_path / ".cache" / "distilrec" / "datasets"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/cache")  # what the chart's pods have (read-only root filesystem)
+    assert download.data_dir() == Path("/tmp/cache/distilrec/datasets")
     monkeypatch.setenv("DISTILREC_DATA_DIR", str(tmp_path / "cache"))
     assert download.data_dir() == tmp_path / "cache"
 

@@ -29,6 +29,19 @@ def test_uri_output_stays_a_uri_with_a_local_work_folder(tmp_path, monkeypatch):
     assert output_locations("memory://bucket/models")[1] == work  # the same URI, the same cache
 
 
+def test_the_work_folder_of_a_uri_follows_xdg_cache_home(memory_uri, tmp_path, monkeypatch):
+    """The chart's pods have a read-only root filesystem and XDG_CACHE_HOME=/tmp/cache: ~/.cache is not
+    writable there, so the default must follow XDG_CACHE_HOME."""
+    monkeypatch.delenv("DISTILREC_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _, work = output_locations(f"{memory_uri}/out")
+    assert work.is_dir() and (tmp_path / "xdg" / "distilrec" / "work") in work.parents
+    (tmp_path / "plain").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "plain"))
+    with pytest.raises(OutputLocationError, match="cannot make the local work folder .* set DISTILREC_CACHE_DIR"):
+        output_locations(f"{memory_uri}/out")
+
+
 def test_a_uri_is_tried_with_a_write_that_leaves_nothing_behind(memory_uri, tmp_path, monkeypatch):
     monkeypatch.setenv("DISTILREC_CACHE_DIR", str(tmp_path / "cache"))
     out, _ = output_locations(f"{memory_uri}/out")
