@@ -86,6 +86,8 @@ def test_the_pipeline_writes_resumes_and_serves_from_s3(s3_out, tmp_path):
         assert resumed["artifact"] != report["artifact"] and resumed["run"]["resumed"] is True
         assert scorer.check() is True
         assert scorer.bundle.version == resumed["artifact"].rsplit("/", 1)[1]
+        for state in (encoder, scorer, ranker):  # their gauge threads stop: the load tests share this process
+            state.close()
 
     art = load_artifact(s3_out, with_teacher=True)
     assert art.uri == resumed["artifact"] and art.teacher is not None
