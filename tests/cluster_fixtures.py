@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from reliability_helpers import IN_CI
 
 DATASET = "synthetic:users=300,items=60,seed=3"
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
@@ -210,7 +211,7 @@ def s3_endpoint():
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as e:  # moto is in the dev extra
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if IN_CI:
             pytest.fail(f"moto is missing in CI ({e}); `pip install -e .[dev]` installs it")
         yield f"no S3 endpoint: {e} (pip install -e '.[dev]')"
         return

@@ -170,8 +170,8 @@ def output_locations(output: str) -> tuple[str, Path]:
         fs.rm_file(probe)
     except Exception as e:  # noqa: BLE001 - whatever stops the write (an import, credentials, the bucket)
         raise OutputLocationError(f"cannot write there ({type(e).__name__}: {e})") from None
-    cache = Path(os.environ["DISTILREC_CACHE_DIR"]).expanduser() if os.environ.get("DISTILREC_CACHE_DIR") \
-        else cache_home()
+    env = os.environ.get("DISTILREC_CACHE_DIR")
+    cache = Path(env).expanduser() if env else cache_home()
     work = cache / "work" / hashlib.sha256(out.encode()).hexdigest()[:16]
     try:
         work.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from distilrec.config import cache_home
+
 log = logging.getLogger("distilrec.data")
 
 DEFAULT_BASE_URL = "https://files.grouplens.org/datasets/movielens"
@@ -41,8 +43,6 @@ MOVIELENS_FILES: dict[str, tuple[str, ...]] = {
 def data_dir() -> Path:
     """The dataset cache: ``$DISTILREC_DATA_DIR``, else ``datasets`` in :func:`distilrec.config.cache_home`
     (``$XDG_CACHE_HOME/distilrec``, or ``~/.cache/distilrec``)."""
-    from distilrec.config import cache_home
-
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env).expanduser() if env else cache_home() / "datasets"
 

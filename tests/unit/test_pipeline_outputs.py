@@ -43,10 +43,17 @@ def test_the_work_folder_of_a_uri_follows_xdg_cache_home(memory_uri, tmp_path, m
 
 
 def test_a_uri_is_tried_with_a_write_that_leaves_nothing_behind(memory_uri, tmp_path, monkeypatch):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    written = []
+    pipe_file = MemoryFileSystem.pipe_file
+    monkeypatch.setattr(MemoryFileSystem, "pipe_file",
+                        lambda self, path, *a, **kw: written.append(path) or pipe_file(self, path, *a, **kw))
     monkeypatch.setenv("DISTILREC_CACHE_DIR", str(tmp_path / "cache"))
     out, _ = output_locations(f"{memory_uri}/out")
     fs, root = fsspec.core.url_to_fs(out)
-    assert out == f"{memory_uri}/out" and not fs.exists(f"{root}/{WRITE_CHECK}")
+    assert out == f"{memory_uri}/out" and written == [f"{root}/{WRITE_CHECK}"]
+    assert not fs.exists(f"{root}/{WRITE_CHECK}")
 
 
 @pytest.mark.parametrize("output, message", [
