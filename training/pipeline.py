@@ -139,6 +139,11 @@ def training_storage(out: str, resume: bool) -> str:
     return f"{out.rstrip('/')}/ray/{run_id}"
 
 
+class DatasetError(ValueError):
+    """The pipeline's dataset cannot be read or split (a bad spec, a missing or malformed file, too few
+    interactions). Other errors of a run are not this one, so a message can name the right option."""
+
+
 class OutputLocationError(ValueError):
     """The pipeline cannot write to its ``--output`` (checked before any work starts)."""
 
@@ -189,8 +194,11 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     clock = StageClock()
     out, work = output_locations(output)
     with clock.stage("data"):
-        ds = load_dataset(spec)
-        split = Split.leave_one_out(ds)
+        try:
+            ds = load_dataset(spec)
+            split = Split.leave_one_out(ds)
+        except (ValueError, FileNotFoundError) as e:  # a bad spec, file, row, or too little data
+            raise DatasetError(str(e)) from e
     console.print(f"[bold]dataset[/] {ds.name}: {ds.n_users} users, {ds.n_items} items, "
                   f"{ds.n_interactions} interactions")
     with clock.stage("text_embeddings"):

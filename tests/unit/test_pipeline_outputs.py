@@ -116,3 +116,27 @@ def test_the_time_line_gives_minutes_for_long_stages_and_seconds_for_short_ones(
     assert time_line(run).endswith("ray start 1 s; bf16 autocast: teacher")
     run["epochs"]["teacher"]["bf16_epochs"] = 0
     assert time_line(run).endswith("ray start 1 s")  # float32 throughout: nothing to say
+
+
+def test_the_cli_names_the_option_behind_each_refusal(tmp_path, monkeypatch, capsys):
+    """A dataset that cannot be read or split is --dataset's fault, an encoder that cannot be loaded is
+    the configuration's; any other error of a run is not blamed on either."""
+    import training.pipeline
+    from distilrec.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["pipeline", "--dataset", "synthetic:users=1,items=2", "--output", "o"]) == 2
+    assert capsys.readouterr().err.startswith("distilrec pipeline: --dataset 'synthetic:users=1,items=2': dataset ")
+
+    (tmp_path / "c.yaml").write_text("encoder: /no/such/encoder\n")
+    assert main(["pipeline", "--dataset", "synthetic:users=30,items=10", "--output", "o", "--config", "c.yaml"]) == 2
+    assert capsys.readouterr().err == ("distilrec pipeline: --config 'c.yaml': encoder: cannot load the text "
+                                       "encoder '/no/such/encoder': no such folder\n")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not the dataset")
+
+    monkeypatch.setattr(training.pipeline, "item_embeddings", broken)
+    with pytest.raises(ValueError, match="a bug, not the dataset"):
+        main(["pipeline", "--dataset", "synthetic:users=30,items=10", "--output", "o"])
+    assert "--dataset" not in capsys.readouterr().err

