@@ -494,7 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":
         from distilrec.text import EncoderLoadError
-        from training.pipeline import DatasetError, NotEnoughGPUs, OutputLocationError, load_config, run_pipeline
+        from training.pipeline import (DatasetError, NotEnoughGPUs, OutputLocationError, ResumeMismatchError,
+                                       load_config, run_pipeline)
 
         if args.workers is not None and args.workers < 1:
             print(f"distilrec pipeline: --workers {args.workers}: need at least 1 Ray Train worker", file=sys.stderr)
@@ -511,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         except OutputLocationError as e:
             print(f"distilrec pipeline: --output {args.output!r}: {e}", file=sys.stderr)
+            return 2
+        except ResumeMismatchError as e:
+            print(f"distilrec pipeline: --resume: {e}", file=sys.stderr)
             return 2
         except DatasetError as e:
             print(f"distilrec pipeline: --dataset {args.dataset!r}: {e}", file=sys.stderr)

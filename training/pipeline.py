@@ -9,7 +9,7 @@ Launch (locally, or as a RayJob entrypoint on a cluster)::
 Writes ``OUT/report.json`` (layout in DESIGN.md), ``training_curves.png``, ``quality_cost.png``,
 ``OUT/models/<version>/`` (the artifact serving
 loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray/<run id>/<stage>``, and
-``--resume`` continues the latest run from them.
+``--resume`` continues the latest run from them (``ray/<run id>/run.json`` records what it must share).
 """
 
 from __future__ import annotations
@@ -123,20 +123,78 @@ def histories_frame(ds: Dataset) -> pd.DataFrame:
     return pd.DataFrame({"user_id": users, "item_id": items, "timestamp": ts})
 
 
-def training_storage(out: str, resume: bool) -> str:
+RUN_FILE = "run.json"
+
+
+class ResumeMismatchError(ValueError):
+    """``--resume`` found a latest run that trained on other data, another text encoder or other model
+    shapes: its checkpoints cannot continue this command's training."""
+
+
+def run_identity(ds: Dataset, encoder: str, text_dim: int, tcfg: TeacherConfig, scfg: StudentConfig) -> dict:
+    """What a resumed run must share with the run it continues (``OUT/ray/<run id>/run.json``): the
+    dataset (its counts and a hash of every interaction, item id and item text), the configured text
+    encoder and its width, and the model shapes. The training settings (epochs, learning rates, workers,
+    GPUs, bf16) may change between the two, as checkpoints carry over."""
+    h = hashlib.sha256()
+    for part in (ds.item_ids, ds.texts, ds.user_ids):
+        h.update("\0".join(part).encode("utf-8", "replace") + b"\1")
+    for seq in (*ds.sequences, *ds.timestamps):
+        h.update(np.ascontiguousarray(seq, dtype=np.int64).tobytes() + b"\1")
+    # not the dataset's name, which may follow its path: the same data read from elsewhere still resumes
+    return {"dataset": {"users": ds.n_users, "items": ds.n_items,
+                        "interactions": ds.n_interactions, "sha256": h.hexdigest()[:16]},
+            "encoder": {"name": encoder, "dim": text_dim},
+            # the catalogue size and text width follow from the two above
+            "teacher": tcfg.model_dump(mode="json", exclude={"n_items", "text_dim"}),
+            "student": scfg.model_dump(mode="json", exclude={"n_items", "text_dim"})}
+
+
+def training_storage(out: str, resume: bool, identity: dict | None = None) -> str:
     """Ray Train storage for this run: ``OUT/ray/<run id>`` (``OUT`` a local folder or an fsspec URI
     such as ``s3://bucket/prefix``). A new run id unless ``resume``, in which case the latest run's id
-    is reused and Ray Train restarts each stage from its latest checkpoint."""
+    is reused and Ray Train restarts each stage from its latest checkpoint.
+
+    A new run records ``identity`` (:func:`run_identity`) beside its checkpoints; a resumed run whose
+    identity differs raises :class:`ResumeMismatchError` naming what changed (a run from before the
+    record existed is resumed unchecked)."""
     fs, root = fsspec.core.url_to_fs(out)
     latest = posixpath.join(root, "ray", "LATEST_RUN")
     if resume and fs.exists(latest):
         run_id = fs.cat_file(latest).decode().strip()
+        record = posixpath.join(root, "ray", run_id, RUN_FILE)
+        if identity is not None and fs.exists(record):
+            check_resumable(json.loads(fs.cat_file(record)), identity, f"{out.rstrip('/')}/ray/{run_id}")
         console.print(f"[bold]resuming[/] run {run_id} from its latest checkpoints")
     else:
         run_id = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
         fs.makedirs(posixpath.dirname(latest), exist_ok=True)
+        if identity is not None:
+            fs.makedirs(posixpath.join(root, "ray", run_id), exist_ok=True)
+            fs.pipe_file(posixpath.join(root, "ray", run_id, RUN_FILE), json.dumps(identity, indent=2).encode())
         fs.pipe_file(latest, run_id.encode())
     return f"{out.rstrip('/')}/ray/{run_id}"
+
+
+def check_resumable(recorded: dict, identity: dict, where: str) -> None:
+    """Raise :class:`ResumeMismatchError` unless ``identity`` is the ``recorded`` one of the run at
+    ``where``; the message names each difference, the dataset's by its counts."""
+    now = json.loads(json.dumps(identity))  # the recorded form: tuples are lists
+    changed = []
+    for key in sorted(set(recorded) | set(now)):
+        was, new = recorded.get(key), now.get(key)
+        if was == new:
+            continue
+        if isinstance(was, dict) and isinstance(new, dict):
+            fields = [f"{k} {was.get(k)!r} → {new.get(k)!r}" for k in sorted(set(was) | set(new))
+                      if was.get(k) != new.get(k) and k != "sha256"]
+            changed.append(f"{key}: {', '.join(fields) or 'same counts, other contents'}")
+        else:
+            changed.append(f"{key}: {was!r} → {new!r}")
+    if changed:
+        raise ResumeMismatchError(
+            f"the latest run ({where}) trained with another {'; another '.join(changed)}. Its checkpoints "
+            "cannot continue this training: run without --resume to start a new run")
 
 
 class DatasetError(ValueError):
@@ -204,6 +262,10 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     with clock.stage("text_embeddings"):
         text_emb, encoder = item_embeddings(ds, cfg.encoder, work)
     text_dim = int(text_emb.shape[1])
+    tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
+    scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
+    # before the baselines and Ray's start, so that a --resume that cannot continue is refused at once
+    storage = training_storage(out, resume, run_identity(ds, cfg.encoder, text_dim, tcfg, scfg))
 
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
     ranks: dict[str, np.ndarray] = {}  # each model's per-user test ranks, for the paired comparisons
@@ -218,14 +280,11 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     with clock.stage("ray_start"):
         ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
         check_gpus(cfg)
-    storage = training_storage(out, resume)
-    tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
     with clock.stage("teacher"):  # each training stage with its test evaluation
         teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
         evaluated("teacher", teacher)
 
-    scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
     console.print(f"[bold]distillation[/] student {scfg}")
     with clock.stage("student"):
         student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)

@@ -3,6 +3,7 @@ the run's own account of its time (``report["run"]``)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import fsspec
@@ -140,3 +141,48 @@ def test_the_cli_names_the_option_behind_each_refusal(tmp_path, monkeypatch, cap
     with pytest.raises(ValueError, match="a bug, not the dataset"):
         main(["pipeline", "--dataset", "synthetic:users=30,items=10", "--output", "o"])
     assert "--dataset" not in capsys.readouterr().err
+
+
+def _identity(items: int = 20, layers: int = 2) -> dict:
+    from distilrec.config import StudentConfig, TeacherConfig
+    from distilrec.data import load_dataset
+    from training.pipeline import run_identity
+
+    ds = load_dataset(f"synthetic:users=30,items={items}")
+    return run_identity(ds, "tiny", 32, TeacherConfig(n_items=items, text_dim=32, n_layers=layers),
+                        StudentConfig(n_items=items, text_dim=32))
+
+
+def test_a_resumed_run_must_have_the_data_and_shapes_of_the_run_it_continues(memory_uri):
+    from training.pipeline import RUN_FILE, ResumeMismatchError
+
+    out = f"{memory_uri}/resume"
+    first = training_storage(out, resume=False, identity=_identity())
+    fs, root = fsspec.core.url_to_fs(f"{first}/{RUN_FILE}")
+    assert json.loads(fs.cat_file(root))["dataset"]["items"] == 20
+    assert training_storage(out, resume=True, identity=_identity()) == first
+    with pytest.raises(ResumeMismatchError) as e:
+        training_storage(out, resume=True, identity=_identity(items=25))
+    assert str(e.value).startswith(f"the latest run ({first}) trained with another dataset: interactions ")
+    assert "items 20 → 25" in str(e.value)
+    assert "teacher" not in str(e.value)  # the catalogue size is the dataset's difference, not the model's
+    with pytest.raises(ResumeMismatchError, match=r"another teacher: n_layers 2 → 3\. .*without --resume"):
+        training_storage(out, resume=True, identity=_identity(layers=3))
+    fs.rm_file(root)  # a run from before the record existed is resumed unchecked
+    assert training_storage(out, resume=True, identity=_identity(items=25)) == first
+
+
+def test_the_cli_refuses_a_resume_on_other_data_before_any_training(tmp_path, monkeypatch, capsys):
+    from distilrec.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    training_storage(str(tmp_path / "o"), resume=False, identity=_identity())
+    (tmp_path / "c.yaml").write_text("encoder: tiny\n")
+    assert main(["pipeline", "--dataset", "synthetic:users=30,items=10", "--output", "o", "--config", "c.yaml",
+                 "--resume"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the tiny encoder's progress bars
+    assert err.startswith(f"distilrec pipeline: --resume: the latest run ({tmp_path / 'o'}/ray/run-")
+    assert "another dataset: interactions " in err
+    assert err.endswith("items 20 → 10. Its checkpoints cannot continue this training: run without --resume "
+                        "to start a new run")
+    assert "another encoder" not in err and "teacher" not in err
