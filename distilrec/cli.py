@@ -288,7 +288,8 @@ def bench_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
 def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     """``distilrec bench train``: see :mod:`distilrec.bench.train`."""
     from distilrec.bench.train import TrainBenchConfig, run_train_bench
-    from training.pipeline import NotEnoughGPUs
+    from distilrec.text import EncoderLoadError
+    from training.pipeline import DatasetError, NotEnoughGPUs
 
     try:
         workers = tuple(int(w) for w in args.workers.split(","))
@@ -309,8 +310,11 @@ def bench_train(args: argparse.Namespace, argv: list[str] | None) -> int:
     except NotEnoughGPUs as e:
         print(f"distilrec bench train: --use-gpu: {e}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as e:
-        print(f"distilrec bench train: {e}", file=sys.stderr)
+    except DatasetError as e:
+        print(f"distilrec bench train: --dataset {args.dataset!r}: {e}", file=sys.stderr)
+        return 2
+    except EncoderLoadError as e:
+        print(f"distilrec bench train: --encoder {args.encoder!r}: {e}", file=sys.stderr)
         return 2
     finally:
         if own:

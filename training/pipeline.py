@@ -202,6 +202,15 @@ class DatasetError(ValueError):
     interactions). Other errors of a run are not this one, so a message can name the right option."""
 
 
+def load_split(spec: str) -> tuple[Dataset, Split]:
+    """The dataset ``spec`` and its leave-one-out split; :class:`DatasetError` if either cannot be made."""
+    try:
+        ds = load_dataset(spec)
+        return ds, Split.leave_one_out(ds)
+    except (ValueError, FileNotFoundError) as e:  # a bad spec, file, row, or too little data
+        raise DatasetError(str(e)) from e
+
+
 class OutputLocationError(ValueError):
     """The pipeline cannot write to its ``--output`` (checked before any work starts)."""
 
@@ -252,11 +261,7 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     clock = StageClock()
     out, work = output_locations(output)
     with clock.stage("data"):
-        try:
-            ds = load_dataset(spec)
-            split = Split.leave_one_out(ds)
-        except (ValueError, FileNotFoundError) as e:  # a bad spec, file, row, or too little data
-            raise DatasetError(str(e)) from e
+        ds, split = load_split(spec)
     console.print(f"[bold]dataset[/] {ds.name}: {ds.n_users} users, {ds.n_items} items, "
                   f"{ds.n_interactions} interactions")
     with clock.stage("text_embeddings"):

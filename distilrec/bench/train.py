@@ -67,19 +67,17 @@ def run_train_bench(cfg: TrainBenchConfig, command: str = "") -> dict[str, Any]:
     from distilrec.bench.report import render_train_markdown
     from distilrec.bench.serve import cpu_pressure, machine_info
     from distilrec.config import PipelineConfig, TeacherConfig, TrainConfig
-    from distilrec.data import Split, load_dataset
-    from training.pipeline import ensure_ray, item_embeddings, require_gpus
+    from training.pipeline import ensure_ray, item_embeddings, load_split, require_gpus
     from training.teacher import train_teacher
 
     info = machine_info()
     out = Path(cfg.output).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
+    ds, split = load_split(cfg.dataset)  # a bad dataset or encoder is refused before Ray's start
+    text_emb, _ = item_embeddings(ds, cfg.encoder, out / "work")
     ensure_ray(max(cfg.workers))
     if cfg.use_gpu:
         require_gpus(max(cfg.workers))
-    ds = load_dataset(cfg.dataset)
-    split = Split.leave_one_out(ds)
-    text_emb, _ = item_embeddings(ds, cfg.encoder, out / "work")
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=int(text_emb.shape[1]), **PipelineConfig().teacher)
     runs = []
     for w in cfg.workers:

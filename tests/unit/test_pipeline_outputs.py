@@ -134,6 +134,14 @@ def test_the_cli_names_the_option_behind_each_refusal(tmp_path, monkeypatch, cap
     assert capsys.readouterr().err == ("distilrec pipeline: --config 'c.yaml': encoder: cannot load the text "
                                        "encoder '/no/such/encoder': no such folder\n")
 
+    # bench train reads its data and encoder the same way, and refuses them before Ray's start
+    assert main(["bench", "train", "--dataset", "synthetic:users=1,items=2", "--output", "b"]) == 2
+    assert capsys.readouterr().err.startswith("distilrec bench train: --dataset 'synthetic:users=1,items=2': ")
+    assert main(["bench", "train", "--dataset", "synthetic:users=30,items=10", "--encoder", "./nowhere",
+                 "--output", "b"]) == 2
+    assert capsys.readouterr().err == ("distilrec bench train: --encoder './nowhere': cannot load the text encoder "
+                                       "'./nowhere': no such folder\n")
+
     def broken(*args, **kwargs):
         raise ValueError("a bug, not the dataset")
 
