@@ -150,7 +150,7 @@ def run_identity(ds: Dataset, encoder: str, text_dim: int, tcfg: TeacherConfig, 
             "student": scfg.model_dump(mode="json", exclude={"n_items", "text_dim"})}
 
 
-def training_storage(out: str, resume: bool, identity: dict | None = None) -> str:
+def training_storage(out: str, resume: bool, identity: dict) -> str:
     """Ray Train storage for this run: ``OUT/ray/<run id>`` (``OUT`` a local folder or an fsspec URI
     such as ``s3://bucket/prefix``). A new run id unless ``resume``, in which case the latest run's id
     is reused and Ray Train restarts each stage from its latest checkpoint.
@@ -163,15 +163,13 @@ def training_storage(out: str, resume: bool, identity: dict | None = None) -> st
     if resume and fs.exists(latest):
         run_id = fs.cat_file(latest).decode().strip()
         record = posixpath.join(root, "ray", run_id, RUN_FILE)
-        if identity is not None and fs.exists(record):
+        if fs.exists(record):
             check_resumable(json.loads(fs.cat_file(record)), identity, f"{out.rstrip('/')}/ray/{run_id}")
         console.print(f"[bold]resuming[/] run {run_id} from its latest checkpoints")
     else:
         run_id = datetime.now(timezone.utc).strftime("run-%Y%m%d-%H%M%S")
-        fs.makedirs(posixpath.dirname(latest), exist_ok=True)
-        if identity is not None:
-            fs.makedirs(posixpath.join(root, "ray", run_id), exist_ok=True)
-            fs.pipe_file(posixpath.join(root, "ray", run_id, RUN_FILE), json.dumps(identity, indent=2).encode())
+        fs.makedirs(posixpath.join(root, "ray", run_id), exist_ok=True)
+        fs.pipe_file(posixpath.join(root, "ray", run_id, RUN_FILE), json.dumps(identity, indent=2).encode())
         fs.pipe_file(latest, run_id.encode())
     return f"{out.rstrip('/')}/ray/{run_id}"
 

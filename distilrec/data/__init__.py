@@ -9,7 +9,8 @@
   ml-100k (``u.data`` + ``u.item``, latin-1). See :mod:`distilrec.data.movielens`.
 - ``movielens:NAME[,skip_bad_rows=1]`` with NAME one of ``ml-latest-small``, ``ml-25m``, ``ml-1m``,
   ``ml-100k`` (and no such path exists): downloaded once from GroupLens into ``$DISTILREC_DATA_DIR``
-  (default ``$XDG_CACHE_HOME/distilrec/datasets``, else ``~/.cache/distilrec/datasets``), then loaded. See :mod:`distilrec.data.download`.
+  (default ``$XDG_CACHE_HOME/distilrec/datasets``, else ``~/.cache/distilrec/datasets``), then loaded.
+  See :mod:`distilrec.data.download`.
 - ``files:interactions=PATH[,items=PATH][,skip_bad_rows=1]``: the generic format, CSV or Parquet by
   extension. Interactions have columns ``user_id``, ``item_id``, ``timestamp`` (integer); items have
   ``item_id``, ``title`` (or ``text``) and optional attribute columns such as ``genres``, ``tags``.

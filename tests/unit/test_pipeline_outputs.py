@@ -78,14 +78,6 @@ def test_the_cli_names_a_bad_output_before_it_reads_the_dataset(capsys):
     assert "--dataset" not in err
 
 
-def test_training_storage_on_a_uri_resumes_the_latest_run():
-    out = "memory://pipeline-test/out"
-    first = training_storage(out, resume=False)
-    assert first.startswith(f"{out}/ray/run-")
-    assert fsspec.open(f"{out}/ray/LATEST_RUN", "rb").open().read().decode() == first.rsplit("/", 1)[1]
-    assert training_storage(out, resume=True) == first
-
-
 def _run(vals: list[float], secs: list[float], bf16: list[bool] | None = None) -> TrainOutput:
     history = [{"epoch": i, "loss": 1.0, "val_ndcg@10": v, "epoch_s": s, "bf16": b}
                for i, (v, s, b) in enumerate(zip(vals, secs, bf16 or [False] * len(vals)))]
@@ -166,6 +158,8 @@ def test_a_resumed_run_must_have_the_data_and_shapes_of_the_run_it_continues(mem
 
     out = f"{memory_uri}/resume"
     first = training_storage(out, resume=False, identity=_identity())
+    assert first.startswith(f"{out}/ray/run-")
+    assert fsspec.open(f"{out}/ray/LATEST_RUN", "rb").open().read().decode() == first.rsplit("/", 1)[1]
     fs, root = fsspec.core.url_to_fs(f"{first}/{RUN_FILE}")
     assert json.loads(fs.cat_file(root))["dataset"]["items"] == 20
     assert training_storage(out, resume=True, identity=_identity()) == first
