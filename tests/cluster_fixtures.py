@@ -22,6 +22,9 @@ from reliability_helpers import IN_CI
 
 DATASET = "synthetic:users=300,items=60,seed=3"
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+# Prometheus scrapes every second while figures are read (the pipeline's training, test_observability),
+# and at the chart's interval otherwise: a scrape every second cost 0.3-0.4 of a core (prom_server.py).
+IDLE_SCRAPE_S = 15
 
 # The order in which the reliability suite's Serve tests run (after every other Serve test): the ones
 # that only send requests first, then the ones that break something on purpose and repair it.
@@ -246,9 +249,10 @@ def ray_cluster(metrics_port, s3_endpoint):
 
 @pytest.fixture(scope="session")
 def prometheus(metrics_port, tmp_path_factory):
-    """A real Prometheus scraping the session's Ray metrics port every second (tests/integration/
-    prom_server.py), started before the pipeline trains: Ray Train workers export their per-epoch gauges
-    only while they live. Without the binary this is the reason string (test_observability skips, or
+    """A real Prometheus scraping the session's Ray metrics port (tests/integration/prom_server.py),
+    started before the pipeline trains: Ray Train workers export their per-epoch gauges only while they
+    live. Every second until the pipeline is done, then every ``IDLE_SCRAPE_S`` except while
+    test_observability runs. Without the binary this is the reason string (test_observability skips, or
     fails in CI); nothing else depends on it."""
     if str(INTEGRATION_DIR) not in sys.path:  # tests/integration/prom_server.py, also for tests/reliability alone
         sys.path.insert(0, str(INTEGRATION_DIR))
@@ -267,6 +271,8 @@ def pipeline_output(ray_cluster, prometheus, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
     report = run_pipeline(DATASET, str(out), pipeline_config())
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    if not isinstance(prometheus, str):  # the training's figures are in; the chart's interval until read again
+        prometheus.set_scrape_interval(IDLE_SCRAPE_S)
     return out
 
 

@@ -44,6 +44,7 @@ class LoadResult:
     duration_s: float = 0.0
     t0: float = 0.0  # time.monotonic() of the first scheduled send
     client_gc_ms: list[float] = field(default_factory=list)  # the driver's own collections of the oldest generation
+    sent: int = 0  # requests started so far (``samples`` holds the finished ones)
 
     def codes(self) -> dict[int, int]:
         out: dict[int, int] = {}
@@ -71,10 +72,14 @@ def percentile(values: list[float], q: float) -> float:
 
 async def open_loop(base_url: str, rate: float, duration_s: float,
                     request: Callable[[int], tuple[str, str, Any]], keep_body: bool = False,
-                    timeout_s: float = 30.0, stop: threading.Event | None = None) -> LoadResult:
+                    timeout_s: float = 30.0, stop: threading.Event | None = None,
+                    result: LoadResult | None = None) -> LoadResult:
     """Send ``request(i) -> (method, path, json)`` at ``rate`` per second for ``duration_s`` (or until
-    ``stop`` is set); return one :class:`Sample` per request."""
-    result = LoadResult()
+    ``stop`` is set); return one :class:`Sample` per request. ``timeout_s`` bounds each request's whole
+    exchange (httpx's own timeout is per phase: connect, pool wait, each read), so the driver ends at most
+    ``timeout_s`` after its last send, and a request left unanswered is a status-0 sample, not a hang.
+    ``result``: the object to fill (a caller in another thread can read its progress)."""
+    result = result if result is not None else LoadResult()
     gc.collect()
     gc.freeze()  # not unfrozen: the pytest process's heap only grows, and other drivers may be running
     started: list[float] = []
@@ -106,7 +111,7 @@ async def _open_loop(result: LoadResult, base_url: str, rate: float, duration_s:
         async def one(i: int, sched: float) -> None:
             method, path, body = request(i)
             try:
-                r = await c.request(method, path, json=body)
+                r = await asyncio.wait_for(c.request(method, path, json=body), timeout_s)
                 latency = (loop.time() - sched) * 1000
                 parsed = None
                 if keep_body or r.status_code != 200:
@@ -119,6 +124,9 @@ async def _open_loop(result: LoadResult, base_url: str, rate: float, duration_s:
             except httpx.HTTPError as e:
                 result.samples.append(Sample(sched - t0, (loop.time() - sched) * 1000, 0, None,
                                              f"{type(e).__name__}: {e}"))
+            except asyncio.TimeoutError:
+                result.samples.append(Sample(sched - t0, (loop.time() - sched) * 1000, 0, None,
+                                             f"no answer within {timeout_s:g} s"))
 
         i = 0
         while True:
@@ -130,24 +138,39 @@ async def _open_loop(result: LoadResult, base_url: str, rate: float, duration_s:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i, sched)))
             i += 1
+            result.sent = i
         result.duration_s = loop.time() - t0
         await asyncio.gather(*tasks)
     result.samples.sort(key=lambda s: s.t)
 
 
 def run_load_in_thread(*args, **kwargs) -> tuple[threading.Thread, dict]:
-    """:func:`open_loop` in a background thread; ``out["result"]`` holds the result once joined."""
-    out: dict = {}
+    """:func:`open_loop` in a background thread; ``out["result"]`` holds the result once joined: read it
+    with :func:`load_result`, which says what was still in flight if the driver did not finish."""
+    progress = LoadResult()
+    out: dict = {"progress": progress}
 
     def target() -> None:
         try:
-            out["result"] = asyncio.run(open_loop(*args, **kwargs))
+            out["result"] = asyncio.run(open_loop(*args, **kwargs, result=progress))
         except BaseException as e:  # noqa: BLE001 - re-raised by the test
             out["error"] = e
 
     th = threading.Thread(target=target, daemon=True)
     th.start()
     return th, out
+
+
+def load_result(out: dict) -> LoadResult:
+    """The joined driver's result; its error re-raised; or a failure that says how many requests were still
+    unanswered when the test stopped waiting (a bare ``KeyError: 'result'`` said nothing)."""
+    if "error" in out:
+        raise out["error"]
+    if "result" not in out:
+        p: LoadResult = out["progress"]
+        raise AssertionError(f"the load driver had not finished: {p.sent - len(p.samples)} of {p.sent} requests "
+                             f"were still unanswered; answered so far: {p.codes()}")
+    return out["result"]
 
 
 def recommend_request(users: list[str], k: int = 10) -> Callable[[int], tuple[str, str, Any]]:
@@ -164,9 +187,16 @@ def live_actors() -> list:
                        limit=10_000, raise_on_missing_output=False)
 
 
+# Seconds between two looks at the live actors while a test waits for a replica to go or come. One look
+# through Ray's state API cost the dashboard and the GCS (both above the replicas' priority) about 60 ms
+# of CPU with 300 actors in the session's history: every 0.2 s it took CPU from the restarts under test.
+ACTOR_POLL_S = 1.0
+
+
 def replica_actors(app: str = "distilrec") -> dict[str, list[dict]]:
     """``{deployment: [{"name", "actor_id", "pid", "node_id"}]}`` of the live replicas of ``app``, from
-    Ray's state API (actor class ``ServeReplica:{app}:{deployment}``)."""
+    Ray's state API (actor class ``ServeReplica:{app}:{deployment}``). Not free: poll every
+    ``ACTOR_POLL_S``."""
     out: dict[str, list[dict]] = {}
     prefix = f"ServeReplica:{app}:"
     for a in live_actors():

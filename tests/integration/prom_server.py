@@ -4,6 +4,12 @@
 labels the chart's PodMonitors (and the Prometheus Operator) put on every series of a release
 (``namespace``, ``app_kubernetes_io_instance``), so the chart's alert selectors and the dashboards'
 variables match as they do in a cluster. Rule files dropped into ``rules_dir`` load on :meth:`reload`.
+
+A scrape is not free: late in a test session Ray's metrics endpoint is about 3 MB (7,800 lines), and
+its dashboard agent, which runs at a higher priority than the Serve replicas (Ray starts workers at
+nice 15), spent 0.3 to 0.4 of a core answering a scrape every second. So the session scrapes every
+second only while something reads the figures (the pipeline's training, the observability tests) and
+at the chart's interval, 15 s, otherwise (:meth:`set_scrape_interval`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class PrometheusServer:
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.scrape_interval_s = 1
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(self.rules_dir / "*.yaml")],
@@ -115,6 +122,18 @@ class PrometheusServer:
     def reload(self) -> None:
         r = self.http.post("/-/reload")
         assert r.status_code == 200, r.text
+
+    def set_scrape_interval(self, seconds: int) -> None:
+        """Scrape every ``seconds`` from now on (the config rewritten and reloaded; rules are still
+        evaluated every second)."""
+        if seconds == self.scrape_interval_s:
+            return
+        path = self.workdir / "prometheus.yml"
+        config = yaml.safe_load(path.read_text())
+        config["global"].update(scrape_interval=f"{seconds}s", scrape_timeout=f"{min(seconds, 10)}s")
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.reload()
+        self.scrape_interval_s = seconds
 
     def rules(self) -> list[dict]:
         return [r for g in self._api("rules")["groups"] for r in g["rules"]]

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster_fixtures import IDLE_SCRAPE_S
 from prom_server import IN_CI, NAMESPACE, RELEASE
 
 pytestmark = pytest.mark.integration
@@ -46,11 +47,14 @@ BUCKET_BELOW_P99_THRESHOLD_S = 0.2
 
 @pytest.fixture(scope="module")
 def prom(prometheus):
+    """The session's Prometheus, scraping every second while this module reads it."""
     if isinstance(prometheus, str):
         if IN_CI:
             pytest.fail(prometheus + "; CI must install it")
         pytest.skip(prometheus)
-    return prometheus
+    prometheus.set_scrape_interval(1)
+    yield prometheus
+    prometheus.set_scrape_interval(IDLE_SCRAPE_S)
 
 
 def _dashboards() -> dict[str, dict]:

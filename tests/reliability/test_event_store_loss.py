@@ -22,7 +22,8 @@ import uuid
 import pytest
 
 from cluster_fixtures import fixed_replicas
-from reliability_helpers import record, replica_actors, run_load_in_thread, wait_app_running, wait_ready
+from reliability_helpers import (ACTOR_POLL_S, load_result, record, replica_actors,
+                                 run_load_in_thread, wait_app_running, wait_ready)
 
 pytestmark = pytest.mark.integration
 
@@ -91,8 +92,7 @@ def test_redis_stopped_and_started_during_a_stream_of_events_loses_no_acknowledg
         finally:
             stop.set()
             th.join(timeout=120)
-        assert "error" not in out, out.get("error")
-        load = out["result"]
+        load = load_result(out)
         with open_event_store(redis_server.url() + f"?prefix={prefix}") as store:
             counts = _check_stream(load, store, prefix, items)
             assert store.count() == counts["acked"]
@@ -153,7 +153,7 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_the_writer_process_die
             now = actors.get("FeatureEncoder", [])
             if now and not old & {r["actor_id"] for r in now}:
                 break
-            time.sleep(0.5)
+            time.sleep(ACTOR_POLL_S)
         wait_ready(client)
         t_back = time.monotonic()
         time.sleep(5)
@@ -162,8 +162,7 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_the_writer_process_die
         th.join(timeout=120)
     wait_app_running()  # Serve itself reports the encoder HEALTHY again, not only the HTTP path
     deploy(serve_config)  # the autoscaler's ranges back (the same replicas)
-    assert "error" not in out, out.get("error")
-    load = out["result"]
+    load = load_result(out)
     with open_event_store(str(event_store_path)) as store:
         counts = _check_stream(load, store, prefix, items)
     after = [s for s in load.samples if s.t >= t_back - load.t0 + 1]

@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from reliability_helpers import record, replica_actors, run_load_in_thread
+from reliability_helpers import ACTOR_POLL_S, load_result, record, replica_actors, run_load_in_thread
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +60,13 @@ def test_killing_the_scorer_process_under_load_gives_degraded_answers_then_full_
             now = replica_actors().get("StudentScorer", [])
             if now and now[0]["actor_id"] != scorers[0]["actor_id"]:
                 break
-            time.sleep(0.5)
+            time.sleep(ACTOR_POLL_S)
         time.sleep(8)
     finally:
         stop.set()
         th.join(timeout=120)
         deploy(serve_config)
-    assert "error" not in out, out.get("error")
-    load = out["result"]
+    load = load_result(out)
     kill_t = t_kill - load.t0  # the kill on the load's time axis
     codes = load.codes()
     after = [s for s in load.samples if s.t >= kill_t]
