@@ -42,7 +42,7 @@ import time
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import numpy as np
@@ -57,7 +57,13 @@ REDIS_PASSWORD_ENV = "DISTILREC_REDIS_PASSWORD"
 
 class EventStoreError(RuntimeError):
     """The store could not read or write (locked beyond its timeout, read-only, I/O error, …).
-    Nothing of a failed :meth:`EventStore.append` batch is stored; the caller may retry."""
+    Nothing of a failed :meth:`EventStore.append` batch is stored, and the caller may retry, unless
+    ``outcome_unknown``: a remote store received the write but neither its answer nor a later look
+    came back, so it may have been applied, and a retry may store the batch twice."""
+
+    def __init__(self, message: str, outcome_unknown: bool = False):
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 class UnsupportedStoreError(ValueError):
@@ -437,10 +443,18 @@ class RedisEventStore(EventStore):
     acknowledged events can be lost on a crash of the Redis host). The store checks these settings
     when it opens (where ``CONFIG GET`` is allowed) and logs a warning when they are weaker.
     The password comes from the URL or, when the URL has none, from ``$DISTILREC_REDIS_PASSWORD``.
+
+    ``timeout_s`` bounds each try of a command; a command that times out or loses its connection is
+    sent once more (a pooled connection may predate a Redis restart), so one call takes at most about
+    twice ``timeout_s``. redis-py 8's default would resend ten times, with back-off up to 1 s between
+    tries (by its settings: over 10 s for a write answered late with a 1 s timeout, beyond the
+    ingress's 10 s store deadline).
     """
 
     def __init__(self, url: str, prefix: str = "distilrec", timeout_s: float = DEFAULT_TIMEOUT_S):
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         self._redis_mod = redis
         parts = urlsplit(url)
@@ -448,10 +462,12 @@ class RedisEventStore(EventStore):
         self.url_safe = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
         self.prefix = prefix
         self.timeout_s = float(timeout_s)
+        self._client = lambda tries: redis.Redis.from_url(
+            url, password=password, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
+            health_check_interval=30, retry=Retry(NoBackoff(), tries - 1))
+        self._single = None  # one try per command, for the look after a write's answer went missing
         try:
-            self.r = redis.Redis.from_url(url, password=password, socket_timeout=self.timeout_s,
-                                          socket_connect_timeout=self.timeout_s, health_check_interval=30,
-                                          retry_on_timeout=False)
+            self.r = self._client(2)
             self.r.ping()
         except redis.RedisError as e:
             raise EventStoreError(f"cannot reach the Redis event store {self.url_safe}: {e}") from None
@@ -482,6 +498,48 @@ class RedisEventStore(EventStore):
         except self._redis_mod.RedisError as e:
             raise EventStoreError(f"Redis event store {self.url_safe}: {what} failed: {e}") from None
 
+    def _execute(self, what: str, build: Callable[[Any], None], landed: Callable[[Any], bool]) -> None:
+        """Run the ``MULTI … EXEC`` transaction that ``build(pipeline)`` queues, sent at most twice (a
+        pooled connection may predate a Redis restart; a resend writes the same members and fields again,
+        no duplicate). Redis applies a transaction it has received whether or not its answer comes back,
+        so when every try failed after sending (a timeout, or a connection lost after the commands went
+        out), look once, ``landed(client)``: applied, the write succeeded; not applied, nothing is stored
+        (the connections that sent it are closed, and Redis drops what it had not run); no answer to the
+        look either, the outcome is unknown. A try that could not connect sent nothing."""
+        redis = self._redis_mod
+        client = self._once()
+        missing = []
+        for _ in range(2):
+            pipe = client.pipeline(transaction=True)
+            build(pipe)
+            try:
+                pipe.execute()
+                return
+            except (redis.TimeoutError, redis.ConnectionError) as e:
+                missing.append(e)
+            except redis.RedisError as e:  # Redis answered with an error: the transaction was not applied
+                raise EventStoreError(f"Redis event store {self.url_safe}: {what} failed, nothing stored: "
+                                      f"{e}") from None
+        failed = f"Redis event store {self.url_safe}: {what} failed, nothing stored: {missing[-1]}"
+        if all("connecting to" in str(e) for e in missing):  # redis-py's words for a failed connect
+            raise EventStoreError(failed)
+        try:
+            applied = landed(client)
+        except redis.RedisError as e:
+            raise EventStoreError(
+                f"Redis event store {self.url_safe}: {what}: no answer ({missing[-1]}), nor to a look afterwards "
+                f"({e}); it may have been applied, and a retry may store it twice", outcome_unknown=True) from None
+        if not applied:
+            raise EventStoreError(failed)
+        log.warning("Redis event store %s: %s was applied but its answer did not come (%s)", self.url_safe, what,
+                    missing[-1])
+
+    def _once(self):
+        """A client that tries each command once (``self.r`` resends once)."""
+        if self._single is None:
+            self._single = self._client(1)
+        return self._single
+
     def append(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
         now = int(time.time())
         rows = [_row(e, now) for e in events]
@@ -491,17 +549,21 @@ class RedisEventStore(EventStore):
         if not rows:
             return 0
 
-        def write():
-            last = self.r.incrby(self._k("seq"), len(rows))
-            committed = int(time.time() * 1000)
-            pipe = self.r.pipeline(transaction=True)
-            for n, (user, item, ts, typ) in enumerate(rows):
-                seq = last - len(rows) + 1 + n
-                # The type is quoted: a "|" in it would otherwise shift the item id (ids may hold "|" too).
-                pipe.zadd(self._k("ev", user), {f"{seq:016d}|{committed}|{quote(typ, safe='')}|{item}": ts})
-            pipe.execute()
+        # The sequence numbers first (a counter alone stores no event), then the events in one transaction.
+        last = self._call("write (nothing stored)", lambda: self.r.incrby(self._k("seq"), len(rows)))
+        committed = int(time.time() * 1000)
+        members = []
+        for n, (user, item, ts, typ) in enumerate(rows):
+            seq = last - len(rows) + 1 + n
+            # The type is quoted: a "|" in it would otherwise shift the item id (ids may hold "|" too).
+            members.append((self._k("ev", user), f"{seq:016d}|{committed}|{quote(typ, safe='')}|{item}", ts))
 
-        self._call("write (nothing stored)", write)
+        def build(pipe) -> None:
+            for key, member, ts in members:
+                pipe.zadd(key, {member: ts})
+
+        # One transaction: its first member is stored if and only if all of it is.
+        self._execute("write", build, lambda r: r.zscore(*members[0][:2]) is not None)
         return len(rows)
 
     def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
@@ -530,17 +592,17 @@ class RedisEventStore(EventStore):
         if not items:
             return self.sync_state()[0]
 
-        def write() -> int:
-            last = self.r.hincrby(self._k("meta"), "items_seq", len(items))
-            pipe = self.r.pipeline(transaction=True)
-            for n, it in enumerate(items):
-                seq = last - len(items) + 1 + n
-                pipe.hset(self._k("items"), it.item_id, it.to_json())
-                pipe.zadd(self._k("items", "seq"), {it.item_id: seq})
-            pipe.execute()
-            return last
+        last = int(self._call("items write (nothing stored)",
+                              lambda: self.r.hincrby(self._k("meta"), "items_seq", len(items))))
+        first = last - len(items) + 1
 
-        return int(self._call("items write (nothing stored)", write))
+        def build(pipe) -> None:
+            for n, it in enumerate(items):
+                pipe.hset(self._k("items"), it.item_id, it.to_json())
+                pipe.zadd(self._k("items", "seq"), {it.item_id: first + n})
+
+        self._execute("items write", build, lambda r: r.zscore(self._k("items", "seq"), items[0].item_id) == first)
+        return last
 
     def items_since(self, seq: int) -> list[tuple[int, NewItem]]:
         def read():
@@ -559,10 +621,12 @@ class RedisEventStore(EventStore):
         return int(self._call("write", lambda: self.r.hincrby(self._k("meta"), "reload", 1)))
 
     def close(self) -> None:
-        try:
-            self.r.close()
-        except Exception:  # noqa: BLE001 - closing is best effort
-            pass
+        for client in (self.r, self._single):
+            try:
+                if client is not None:
+                    client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
 
 
 # ------------------------------------------------------------------------------------------ factory

@@ -76,6 +76,13 @@ class EncoderBundle:
             return self._text_encoder
 
 
+def _refusal(what: str, e: EventStoreError, on_retry: str) -> str:
+    """The client's message for a write the store refused: whether anything was stored."""
+    if e.outcome_unknown:
+        return f"the event store did not confirm {what} in time; they may have been stored ({on_retry})"
+    return f"the event store did not accept {what}; nothing was stored, retry later"
+
+
 def load_text_encoder(uri: str):
     """The artifact's text encoder (``distilrec.text.TextEncoder``) from a local folder, or from an
     fsspec URI (``s3://…/encoder``) through a temporary copy that is removed once the weights are in
@@ -170,7 +177,8 @@ class FeatureEncoder:
         Returns ``{"stored": n}`` once the batch is committed; ``{"stored": 0, "unknown_items": [...]}``
         when an item id is not in the catalogue (trained or added), and ``{"stored": 0, "error": code,
         "message": ...}`` when the store refused the batch (``event_store_unavailable``) or an event
-        (``invalid_request``); in those cases nothing is stored."""
+        (``invalid_request``); in those cases nothing is stored, except where a remote store's answer
+        went missing (``EventStoreError.outcome_unknown``: the message says the batch may be stored)."""
         self.state.sync(None)
         b = self.state.bundle
         unknown = [e["item_id"] for e in events if e["item_id"] not in b.index]
@@ -181,8 +189,8 @@ class FeatureEncoder:
         except EventStoreError as e:
             log.warning("event store write failed: %s", e)
             self.store_errors.inc(tags={"op": "write"})
-            return {"stored": 0, "error": "event_store_unavailable", "message": "the event store did not accept "
-                    "the write; nothing was stored, retry later"}
+            return {"stored": 0, "error": "event_store_unavailable",
+                    "message": _refusal("the events", e, "a retry may store them twice")}
         except ValueError as e:
             return {"stored": 0, "error": "invalid_request", "message": str(e)}
         if n:
@@ -224,8 +232,8 @@ class FeatureEncoder:
         except EventStoreError as e:
             log.warning("event store write (items) failed: %s", e)
             self.store_errors.inc(tags={"op": "write"})
-            return {"added": 0, "error": "event_store_unavailable", "message": "the event store did not accept "
-                    "the items; nothing was stored, retry later"}
+            return {"added": 0, "error": "event_store_unavailable",
+                    "message": _refusal("the items", e, "a retry replaces them")}
         except ValueError as e:  # the store refused a value (nothing stored)
             return {"added": 0, "error": "invalid_request", "message": str(e)}
         self.items_added.inc(len(new))

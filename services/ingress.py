@@ -164,7 +164,8 @@ _ERROR_DOCS = {
     409: "item_exists / model_refused / text_features_unavailable",
     413: "payload_too_large: the body is over 1 MiB",
     422: "invalid_request (bad JSON, wrong types, values out of range, unknown fields) or unknown_item",
-    503: "event_store_unavailable / unavailable / not_ready: nothing was stored; retry after Retry-After seconds",
+    503: "event_store_unavailable / unavailable / not_ready: retry after Retry-After seconds; nothing was stored "
+         "unless the message says the store did not answer or confirm in time (then a retry may store twice)",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
@@ -388,7 +389,8 @@ class Ingress:
             # The write may still have committed: the client retries (events are a log; a retry may duplicate).
             log.warning("storing events failed: %s", type(e).__name__)
             what = "did not answer in time" if isinstance(e, asyncio.TimeoutError) else "is not reachable"
-            raise ApiError(503, "event_store_unavailable", f"the event store {what}; retry",
+            raise ApiError(503, "event_store_unavailable", f"the event store {what}; the events may have been "
+                           "stored (a retry may store them twice)",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if result.get("unknown_items"):
             shown = ", ".join(repr(i) for i in result["unknown_items"][:5])

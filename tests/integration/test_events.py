@@ -180,6 +180,7 @@ def test_a_locked_store_is_503_with_retry_after_and_stores_nothing(client, artif
         blocker.close()
     assert r.status_code == 503, r.text
     assert r.json()["error"]["code"] == "event_store_unavailable"
+    assert "nothing was stored" in r.json()["error"]["message"]  # SQLite knows: its transaction rolled back
     assert int(r.headers["retry-after"]) >= 1
     assert during["cold_start"] is True and during["degraded"] is False
     assert store.history(user) == []
