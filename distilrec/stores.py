@@ -465,9 +465,9 @@ class RedisEventStore(EventStore):
         self._client = lambda tries: redis.Redis.from_url(
             url, password=password, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
             health_check_interval=30, retry=Retry(NoBackoff(), tries - 1))
-        self._single = None  # one try per command, for the look after a write's answer went missing
         try:
-            self.r = self._client(2)
+            self.r = self._client(2)  # reads and counters: one resend (see above)
+            self._single = self._client(1)  # transactions: _execute resends them itself, then looks
             self.r.ping()
         except redis.RedisError as e:
             raise EventStoreError(f"cannot reach the Redis event store {self.url_safe}: {e}") from None
@@ -507,7 +507,7 @@ class RedisEventStore(EventStore):
         (the connections that sent it are closed, and Redis drops what it had not run); no answer to the
         look either, the outcome is unknown. A try that could not connect sent nothing."""
         redis = self._redis_mod
-        client = self._once()
+        client = self._single
         missing = []
         for _ in range(2):
             pipe = client.pipeline(transaction=True)
@@ -533,12 +533,6 @@ class RedisEventStore(EventStore):
             raise EventStoreError(failed)
         log.warning("Redis event store %s: %s was applied but its answer did not come (%s)", self.url_safe, what,
                     missing[-1])
-
-    def _once(self):
-        """A client that tries each command once (``self.r`` resends once)."""
-        if self._single is None:
-            self._single = self._client(1)
-        return self._single
 
     def append(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
         now = int(time.time())
@@ -623,8 +617,7 @@ class RedisEventStore(EventStore):
     def close(self) -> None:
         for client in (self.r, self._single):
             try:
-                if client is not None:
-                    client.close()
+                client.close()
             except Exception:  # noqa: BLE001 - closing is best effort
                 pass
 

@@ -7,7 +7,7 @@ variables match as they do in a cluster. Rule files dropped into ``rules_dir`` l
 
 A scrape is not free: late in a test session Ray's metrics endpoint is about 3 MB (7,800 lines), and
 its dashboard agent, which runs at a higher priority than the Serve replicas (Ray starts workers at
-nice 15), spent 0.3 to 0.4 of a core answering a scrape every second. So the session scrapes every
+nice 15), used 0.48 of a core with a scrape every second and 0.11 with one every 15 s. So the session scrapes every
 second only while something reads the figures (the pipeline's training, the observability tests) and
 at the chart's interval, 15 s, otherwise (:meth:`set_scrape_interval`).
 """
