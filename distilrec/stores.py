@@ -5,14 +5,23 @@ A store is opened from a URI, so that other backends can join later under their 
 
     ``sqlite:///ABS/PATH.db[?timeout=SECONDS]``   SQLite file (three slashes, like ``file:///``)
     ``/abs/path.db`` or ``rel/path.db``            the same, as a plain path
-    ``redis://[:PASSWORD@]host:6379/0[?prefix=distilrec&timeout=5]``   Redis (``rediss://`` for TLS),
-                                                   shared by many pods; see :class:`RedisEventStore`
+    ``redis://[:PASSWORD@]host:6379/0[?prefix=distilrec&timeout=5&id_ttl=SECONDS]``
+                                                   Redis (``rediss://`` for TLS), shared by many pods;
+                                                   ``id_ttl``: how long an event id is kept (default
+                                                   604800, 7 days); see :class:`RedisEventStore`
 
 The SQLite store runs in WAL mode with ``synchronous=FULL``: :meth:`EventStore.append` returns only
 after its whole batch is committed and the write-ahead log is fsynced, and a batch is stored
 all-or-nothing. Several processes on one node can share the file (each store object opens its own
 connections; writers wait up to ``timeout`` seconds for the write lock). The file's parent folders
 are created. SQLite needs a local filesystem: several pods on several nodes need the shared backend.
+
+An event may carry a client-chosen ``event_id`` (1 to 128 characters, no NUL). The store keeps each id
+it has stored, store-wide (not per user), and stores an event whose id it already holds no second time,
+so a client that did not learn whether a batch was stored can send it again with the same ids.
+:meth:`EventStore.append` returns an :class:`AppendResult`: ``accepted`` (the events of the call, all
+stored now) and ``new`` (those this call stored). How long ids are remembered depends on the backend:
+as long as their events in SQLite, ``event_id_ttl_s`` (7 days by default) in Redis.
 
 Besides events, a store keeps what every serving replica must agree on and what must survive a restart:
 
@@ -24,8 +33,10 @@ Besides events, a store keeps what every serving replica must agree on and what 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "events.db")
 >>> store = open_event_store(f"sqlite://{path}")
->>> store.append([Event("u1", "i3", timestamp=20), Event("u1", "i7", timestamp=10)])
-2
+>>> store.append([Event("u1", "i3", timestamp=20, event_id="e1"), Event("u1", "i7", timestamp=10)])
+AppendResult(accepted=2, new=2)
+>>> store.append([Event("u1", "i3", timestamp=20, event_id="e1")])  # a retry: e1 is stored already
+AppendResult(accepted=1, new=0)
 >>> store.history("u1")
 ['i7', 'i3']
 >>> store.close()
@@ -53,13 +64,16 @@ DEFAULT_TIMEOUT_S = 5.0
 REDIS_SCHEMES = {"redis", "rediss"}
 SCHEMA_VERSION = 2
 REDIS_PASSWORD_ENV = "DISTILREC_REDIS_PASSWORD"
+MAX_EVENT_ID_LEN = 128  # characters
+DEFAULT_EVENT_ID_TTL_S = 7 * 24 * 3600  # how long the Redis store remembers an event id
 
 
 class EventStoreError(RuntimeError):
     """The store could not read or write (locked beyond its timeout, read-only, I/O error, …).
     Nothing of a failed :meth:`EventStore.append` batch is stored, and the caller may retry, unless
     ``outcome_unknown``: a remote store received the write but neither its answer nor a later look
-    came back, so it may have been applied, and a retry may store the batch twice."""
+    came back, so it may have been applied. A retry then stores no event with an ``event_id`` twice
+    (within the backend's id lifetime); events without one it may store twice."""
 
     def __init__(self, message: str, outcome_unknown: bool = False):
         super().__init__(message)
@@ -73,12 +87,32 @@ class UnsupportedStoreError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Event:
     """One interaction: ``user_id`` interacted with ``item_id`` at ``timestamp`` (unix seconds; ``None``
-    means now when it is stored)."""
+    means now when it is stored).
+
+    ``event_id`` (optional, 1 to :data:`MAX_EVENT_ID_LEN` characters, no NUL) names the event for the
+    whole store: an event whose id is stored already, by any user's batch, is not stored again (its other
+    fields are not compared). ``None`` stores the event every time it is sent."""
 
     user_id: str
     item_id: str
     timestamp: int | None = None
     type: str = "view"
+    event_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What :meth:`EventStore.append` did with a batch. ``accepted``: the events of the call, every one of
+    them stored once it returns (by this call or, for an ``event_id`` seen before, an earlier one);
+    ``new``: those this call stored (an id repeated within the batch counts once)."""
+
+    accepted: int
+    new: int
+
+    @property
+    def duplicates(self) -> int:
+        """``accepted - new``: events not stored again because their ``event_id`` was stored already."""
+        return self.accepted - self.new
 
 
 @dataclass(frozen=True)
@@ -137,11 +171,16 @@ class EventStore(ABC):
     """Append-only interaction log keyed by user, shared by every replica that opens the same URI."""
 
     @abstractmethod
-    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
-        """Store every event durably, all or nothing; returns how many were stored.
+    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> AppendResult:
+        """Store the batch durably, all or nothing, skipping each event whose ``event_id`` the store holds
+        already (or that an earlier event of the batch carries); returns ``AppendResult(accepted, new)``:
+        ``accepted`` the events passed, ``new`` those stored by this call. Events are :class:`Event` or
+        mappings with its field names.
 
-        Raises ``ValueError`` for a malformed event and :class:`EventStoreError` when the store cannot
-        write; in both cases nothing of the batch is stored."""
+        Raises ``ValueError`` for a malformed event (a wrong type, an empty id, an ``event_id`` that is not
+        1 to 128 characters or holds NUL) and :class:`EventStoreError` when the store cannot write; in both
+        cases nothing of the batch is stored (see :class:`EventStoreError` for a remote store's unknown
+        outcome)."""
 
     def history(self, user_id: str, limit: int | None = None) -> list[str]:
         """The item ids of the user's most recent ``limit`` events (all when ``None``), oldest first
@@ -193,7 +232,8 @@ CREATE TABLE IF NOT EXISTS events (
     item_id TEXT    NOT NULL CHECK (length(item_id) > 0),
     ts      INTEGER NOT NULL CHECK (ts >= 0),
     type    TEXT    NOT NULL CHECK (length(type) > 0),
-    committed REAL  NOT NULL DEFAULT 0
+    committed REAL  NOT NULL DEFAULT 0,
+    event_id TEXT
 );
 CREATE INDEX IF NOT EXISTS events_user_ts_seq ON events (user_id, ts, seq);
 CREATE TABLE IF NOT EXISTS items (
@@ -208,10 +248,15 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('items_seq', 0), ('reload', 0);
 """
+# Created after the column exists (a file written before event ids has the table without it).
+_EVENT_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id) WHERE event_id IS NOT NULL"
+
+Row = tuple[str, str, int, str, str | None]  # user_id, item_id, ts, type, event_id
 
 
-def _row(e: Event | Mapping[str, Any], now: int) -> tuple[str, str, int, str]:
-    """Type checks only (so that SQLite never coerces a value); contents are checked by the schema."""
+def _row(e: Event | Mapping[str, Any], now: int) -> Row:
+    """Type checks (so that SQLite never coerces a value) and the ``event_id`` check; the other contents
+    are checked by the schema (SQLite) or :meth:`RedisEventStore.append`."""
     if isinstance(e, Mapping):
         try:
             e = Event(**e)
@@ -225,7 +270,31 @@ def _row(e: Event | Mapping[str, Any], now: int) -> tuple[str, str, int, str]:
             raise ValueError(f"event {name} must be a string, got {type(value).__name__}")
     if not isinstance(ts, int) or isinstance(ts, bool):
         raise ValueError(f"event timestamp must be an int (unix seconds), got {type(ts).__name__}")
-    return e.user_id, e.item_id, ts, e.type
+    eid = e.event_id
+    if eid is not None:
+        if not isinstance(eid, str):
+            raise ValueError(f"event event_id must be a string or null, got {type(eid).__name__}")
+        if not 1 <= len(eid) <= MAX_EVENT_ID_LEN or "\x00" in eid:
+            shown = eid if len(eid) <= 40 else eid[:40] + "…"
+            raise ValueError(f"event event_id must be 1 to {MAX_EVENT_ID_LEN} characters without NUL, got "
+                             f"{shown!r} ({len(eid)} characters)")
+    return e.user_id, e.item_id, ts, e.type, eid
+
+
+def _rows(events: Iterable[Event | Mapping[str, Any]]) -> tuple[list[Row], int]:
+    """``(rows, accepted)``: the checked rows of a batch without the repeats of an ``event_id`` within it
+    (the first event with an id is kept), and how many events the batch had."""
+    now = int(time.time())
+    rows = [_row(e, now) for e in events]
+    seen: set[str] = set()
+    unique = []
+    for r in rows:
+        if r[4] is not None:
+            if r[4] in seen:
+                continue
+            seen.add(r[4])
+        unique.append(r)
+    return unique, len(rows)
 
 
 class SQLiteEventStore(EventStore):
@@ -258,10 +327,26 @@ class SQLiteEventStore(EventStore):
                 if conn.execute("PRAGMA user_version").fetchone()[0] > SCHEMA_VERSION:
                     raise EventStoreError(f"event store {self.path} has a newer schema than this build reads")
                 conn.executescript(_SCHEMA)
-                columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-                if "committed" not in columns:  # a schema-1 file: add the column (old rows get 0)
-                    conn.execute("ALTER TABLE events ADD COLUMN committed REAL NOT NULL DEFAULT 0")
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                # Columns added since the file was written; one opener at a time (two would both add them).
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+                    if "committed" not in columns:  # a schema-1 file: add the column (old rows get 0)
+                        conn.execute("ALTER TABLE events ADD COLUMN committed REAL NOT NULL DEFAULT 0")
+                    # Old rows have no id. The version stays 2: builds without event ids read and write
+                    # such a file correctly (their rows get NULL), so they may still open it.
+                    if "event_id" not in columns:
+                        conn.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+                    conn.execute(_EVENT_ID_INDEX)
+                    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK")
+                        except sqlite3.Error:
+                            pass  # the connection is closed on the way out
+                    raise
         except sqlite3.Error as e:
             raise EventStoreError(f"cannot initialise event store {self.path}: {e}") from None
 
@@ -327,18 +412,22 @@ class SQLiteEventStore(EventStore):
 
     # EventStore ----------------------------------------------------------------------------------
 
-    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
-        now = int(time.time())
-        rows = [_row(e, now) for e in events]
+    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> AppendResult:
+        """See :meth:`EventStore.append`. Event ids are a column of the events table (unique where set),
+        written in the event's own transaction: an id is remembered as long as its event is kept."""
+        rows, accepted = _rows(events)
         if not rows:
-            return 0
-        def insert(conn: sqlite3.Connection) -> None:
-            committed = time.time()
-            conn.executemany("INSERT INTO events (user_id, item_id, ts, type, committed) VALUES (?, ?, ?, ?, ?)",
-                             [(*r, committed) for r in rows])
+            return AppendResult(accepted, 0)
 
-        self._write("event", insert)
-        return len(rows)
+        def insert(conn: sqlite3.Connection) -> int:
+            committed = time.time()
+            cur = conn.executemany(
+                "INSERT INTO events (user_id, item_id, ts, type, event_id, committed) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (event_id) WHERE event_id IS NOT NULL DO NOTHING",
+                [(*r, committed) for r in rows])
+            return cur.rowcount  # rows inserted: a known id inserts none
+
+        return AppendResult(accepted, int(self._write("event", insert)))
 
     def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
         _check_limit(limit)
@@ -428,16 +517,59 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
 
 # -------------------------------------------------------------------------------------------- Redis
 
+# A batch of events, each stored unless its event id is held by another write; run atomically by Redis.
+# KEYS[1..n]: each event's sorted set, then the id keys. ARGV[1]: 'w' writes, 'r' only looks; ARGV[2]: the
+# id keys' lifetime in seconds; ARGV[3]: n; then per event i: its member, its score (the timestamp) and
+# the index in KEYS of its id key (0: no id). 'w' stores, as ours, each event that has no id, whose id is
+# free, or whose id holds this very member (this batch sent again); the id key then holds the member.
+# 'r' writes nothing and counts as ours each event this batch stored (its member is in its set, or its id
+# holds it). Returns {ours, held by an earlier write, not stored ('r' only)}. Every read comes before the
+# first write: Redis does not undo the writes of a script that fails part-way.
+_APPEND_LUA = """
+local write, ttl, n = ARGV[1] == 'w', ARGV[2], tonumber(ARGV[3])
+local ours, before, absent = {}, 0, 0
+for i = 1, n do
+  local member, slot = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 3])
+  local held = false
+  if slot == 0 then
+    if write or redis.call('ZSCORE', KEYS[i], member) then held = member end
+  else
+    held = redis.call('GET', KEYS[slot])
+  end
+  if held == member or (write and held == false) then
+    ours[#ours + 1] = i
+  elseif held == false then
+    absent = absent + 1
+  else
+    before = before + 1
+  end
+end
+if write then
+  for _, i in ipairs(ours) do
+    local member, slot = ARGV[3 * i + 1], tonumber(ARGV[3 * i + 3])
+    redis.call('ZADD', KEYS[i], ARGV[3 * i + 2], member)
+    if slot > 0 then redis.call('SET', KEYS[slot], member, 'EX', ttl) end
+  end
+end
+return {#ours, before, absent}
+"""
+
+
 class RedisEventStore(EventStore):
     """A Redis server shared by every pod (redis-py; ``redis://`` or ``rediss://`` for TLS).
 
     Keys (under ``prefix``, default ``distilrec``): ``{prefix}:ev:{user_id}`` a sorted set per user
     (score = timestamp, member = ``"{seq:016d}|{type}|{item_id}"``, so equal timestamps keep their
     arrival order), ``{prefix}:seq`` the event counter, ``{prefix}:items`` a hash of new items,
-    ``{prefix}:items:seq`` their sequence (a sorted set), ``{prefix}:meta`` the sync state.
+    ``{prefix}:items:seq`` their sequence (a sorted set), ``{prefix}:meta`` the sync state, and
+    ``{prefix}:eid:{event_id}`` per event id a string (the member of the event stored under that id) that
+    expires ``event_id_ttl_s`` seconds (default 7 days, URI option ``id_ttl``) after it was written: an
+    event sent again with the same id within that time is not stored again; after it, it is. The ids
+    are bounded by that lifetime, not by the events, which are kept.
 
-    A batch of events (or items) is written in one ``MULTI``/``EXEC`` transaction: Redis applies it
-    whole or not at all, and :meth:`append` returns after ``EXEC`` is acknowledged. That reply means
+    A batch of events (or items) is written in one ``MULTI``/``EXEC`` transaction (for events, one Lua
+    script in it that checks the ids and stores the new events): Redis applies it whole or not at all,
+    and :meth:`append` returns after ``EXEC`` is acknowledged. That reply means
     *durable* only when the server persists every write before it answers: run Redis with
     ``appendonly yes`` and ``appendfsync always`` (with the default ``everysec`` up to a second of
     acknowledged events can be lost on a crash of the Redis host). The store checks these settings
@@ -451,7 +583,10 @@ class RedisEventStore(EventStore):
     ingress's 10 s store deadline).
     """
 
-    def __init__(self, url: str, prefix: str = "distilrec", timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, url: str, prefix: str = "distilrec", timeout_s: float = DEFAULT_TIMEOUT_S,
+                 event_id_ttl_s: int = DEFAULT_EVENT_ID_TTL_S):
+        if not isinstance(event_id_ttl_s, int) or isinstance(event_id_ttl_s, bool) or event_id_ttl_s <= 0:
+            raise ValueError(f"event_id_ttl_s must be a positive int (seconds), got {event_id_ttl_s!r}")
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -462,6 +597,7 @@ class RedisEventStore(EventStore):
         self.url_safe = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
         self.prefix = prefix
         self.timeout_s = float(timeout_s)
+        self.event_id_ttl_s = event_id_ttl_s
         self._client = lambda tries: redis.Redis.from_url(
             url, password=password, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
             health_check_interval=30, retry=Retry(NoBackoff(), tries - 1))
@@ -498,14 +634,18 @@ class RedisEventStore(EventStore):
         except self._redis_mod.RedisError as e:
             raise EventStoreError(f"Redis event store {self.url_safe}: {what} failed: {e}") from None
 
-    def _execute(self, what: str, build: Callable[[Any], None], landed: Callable[[Any], bool]) -> None:
+    def _execute(self, what: str, build: Callable[[Any], None], landed: Callable[[Any], bool],
+                 unknown: str = "a retry may store it twice") -> list | None:
         """Run the ``MULTI … EXEC`` transaction that ``build(pipeline)`` queues, sent at most twice (a
         pooled connection may predate a Redis restart; a resend writes the same members and fields again,
         no duplicate). Redis applies a transaction it has received whether or not its answer comes back,
         so when every try failed after sending (a timeout, or a connection lost after the commands went
         out), look once, ``landed(client)``: applied, the write succeeded; not applied, nothing is stored
         (the connections that sent it are closed, and Redis drops what it had not run); no answer to the
-        look either, the outcome is unknown. A try that could not connect sent nothing."""
+        look either, the outcome is unknown (``unknown`` ends that error's message: what a retry does).
+        A try that could not connect sent nothing.
+
+        Returns the transaction's replies, or ``None`` when they were lost and the look found it applied."""
         redis = self._redis_mod
         client = self._single
         missing = []
@@ -513,8 +653,7 @@ class RedisEventStore(EventStore):
             pipe = client.pipeline(transaction=True)
             build(pipe)
             try:
-                pipe.execute()
-                return
+                return pipe.execute()
             except (redis.TimeoutError, redis.ConnectionError) as e:
                 missing.append(e)
             except redis.RedisError as e:  # Redis answered with an error: the transaction was not applied
@@ -528,37 +667,53 @@ class RedisEventStore(EventStore):
         except redis.RedisError as e:
             raise EventStoreError(
                 f"Redis event store {self.url_safe}: {what}: no answer ({missing[-1]}), nor to a look afterwards "
-                f"({e}); it may have been applied, and a retry may store it twice", outcome_unknown=True) from None
+                f"({e}); it may have been applied, and {unknown}", outcome_unknown=True) from None
         if not applied:
             raise EventStoreError(failed)
         log.warning("Redis event store %s: %s was applied but its answer did not come (%s)", self.url_safe, what,
                     missing[-1])
+        return None
 
-    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> int:
-        now = int(time.time())
-        rows = [_row(e, now) for e in events]
-        for user, item, ts, typ in rows:
+    def append(self, events: Iterable[Event | Mapping[str, Any]]) -> AppendResult:
+        """See :meth:`EventStore.append`. The ids are checked and the new events stored by one script,
+        atomically; an id is remembered ``event_id_ttl_s`` seconds (see the class docstring)."""
+        rows, accepted = _rows(events)
+        for user, item, ts, typ, _ in rows:
             if not user or not item or not typ or ts < 0:
                 raise ValueError(f"invalid event (nothing of the batch stored): {(user, item, ts, typ)!r}")
         if not rows:
-            return 0
+            return AppendResult(accepted, 0)
 
         # The sequence numbers first (a counter alone stores no event), then the events in one transaction.
         last = self._call("write (nothing stored)", lambda: self.r.incrby(self._k("seq"), len(rows)))
         committed = int(time.time() * 1000)
-        members = []
-        for n, (user, item, ts, typ) in enumerate(rows):
+        keys, id_keys, args = [], [], []
+        for n, (user, item, ts, typ, eid) in enumerate(rows):
             seq = last - len(rows) + 1 + n
+            keys.append(self._k("ev", user))
+            slot = 0
+            if eid is not None:
+                id_keys.append(self._k("eid", eid))
+                slot = len(rows) + len(id_keys)
             # The type is quoted: a "|" in it would otherwise shift the item id (ids may hold "|" too).
-            members.append((self._k("ev", user), f"{seq:016d}|{committed}|{quote(typ, safe='')}|{item}", ts))
+            args += [f"{seq:016d}|{committed}|{quote(typ, safe='')}|{item}", ts, slot]
+        keys += id_keys
 
-        def build(pipe) -> None:
-            for key, member, ts in members:
-                pipe.zadd(key, {member: ts})
+        def run(client, mode: str):
+            return client.eval(_APPEND_LUA, len(keys), *keys, mode, self.event_id_ttl_s, len(rows), *args)
 
-        # One transaction: its first member is stored if and only if all of it is.
-        self._execute("write", build, lambda r: r.zscore(*members[0][:2]) is not None)
-        return len(rows)
+        looked: dict[str, int] = {}
+
+        def landed(client) -> bool:
+            # Applied if any event is ours; all held by earlier writes is stored as well (nothing was new).
+            ours, _before, absent = run(client, "r")
+            looked["new"] = int(ours)
+            return ours > 0 or absent == 0
+
+        unknown = ("a retry with the same event ids stores none of them twice" if len(id_keys) == len(rows) else
+                   "a retry may store the events without an event_id twice")
+        replies = self._execute("write", lambda pipe: run(pipe, "w"), landed, unknown)
+        return AppendResult(accepted, int(replies[0][0]) if replies is not None else looked["new"])
 
     def events(self, user_id: str, limit: int | None = None) -> list[StoredEvent]:
         _check_limit(limit)
@@ -691,8 +846,13 @@ def _redis_options(uri: str, parts) -> dict[str, Any]:
             options["prefix"] = value
         elif key == "timeout":
             options["timeout_s"] = _timeout_option(value)
+        elif key == "id_ttl":
+            if not value.isdigit() or int(value) <= 0:
+                raise UnsupportedStoreError(f"id_ttl must be a positive whole number of seconds, got {value!r}")
+            options["event_id_ttl_s"] = int(value)
         else:
-            raise UnsupportedStoreError(f"unknown Redis event store option {key!r} (known: prefix, timeout)")
+            raise UnsupportedStoreError(
+                f"unknown Redis event store option {key!r} (known: prefix, timeout, id_ttl)")
     return options
 
 

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from distilrec.stores import Event, EventStoreError, open_event_store
+from distilrec.stores import AppendResult, Event, EventStoreError, open_event_store
 
 TIMEOUT_S = 0.3  # the store's timeout per try; each test holds answers back for several times that
 
@@ -89,7 +89,7 @@ def proxy(redis_server):
 def test_a_write_applied_but_answered_late_is_a_success(proxy, redis_server):
     with open_event_store(proxy.url(redis_server.password)) as s:
         proxy.mode, proxy.hold_s = "late_exec", 4 * TIMEOUT_S
-        assert s.append([Event("u", "a", 1), Event("u", "b", 2)]) == 2  # the look found it
+        assert s.append([Event("u", "a", 1), Event("u", "b", 2)]) == AppendResult(2, 2)  # the look found it
         assert proxy.exec_seen == 2  # sent, then sent once more; not ten times
         proxy.mode = "pass"
         assert s.history("u") == ["a", "b"]  # once: the resend wrote the same members
@@ -117,3 +117,62 @@ def test_no_answer_to_the_write_nor_to_the_look_is_an_unknown_outcome(proxy, red
         time.sleep(max(0.0, proxy.stalled_until - time.monotonic()) + 0.1)
         proxy.mode = "pass"
         assert s.history("u") == ["a"]  # it had been applied: hence "may", never "nothing stored"
+
+
+# With event ids: the look tells this batch's writes from earlier ones, and a retry is safe.
+
+def test_a_write_with_ids_answered_late_counts_its_new_events(proxy, redis_server):
+    with open_event_store(proxy.url(redis_server.password)) as s:
+        assert s.append([Event("u", "a", 1, event_id="e1")]) == AppendResult(1, 1)
+        proxy.mode, proxy.hold_s, sent = "late_exec", 4 * TIMEOUT_S, proxy.exec_seen
+        # e1 was stored before, e2 by this call (sent twice, then found by the look).
+        got = s.append([Event("u", "a", 1, event_id="e1"), Event("u", "b", 2, event_id="e2"), Event("u", "c", 3)])
+        assert got == AppendResult(accepted=3, new=2)
+        assert proxy.exec_seen - sent == 2
+        proxy.mode = "pass"
+        assert s.history("u") == ["a", "b", "c"]
+
+
+def test_a_late_write_of_known_ids_only_is_a_success_with_nothing_new(proxy, redis_server):
+    with open_event_store(proxy.url(redis_server.password)) as s:
+        assert s.append([Event("u", "a", 1, event_id="e1")]) == AppendResult(1, 1)
+        proxy.mode, proxy.hold_s, sent = "late_exec", 4 * TIMEOUT_S, proxy.exec_seen
+        # Whether or not the script ran, every event is stored: there is nothing to refuse.
+        assert s.append([Event("u", "a", 1, event_id="e1")]) == AppendResult(1, 0)
+        assert proxy.exec_seen - sent == 2
+        proxy.mode = "pass"
+        assert s.history("u") == ["a"]
+
+
+def test_a_lost_write_with_a_known_id_and_a_new_one_is_nothing_stored(proxy, redis_server):
+    with open_event_store(proxy.url(redis_server.password)) as s:
+        assert s.append([Event("u", "a", 1, event_id="e1")]) == AppendResult(1, 1)
+        proxy.mode = "drop_exec"
+        with pytest.raises(EventStoreError, match="nothing stored") as err:
+            s.append([Event("u", "a", 1, event_id="e1"), Event("u", "b", 2, event_id="e2")])
+        assert not err.value.outcome_unknown
+        proxy.mode = "pass"
+        assert s.history("u") == ["a"]
+        assert s.append([Event("u", "a", 1, event_id="e1"), Event("u", "b", 2, event_id="e2")]) == AppendResult(2, 1)
+
+
+def test_after_an_unknown_outcome_a_retry_with_the_same_ids_stores_nothing_twice(proxy, redis_server):
+    batch = [Event("u", "a", 1, event_id="e1"), Event("v", "b", 2, event_id="e2")]
+    with open_event_store(proxy.url(redis_server.password)) as s:
+        proxy.mode, proxy.hold_s = "stall", 10 * TIMEOUT_S
+        with pytest.raises(EventStoreError, match="may have been applied") as err:
+            s.append(batch)
+        assert err.value.outcome_unknown and "stores none of them twice" in str(err.value)
+        time.sleep(max(0.0, proxy.stalled_until - time.monotonic()) + 0.1)
+        proxy.mode = "pass"
+        assert s.append(batch) == AppendResult(accepted=2, new=0)  # it had been applied: the retry adds nothing
+        assert s.history("u") == ["a"] and s.history("v") == ["b"]
+
+
+def test_an_unknown_outcome_says_events_without_ids_may_be_stored_twice(proxy, redis_server):
+    with open_event_store(proxy.url(redis_server.password)) as s:
+        proxy.mode, proxy.hold_s = "stall", 10 * TIMEOUT_S
+        with pytest.raises(EventStoreError, match="events without an event_id twice") as err:
+            s.append([Event("u", "a", 1, event_id="e1"), Event("u", "b", 2)])
+        assert err.value.outcome_unknown
+        time.sleep(max(0.0, proxy.stalled_until - time.monotonic()) + 0.1)

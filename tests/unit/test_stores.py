@@ -13,6 +13,7 @@ import time
 import pytest
 
 from distilrec.stores import (
+    AppendResult,
     Event,
     EventStoreError,
     SQLiteEventStore,
@@ -36,11 +37,11 @@ def store(db):
 
 def test_append_and_history_in_time_order(store, db):
     assert db.exists()  # parent folders are created
-    assert store.append([Event("u1", "a", 10), Event("u1", "b", 30), Event("u2", "x", 5)]) == 3
+    assert store.append([Event("u1", "a", 10), Event("u1", "b", 30), Event("u2", "x", 5)]).new == 3
     # An event with an earlier timestamp that arrives later sorts by its timestamp ...
-    assert store.append([{"user_id": "u1", "item_id": "c", "timestamp": 20, "type": "click"}]) == 1
+    assert store.append([{"user_id": "u1", "item_id": "c", "timestamp": 20, "type": "click"}]).new == 1
     # ... and equal timestamps keep their arrival order.
-    assert store.append([Event("u1", "d", 30), Event("u1", "e", 30)]) == 2
+    assert store.append([Event("u1", "d", 30), Event("u1", "e", 30)]).new == 2
     assert store.history("u1") == ["a", "c", "b", "d", "e"]
     assert store.history("u2") == ["x"]
     assert store.history("nobody") == []
@@ -75,7 +76,7 @@ def test_a_batch_is_all_or_nothing(store):
     with pytest.raises(ValueError):
         store.append([Event("u", "f", 8), {"user_id": "u", "item_id": "g", "surprise": 1}])
     assert store.history("u") == ["kept"]
-    assert store.append([]) == 0
+    assert store.append([]) == AppendResult(0, 0)
     store.append([Event("u", "after", 9)])  # the store still writes after a failed batch
     assert store.history("u") == ["kept", "after"]
 
@@ -93,7 +94,7 @@ def test_write_fails_cleanly_while_another_writer_holds_the_lock(db):
     store.ping()
     blocker.execute("ROLLBACK")
     blocker.close()
-    assert store.append([Event("u", "b", 2)]) == 1
+    assert store.append([Event("u", "b", 2)]).new == 1
     assert store.history("u") == ["a", "b"]
     store.close()
 
@@ -112,14 +113,14 @@ def test_events_survive_a_killed_writer_process(db):
         "import os, sys\n"
         "from distilrec.stores import Event, open_event_store\n"
         "s = open_event_store(sys.argv[1])\n"
-        "n = s.append([Event('u', 'a', 1), Event('u', 'b', 2)])\n"
-        "print(n, flush=True)\n"
+        "r = s.append([Event('u', 'a', 1), Event('u', 'b', 2)])\n"
+        "print(r.accepted, r.new, flush=True)\n"
         "os._exit(0)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, f"sqlite://{db}"], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "2"
+    assert proc.stdout.strip() == "2 2"
     with open_event_store(str(db)) as s:
         assert s.history("u") == ["a", "b"]
 
@@ -284,3 +285,97 @@ def test_closed_store_refuses_work(db):
     s.close()
     with pytest.raises(EventStoreError):
         s.history("u")
+
+
+# The events table as files written before event ids have it (schema version 2), and before the commit
+# time (version 1).
+_OLD_EVENTS_TABLE = """
+CREATE TABLE events (
+    seq     INTEGER PRIMARY KEY,
+    user_id TEXT    NOT NULL CHECK (length(user_id) > 0),
+    item_id TEXT    NOT NULL CHECK (length(item_id) > 0),
+    ts      INTEGER NOT NULL CHECK (ts >= 0),
+    type    TEXT    NOT NULL CHECK (length(type) > 0){committed}
+);
+CREATE INDEX events_user_ts_seq ON events (user_id, ts, seq);
+"""
+
+
+def _old_file(db, version: int) -> None:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    committed = ",\n    committed REAL  NOT NULL DEFAULT 0" if version >= 2 else ""
+    conn.executescript(_OLD_EVENTS_TABLE.format(committed=committed))
+    if version >= 2:
+        conn.executescript("""
+            CREATE TABLE items (item_id TEXT PRIMARY KEY CHECK (length(item_id) > 0), seq INTEGER NOT NULL,
+                                body TEXT NOT NULL);
+            CREATE INDEX items_seq ON items (seq);
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO meta (key, value) VALUES ('items_seq', 0), ('reload', 3);
+            INSERT INTO events (user_id, item_id, ts, type, committed) VALUES ('u', 'a', 1, 'view', 1.5),
+                                                                              ('u', 'b', 2, 'click', 2.5);""")
+    else:
+        conn.execute("INSERT INTO events (user_id, item_id, ts, type) VALUES ('u', 'a', 1, 'view'), "
+                     "('u', 'b', 2, 'click')")
+    conn.execute(f"PRAGMA user_version = {version}")
+    conn.close()
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_file_written_before_event_ids_upgrades_in_place_and_keeps_its_events(db, version):
+    _old_file(db, version)
+    with open_event_store(str(db)) as s:
+        assert [(e.item_id, e.timestamp, e.type) for e in s.events("u")] == [("a", 1, "view"), ("b", 2, "click")]
+        assert s.append([Event("u", "c", 3, event_id="e1"), Event("u", "d", 4)]) == AppendResult(2, 2)
+        assert s.append([Event("u", "c", 3, event_id="e1")]) == AppendResult(1, 0)
+        assert s.history("u") == ["a", "b", "c", "d"]
+        if version == 2:
+            assert s.sync_state() == (0, 3)
+    conn = sqlite3.connect(db)
+    assert "event_id" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    # A build without event ids can still open the file (same version) and write to it (its rows get no id).
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.execute("INSERT INTO events (user_id, item_id, ts, type, committed) VALUES ('u', 'e', 5, 'view', 0)")
+    conn.commit()
+    conn.close()
+    with open_event_store(str(db)) as s:  # opening an upgraded file again changes nothing
+        assert s.history("u") == ["a", "b", "c", "d", "e"]
+        assert s.append([Event("u", "c", 3, event_id="e1")]) == AppendResult(1, 0)
+
+
+def test_several_openers_upgrade_an_old_file_at_once(db):
+    _old_file(db, 2)
+    errors = []
+
+    def open_one():
+        try:
+            with SQLiteEventStore(db) as s:
+                s.append([Event("u", "x", 9, event_id="same")])
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    with open_event_store(str(db)) as s:
+        assert s.history("u") == ["a", "b", "x"]
+
+
+def test_a_retry_after_a_failed_write_stores_the_ids_once(db):
+    store = SQLiteEventStore(db, timeout_s=0.2)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    batch = [Event("u", "a", 1, event_id="e1"), Event("u", "b", 2, event_id="e2")]
+    with pytest.raises(EventStoreError, match="nothing stored"):
+        store.append(batch)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert store.append(batch) == AppendResult(2, 2)
+    assert store.append(batch) == AppendResult(2, 0)
+    assert [e.item_id for e in store.events("u")] == ["a", "b"]
+    store.close()
