@@ -275,8 +275,16 @@ def load_artifact(uri: str, with_teacher: bool = False, with_histories: bool = T
         grouped = frame.groupby("user_id", sort=False)  # keeps each user's rows in file (time) order
         histories = grouped["item_id"].agg(list).to_dict()
         times = {u: [int(t) for t in ts] for u, ts in grouped["timestamp"].agg(list).items()}
+    return Artifact(uri, manifest, items, student, teacher, histories, encoder_location(uri, manifest), times)
+
+
+def encoder_location(uri: str, manifest: dict[str, Any]) -> str | None:
+    """Where the text encoder of the artifact version at ``uri`` (resolved) is: its ``encoder/`` folder
+    when the encoder was embedded, else the manifest's name or path (a hub id); ``None`` without one."""
     enc = manifest.get("encoder", {})
-    encoder_uri = None
-    if enc.get("name_or_path"):
-        encoder_uri = f"{_proto(uri)}{posixpath.join(base, 'encoder')}" if enc.get("embedded") else enc["name_or_path"]
-    return Artifact(uri, manifest, items, student, teacher, histories, encoder_uri, times)
+    if not enc.get("name_or_path"):
+        return None
+    if enc.get("embedded"):
+        _, base = _fs(uri)
+        return f"{_proto(uri)}{posixpath.join(base, 'encoder')}"
+    return enc["name_or_path"]

@@ -7,8 +7,13 @@ locally (``distilrec serve``) and in the chart's RayService (``serveConfigV2``):
       model_uri: /models/out        # a pipeline output folder, a version folder, or s3://…
       model_poll_s: 30              # look for a newer version under model_uri (0 = off)
       event_store: sqlite:///tmp/distilrec/events.db   # or redis://host:6379/0
-      scorer_model: student         # or teacher (benchmarks)
+      scorer: inline                # or deployment (the Scorer deployment: a GPU, the teacher)
+      scorer_model: student         # or teacher
       retrieval: exact              # or faiss (large catalogues)
+
+The graph: ``Ingress`` (HTTP, features, in-process scoring, ranking) with a handle to ``TextEncoder``
+(item and query text) and, with ``scorer: deployment``, to ``Scorer``. The Scorer deployment is only
+built in that mode, so the serve config lists it (to override its options) only then.
 """
 
 from __future__ import annotations
@@ -20,10 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
 
 from distilrec.stores import REDIS_SCHEMES, parse_store_uri
-from services.feature_encoder import FeatureEncoder
 from services.ingress import Ingress
-from services.ranker import Ranker
-from services.scorer import StudentScorer
+from services.scorer import Scorer
+from services.text_encoder import TextEncoder
 
 
 DEFAULT_EVENT_STORE = "sqlite:///tmp/distilrec/events.db"
@@ -34,8 +38,11 @@ class AppArgs(BaseModel):
 
     model_uri: str = Field(description="pipeline output folder, artifact version folder, or fsspec URI")
     model_poll_s: float = Field(30.0, ge=0, description="seconds between looks for a newer version (0 = off)")
-    scorer_threads: int = Field(1, ge=1, description="torch threads per scorer replica")
-    scorer_model: Literal["student", "teacher"] = Field("student", description="the model the scorer serves")
+    scorer_threads: int = Field(1, ge=1, description="torch threads per replica that scores")
+    scorer: Literal["inline", "deployment"] = Field(
+        "inline", description="inline: the ingress scores in process (no handle call); deployment: the Scorer "
+                              "deployment scores (one handle call; a GPU or scaling of its own)")
+    scorer_model: Literal["student", "teacher"] = Field("student", description="the model that scores")
     retrieval: Literal["exact", "faiss"] = Field("exact", description="candidate retrieval over item vectors")
     event_store: str = Field(
         DEFAULT_EVENT_STORE,
@@ -56,10 +63,22 @@ class AppArgs(BaseModel):
         return uri
 
 
+def deployments_of(args: dict) -> set[str]:
+    """The deployment names ``build_app(args)`` builds (a serve config may list options for these only).
+
+    >>> sorted(deployments_of({"model_uri": "/m"})), sorted(deployments_of({"model_uri": "/m", "scorer": "deployment"}))
+    (['Ingress', 'TextEncoder'], ['Ingress', 'Scorer', 'TextEncoder'])
+    """
+    a = AppArgs.model_validate(args)
+    return {"Ingress", "TextEncoder"} | ({"Scorer"} if a.scorer == "deployment" else set())
+
+
 def build_app(args: dict) -> Application:
     a = AppArgs.model_validate(args)
-    encoder = FeatureEncoder.bind(a.model_uri, a.event_store, model_poll_s=a.model_poll_s)
-    scorer = StudentScorer.bind(a.model_uri, a.event_store, scorer_model=a.scorer_model, retrieval=a.retrieval,
-                                threads=a.scorer_threads, model_poll_s=a.model_poll_s)
-    ranker = Ranker.bind(a.model_uri, a.event_store, model_poll_s=a.model_poll_s)
-    return Ingress.bind(encoder, scorer, ranker, a.model_uri)
+    text = TextEncoder.bind(a.model_uri)
+    scorer = None
+    if a.scorer == "deployment":
+        scorer = Scorer.bind(a.model_uri, a.event_store, scorer_model=a.scorer_model, retrieval=a.retrieval,
+                             threads=a.scorer_threads, model_poll_s=a.model_poll_s)
+    return Ingress.bind(text, scorer, a.model_uri, a.event_store, scorer_model=a.scorer_model,
+                        retrieval=a.retrieval, threads=a.scorer_threads, model_poll_s=a.model_poll_s)

@@ -1,26 +1,35 @@
-"""Ingress deployment: the HTTP API (FastAPI), validation, and the composition of the stages.
+"""Ingress deployment: the HTTP API (FastAPI) and, in process, the whole recommendation of a known user.
 
 (No ``from __future__ import annotations`` here: FastAPI must see the real request types.)
 
     POST /v1/recommend  {"user_id": "1", "history": ["318"], "k": 10, "exclude": ["1"],
-                         "filters": {"genres": ["Comedy"]}, "diversity": 0.3}
-    POST /v1/events     {"events": [{"user_id": "1", "item_id": "318", "timestamp": 1700000000}]}
-                        → {"stored": 1} once every event is committed to the event store
+                         "filters": {"genres": ["Comedy"]}, "diversity": 0.3, "query": "space opera"}
+    POST /v1/events     {"events": [{"user_id": "1", "item_id": "318", "timestamp": 1700000000,
+                                     "event_id": "c0ffee-1"}]}
+                        → {"stored": 1, "new": 1} once every event is committed to the event store
     POST /v1/items      {"items": [{"item_id": "n1", "title": "…", "text": "…", "attributes": {…}}]}
                         (admin) → {"added": 1}; recommendable by the next request
     GET  /v1/model      version, creation time and offline metrics of the loaded model, reload errors
     POST /v1/model/reload  (admin) load the newest version under the model URI now
     GET  /healthz       the process is alive
-    GET  /readyz        the model is loaded, every stage answers and the event store can be read
+    GET  /readyz        the model is loaded, the scorer answers and the event store can be read
 
-Every stage call has a deadline (``deadline_ms`` in the ingress's ``user_config``). When scoring fails,
-is too slow or is overloaded, the answer comes from the ranker's co-occurrence / popularity ranking
-with ``"degraded": true``; when the event store cannot be read the answer lacks the stored events and
-is degraded too. Admin endpoints need ``Authorization: Bearer $DISTILREC_ADMIN_TOKEN`` when that
-variable is set. Request bodies are limited to ``MAX_BODY_BYTES``. Every response carries Serve's
-``X-Request-Id`` (the client's, when it sent one), which the replicas' JSON logs carry as
-``request_id``. Every error is JSON ``{"error": {"code": ..., "message": ...}}`` with a stable
-``code``; a response never carries a stack trace.
+A known user's request makes no handle call: the replica reads the user's history (artifact + event
+store, off the event loop), scores it with the model in process (``@serve.batch`` on
+:meth:`Ingress.score_inline`: concurrent requests on a replica become one tensor batch), ranks and
+answers (:mod:`distilrec.serving`). With ``scorer: deployment`` the scoring step is one typed handle call
+to the Scorer deployment instead (a model that needs hardware or scaling of its own). The TextEncoder
+deployment embeds new items' text and a request's ``query``.
+
+Every step has a deadline (``deadline_ms`` in the ingress's ``user_config``). When scoring fails, is too
+slow or is overloaded, the answer comes from the co-occurrence / popularity ranking with
+``"degraded": true``; when the event store cannot be read the answer lacks the stored events and is
+degraded too; a query whose text cannot be embedded is answered without it, degraded. Admin endpoints
+need ``Authorization: Bearer $DISTILREC_ADMIN_TOKEN`` when that variable is set. Request bodies are
+limited to ``MAX_BODY_BYTES`` (a larger body is read and dropped before the 413, so that a client that
+sends it all before reading still gets the answer). Every response carries Serve's ``X-Request-Id``,
+which the replicas' JSON logs carry as ``request_id``. Every error is JSON ``{"error": {"code": ...,
+"message": ...}}`` with a stable ``code``; a response never carries a stack trace.
 """
 
 
@@ -29,6 +38,8 @@ import hmac
 import logging
 import os
 import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Optional
 
 from fastapi import FastAPI, Request
@@ -40,10 +51,17 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import numpy as np
+
 from distilrec.artifacts import resolve
+from distilrec.catalog import compose_text, parse_attributes
+from distilrec.query import QUERY_WEIGHT
+from distilrec.serving import (DEFAULT_CANDIDATES, DEFAULT_K, Features, ScoreRequest, ScoreResult, ServingBundle,
+                               candidates_wanted, fallback, popular, rank, rank_with_query, user_features)
+from distilrec.stores import EventStoreError, NewItem, open_event_store
 from services import metrics
 from services.autoscaling import CPU_METRIC, CpuMeter
-from services.state import freeze_heap
+from services.state import ServingState, freeze_heap
 
 log = logging.getLogger("ray.serve")
 MAX_HISTORY = 1000
@@ -55,9 +73,12 @@ RETRY_AFTER_S = 1
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: 1,000 events or 100 new items fit with room to spare
 MAX_NEW_ITEMS = 100
 MAX_TEXT = 5000
+MAX_QUERY = 1000
+DRAIN_LIMIT_BYTES = 64 << 20  # an oversized body is read and dropped up to this much before the 413
+SEEN_USERS = 100_000  # users whose last reflected event this replica remembers (event-to-effect metric)
 ADMIN_TOKEN_ENV = "DISTILREC_ADMIN_TOKEN"
 # Per stage, in milliseconds; the serve config's ingress user_config overrides them.
-DEFAULT_DEADLINES_MS = {"encode": 1000, "score": 1000, "rank": 1000, "store": 10000, "items": 60000,
+DEFAULT_DEADLINES_MS = {"features": 1000, "score": 1000, "query": 1000, "store": 10000, "items": 60000,
                         "info": 5000, "reload": 120000}
 
 
@@ -75,13 +96,17 @@ class RecommendRequest(BaseModel):
     history: list[ItemId] = Field(default_factory=list, max_length=MAX_HISTORY,
                                description="item ids the user just interacted with, oldest first")
     k: Optional[int] = Field(None, ge=1, le=100, description="how many items to return (default: the "
-                                                                "ranker's default_k, 10)")
+                                                                "ingress's default_k, 10)")
     exclude: list[ItemId] = Field(default_factory=list, max_length=MAX_EXCLUDE, description="item ids never to return")
     filters: dict[AttributeValue, list[AttributeValue]] = Field(default_factory=dict, max_length=10,
                                           description='keep items with one of these attribute values, e.g. '
                                                       '{"genres": ["Comedy", "Drama"]} (several attributes: all must match)')
     diversity: Optional[float] = Field(None, ge=0.0, le=1.0, description="MMR trade-off: 0 = pure relevance "
-                                                                           "(default: the ranker's knob)")
+                                                                           "(default: the ingress's knob)")
+    query: Optional[str] = Field(None, min_length=1, max_length=MAX_QUERY, pattern=NO_NUL,
+                                 description="free text, e.g. \"a space opera with robots\": the ranking blends the "
+                                             "model's score with the query's similarity to the items' text "
+                                             "(query_weight in the ingress's user_config)")
 
 
 class Item(BaseModel):
@@ -107,6 +132,9 @@ class EventIn(BaseModel):
     timestamp: int | None = Field(None, ge=0, le=MAX_TIMESTAMP, description="unix seconds; default: now")
     type: str = Field("view", min_length=1, max_length=64, description="kind of interaction (stored, not yet "
                                                                        "used by the ranking)")
+    event_id: str | None = Field(None, min_length=1, max_length=128, pattern=NO_NUL,
+                                 description="the client's id of the event: an event whose id is already stored "
+                                             "is not stored again, so a retry is safe")
 
 
 class EventsRequest(BaseModel):
@@ -117,7 +145,8 @@ class EventsRequest(BaseModel):
 
 
 class EventsResponse(BaseModel):
-    stored: int = Field(description="events committed to the event store (all of the request's)")
+    stored: int = Field(description="events of the request that are in the event store (all of them)")
+    new: int = Field(description="of those, events stored by this request (the others' event_id was stored before)")
 
 
 class NewItemIn(BaseModel):
@@ -165,7 +194,8 @@ _ERROR_DOCS = {
     413: "payload_too_large: the body is over 1 MiB",
     422: "invalid_request (bad JSON, wrong types, values out of range, unknown fields) or unknown_item",
     503: "event_store_unavailable / unavailable / not_ready: retry after Retry-After seconds; nothing was stored "
-         "unless the message says the store did not answer or confirm in time (then a retry may store twice)",
+         "unless the message says the store did not answer or confirm in time (then a retry of events with an "
+         "event_id stores each once; without one it may store twice)",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
@@ -238,6 +268,7 @@ async def _count(request: Request, call_next):
         # Before the body is read or validated: an unauthenticated client learns nothing and costs little.
         response = _error(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
     elif _too_large(request):
+        await _drain(request)
         response = _error(413, "payload_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
     elif request.method == "POST" and "content-length" not in request.headers and \
             len(await request.body()) > MAX_BODY_BYTES:  # chunked upload: read (once, cached) and measure
@@ -251,6 +282,19 @@ async def _count(request: Request, call_next):
     if response.status_code >= 500:
         log.warning("%s %s -> %d", request.method, request.url.path, response.status_code)
     return response
+
+
+async def _drain(request: Request) -> None:
+    """Read and drop the body (up to ``DRAIN_LIMIT_BYTES``): a client that sends a whole oversized body
+    before it reads would otherwise see the connection reset instead of the 413."""
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > DRAIN_LIMIT_BYTES:
+                break
+    except Exception:  # noqa: BLE001 - the client went away: nothing to answer
+        pass
 
 
 _ADMIN_ROUTES = {"/v1/items", "/v1/model/reload"}
@@ -275,122 +319,269 @@ async def _awaitable(response):
     return await response
 
 
+def _refusal(what: str, e: EventStoreError, on_retry: str) -> str:
+    """The client's message for a write the store refused: whether anything was stored."""
+    if e.outcome_unknown:
+        return f"the event store did not confirm {what} in time; they may have been stored ({on_retry})"
+    return f"the event store did not accept {what}; nothing was stored, retry later"
+
+
+
+STORE_THREADS = 4  # event store reads and writes run here, off the event loop
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, encoder: DeploymentHandle, scorer: DeploymentHandle, ranker: DeploymentHandle,
-                 model_uri: str):
-        self.encoder, self.scorer, self.ranker = encoder, scorer, ranker
+    """One replica: the catalogue, the users' histories and (``scorer="inline"``) the model, held once.
+
+    ``text_encoder``: the TextEncoder deployment (new items' text, queries); ``scorer``: the Scorer
+    deployment when ``scorer="deployment"``, else ``None``; ``scorer_model``: ``student`` | ``teacher``;
+    ``retrieval``: ``exact`` | ``faiss``; ``threads``: torch threads for in-process scoring."""
+
+    def __init__(self, text_encoder: DeploymentHandle, scorer: DeploymentHandle | None, model_uri: str,
+                 event_store: str, scorer_model: str = "student", retrieval: str = "exact", threads: int = 1,
+                 model_poll_s: float = 30.0):
+        self.text_encoder, self.scorer = text_encoder, scorer
         self.model_uri = model_uri
+        self.inline = scorer is None
+        if self.inline:
+            import torch
+
+            from distilrec.models import native_cpu_kernels
+
+            torch.set_num_threads(threads)
+            native_cpu_kernels(True)  # PyTorch's own CPU kernels: a request's small ops pay less set-up
+        self.io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
+        self.store = open_event_store(event_store)
+        which = scorer_model if self.inline else None
+        self.state = ServingState(model_uri, lambda art: ServingBundle.build(art, which, retrieval), self.store,
+                                  model_poll_s, with_teacher=which == "teacher", with_histories=True)
         self.deadlines_ms = dict(DEFAULT_DEADLINES_MS)
+        self.candidates, self.default_k, self.diversity, self.query_weight = DEFAULT_CANDIDATES, DEFAULT_K, 0.0, QUERY_WEIGHT
+        self.knobs: dict = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
         self.stage = metrics.stage_latency()
         self.cold_start = metrics.cold_start_total()
         self.degraded = metrics.degraded_total()
+        self.batch_size = metrics.batch_size()
+        self.n_candidates = metrics.candidates_per_request()
+        self.events_stored = metrics.events_stored_total()
+        self.items_added = metrics.items_added_total()
+        self.store_errors = metrics.event_store_errors()
+        self.effect = metrics.event_to_effect()
+        self.started = time.time()
+        self.reflected: OrderedDict[str, int] = OrderedDict()  # user -> last event seq reflected here
         self.cpu, self.cpu_busy = CpuMeter(), metrics.ingress_cpu_busy()
         freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
     def reconfigure(self, config: dict) -> None:
-        """``{"deadline_ms": {"encode": 500, "score": 300, …}}``."""
+        """``{"deadline_ms": {"score": 300, …}, "max_batch_size": 32, "batch_wait_timeout_s": 0.0,
+        "candidates": 200, "default_k": 10, "diversity": 0.0, "query_weight": 0.5}``."""
         for stage, ms in (config.get("deadline_ms") or {}).items():
             self.deadlines_ms[stage] = float(ms)
+        if "max_batch_size" in config:
+            self.score_inline.set_max_batch_size(max(1, int(config["max_batch_size"])))
+        if "batch_wait_timeout_s" in config:
+            self.score_inline.set_batch_wait_timeout_s(max(0.0, float(config["batch_wait_timeout_s"])))
+        if "candidates" in config:
+            self.candidates = max(1, int(config["candidates"]))
+        if "default_k" in config:
+            self.default_k = min(100, max(1, int(config["default_k"])))
+        if "diversity" in config:
+            self.diversity = min(1.0, max(0.0, float(config["diversity"])))
+        if "query_weight" in config:
+            self.query_weight = min(1.0, max(0.0, float(config["query_weight"])))
+        self.knobs = {**self.knobs, **{k: v for k, v in config.items() if k != "deadline_ms"}}
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Serve's autoscaling metric of this replica: the share of a CPU it used since the last call.
-        The ingress mostly waits on the other stages, so it scales on its CPU
-        (``services.autoscaling.CpuBusyPolicy``), not on the requests it holds. The same figure is
-        exported as ``distilrec_ingress_cpu_busy`` for the dashboard."""
+        """Serve's autoscaling metric of this replica: the share of a CPU it used since the last call
+        (``services.autoscaling.CpuBusyPolicy``), also exported as ``distilrec_ingress_cpu_busy``."""
         busy = self.cpu.sample()
         self.cpu_busy.set(busy)
         return {CPU_METRIC: busy}
 
-    async def _timed(self, stage: str, response):
-        """Await a stage call within its deadline; the call is cancelled when the deadline passes."""
+    # ------------------------------------------------------------------------------------ helpers
+
+    async def _timed(self, stage: str, awaitable):
+        """Await one step within its deadline (``asyncio.TimeoutError`` past it; a handle call is
+        cancelled)."""
         t0 = time.perf_counter()
         try:
-            return await asyncio.wait_for(_awaitable(response), self.deadlines_ms.get(stage, 1000) / 1000)
+            return await asyncio.wait_for(_awaitable(awaitable), self.deadlines_ms.get(stage, 1000) / 1000)
         except asyncio.TimeoutError:
-            response.cancel()
+            cancel = getattr(awaitable, "cancel", None)
+            if cancel is not None:
+                cancel()
             raise
         finally:
             self.stage.observe((time.perf_counter() - t0) * 1000, tags={"stage": stage})
 
-    def _degrade(self, reason: str) -> None:
-        self.degraded.inc(tags={"reason": reason})
+    def _in_thread(self, stage: str, fn, *args):
+        """``fn(*args)`` on the store threads, within the stage's deadline."""
+        return self._timed(stage, asyncio.get_running_loop().run_in_executor(self.io, fn, *args))
+
+    def _sync(self) -> tuple[bool, tuple[int, int] | None]:
+        """Catch up with the store's new items and reload requests; ``(store readable, sync state)``."""
+        try:
+            sync = tuple(self.store.sync_state())
+        except EventStoreError as e:
+            log.warning("event store sync read failed: %s", e)
+            self.store_errors.inc(tags={"op": "read"})
+            return False, None
+        self.state.sync(sync)
+        return True, sync
+
+    def _features(self, user_id: str | None, history: list[str]) -> tuple[ServingBundle, Features, tuple | None]:
+        """Runs on a store thread: sync, then the user's history, all from one bundle."""
+        ok, sync = self._sync()
+        b = self.state.bundle
+        feats = user_features(b, self.store, user_id, history, store_ok=ok)
+        if ok and not feats.store_ok:
+            log.warning("event store read failed; answering without stored events")
+            self.store_errors.inc(tags={"op": "read"})
+        if user_id is not None and feats.stored:
+            self._observe_effect(user_id, feats.stored)
+        return b, feats, sync
+
+    def _observe_effect(self, user_id: str, stored) -> None:
+        """``distilrec_event_to_effect_seconds`` for events no earlier recommendation here reflected."""
+        last = self.reflected.get(user_id, 0)
+        fresh = [e for e in stored if e.seq > last and e.committed >= self.started]
+        if fresh:
+            self.effect.observe(max(0.0, time.time() - min(e.committed for e in fresh)))
+        self.reflected[user_id] = max(last, max(e.seq for e in stored))
+        self.reflected.move_to_end(user_id)
+        while len(self.reflected) > SEEN_USERS:
+            self.reflected.popitem(last=False)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def score_inline(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        """In-process scoring: the requests that reached this replica's queue together, as one batch
+        (``max_batch_size`` / ``batch_wait_timeout_s`` in ``user_config``; 1 = no batching)."""
+        scorer = self.state.bundle.scorer
+        if scorer is None:  # cannot happen with scorer: inline; a clear error rather than AttributeError
+            raise RuntimeError("this replica has no in-process model")
+        self.batch_size.observe(len(requests))
+        return scorer.score(requests)
+
+    def _score(self, req: ScoreRequest):
+        return self.score_inline(req) if self.inline else self.scorer.score.remote(req)
+
+    def _degrade(self, reasons: list[str]) -> None:
+        for r in reasons:
+            self.degraded.inc(tags={"reason": r})
+
+    # -------------------------------------------------------------------------------- endpoints
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Top-k unseen items for a user (stored history + events + the request's ``history``), or the
-        popular items for a cold start. ``degraded`` marks an answer given by a fallback."""
-        reasons = []
+        popular items for a cold start; with ``query``, blended with the query's similarity to the items'
+        text. ``degraded`` marks an answer given by a fallback."""
+        reasons: list[str] = []
         try:
-            feats = await self._timed("encode", self.encoder.encode.remote(req.user_id, req.history, req.filters))
-        except Exception as e:  # noqa: BLE001 - the encoder is down or slow: the request's history only
-            reasons.append("encoder_timeout" if isinstance(e, asyncio.TimeoutError) else "encoder_error")
-            log.warning("encode failed (%s); answering from the request's history", type(e).__name__)
-            feats = {"items": list(req.history), "timestamps": [int(time.time())] * len(req.history),
-                     "unknown_items": [], "unknown_filters": [], "store_ok": True, "sync": None, "known_user": False}
-        if feats["unknown_items"]:
-            shown = ", ".join(repr(i) for i in feats["unknown_items"][:5])
-            raise ApiError(422, "unknown_item", f"history has item ids not in the catalogue: {shown}")
-        if feats["unknown_filters"]:
-            known = ", ".join(feats.get("attribute_names") or []) or "none"
-            raise ApiError(422, "invalid_request", f"unknown filter attribute(s) {feats['unknown_filters']}; "
-                                                   f"known: {known}")
-        if not feats["store_ok"]:
+            b, feats, sync = await self._in_thread("features", self._features, req.user_id, list(req.history))
+        except asyncio.TimeoutError:
             reasons.append("store_read")
-        history, sync = feats["items"], feats["sync"]
+            log.warning("reading the user's history took too long; answering from the request's history")
+            b = self.state.bundle
+            feats, sync = user_features(b, None, req.user_id, req.history), None
+        cat = b.catalog
+        if feats.unknown_items:
+            shown = ", ".join(repr(i) for i in feats.unknown_items[:5])
+            raise ApiError(422, "unknown_item", f"history has item ids not in the catalogue: {shown}")
+        unknown_filters = sorted(set(req.filters) - b.attribute_names)
+        if unknown_filters:
+            known = ", ".join(sorted(b.attribute_names)) or "none"
+            raise ApiError(422, "invalid_request", f"unknown filter attribute(s) {unknown_filters}; known: {known}")
+        if not feats.store_ok:
+            reasons.append("store_read")
+        k = req.k or self.default_k
+        div = self.diversity if req.diversity is None else req.diversity
         filters = req.filters or None
+        history = feats.items
+        qvec = await self._query_vector(req.query, b, reasons) if req.query else None
+        if not history:
+            self.cold_start.inc()
+            items = (rank_with_query(cat, qvec, req.query, None, None, [], req.exclude, k, filters, div,
+                                     self.query_weight) if qvec is not None else popular(cat, req.exclude, k, filters))
+            return self._answer(items, b.version, reasons, cold_start=True)
+        n = candidates_wanted(self.candidates, k, len(history) + len(req.exclude), bool(filters))
+        score_req = ScoreRequest(tuple(history), tuple(feats.timestamps), n, sync)
         try:
-            if not history:
-                self.cold_start.inc()
-                ranked = await self._timed("rank", self.ranker.popular.remote(req.exclude, req.k, filters, sync))
-                return self._answer(ranked, reasons, cold_start=True)
-            try:
-                cands = await self._timed("score", self.scorer.score.remote(
-                    {"history": history, "timestamps": feats["timestamps"], "k": req.k,
-                     "n_drop": len(history) + len(req.exclude),
-                     "wide": bool(filters), "sync": sync}))
-            except Exception as e:  # noqa: BLE001 - any scorer failure falls back to the cheap ranking
-                reason = ("scorer_timeout" if isinstance(e, asyncio.TimeoutError) else
-                          "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
-                log.warning("scoring failed (%s: %s); answering with the co-occurrence fallback", reason,
-                            type(e).__name__)
-                reasons.append(reason)
-                ranked = await self._timed("rank", self.ranker.fallback.remote(history, req.exclude, req.k,
-                                                                               filters, sync))
-                return self._answer(ranked, reasons, cold_start=False)
-            ranked = await self._timed("rank", self.ranker.rank.remote(cands, history, req.exclude, req.k, filters,
-                                                                        req.diversity, sync))
-            ranked["model_version"] = cands["model_version"]
-            return self._answer(ranked, reasons, cold_start=False)
-        except ApiError:
-            raise
-        except Exception as e:  # noqa: BLE001 - without the ranker there is no answer at all
-            log.error("ranking failed: %s", type(e).__name__)
-            raise ApiError(503, "unavailable", "the ranking stage did not answer; retry",
-                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+            result: ScoreResult = await self._timed("score", self._score(score_req))
+        except Exception as e:  # noqa: BLE001 - any scoring failure falls back to the cheap ranking
+            reason = ("scorer_timeout" if isinstance(e, asyncio.TimeoutError) else
+                      "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
+            log.warning("scoring failed (%s: %s); answering with the co-occurrence fallback", reason, type(e).__name__)
+            reasons.append(reason)
+            return self._answer(fallback(cat, history, req.exclude, k, filters), b.version, reasons, cold_start=False)
+        self.n_candidates.observe(len(result.item_ids))
+        if qvec is not None:
+            items = rank_with_query(cat, qvec, req.query, result.item_ids, result.scores, history, req.exclude, k,
+                                    filters, div, self.query_weight, self.candidates)
+        else:
+            items = rank(cat, result.item_ids, result.scores, history, req.exclude, k, filters, div)
+        return self._answer(items, result.model_version, reasons, cold_start=False)
 
-    def _answer(self, ranked: dict, reasons: list[str], cold_start: bool) -> RecommendResponse:
-        for r in reasons:
-            self._degrade(r)
-        return RecommendResponse(items=ranked["items"], model_version=ranked["model_version"],
-                                 degraded=bool(reasons), cold_start=cold_start)
+    async def _query_vector(self, query: str, b: ServingBundle, reasons: list[str]):
+        """The query's text embedding ``(text_dim,)``, or ``None`` (with a degraded reason) when the
+        text encoder fails or is too slow. A model without text features refuses queries (409)."""
+        if not b.text_dim or not b.encoder_uri:
+            raise ApiError(409, "text_features_unavailable", "the loaded model was trained without text "
+                                                             "features; queries need them")
+        try:
+            emb = await self._timed("query", self.text_encoder.encode.remote([query], b.encoder_uri))
+        except Exception as e:  # noqa: BLE001 - answer without the query rather than not at all
+            log.warning("query encoding failed: %s", type(e).__name__)
+            reasons.append("query_timeout" if isinstance(e, asyncio.TimeoutError) else "query_error")
+            return None
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.shape != (1, b.text_dim):
+            log.error("the text encoder gives %s, the model reads %d dimensions", emb.shape, b.text_dim)
+            reasons.append("query_error")
+            return None
+        return emb[0]
+
+    def _answer(self, items: list[dict], version: str, reasons: list[str], cold_start: bool) -> RecommendResponse:
+        self._degrade(reasons)
+        return RecommendResponse(items=items, model_version=version, degraded=bool(reasons), cold_start=cold_start)
+
+    def _append(self, batch: list[dict]) -> dict:
+        """Runs on a store thread: ``{"stored", "new"}``, ``{"unknown_items"}`` or ``{"error", "message"}``."""
+        self._sync()
+        index = self.state.bundle.catalog.index
+        unknown = [e["item_id"] for e in batch if e["item_id"] not in index]
+        if unknown:
+            return {"unknown_items": list(dict.fromkeys(unknown))}
+        try:
+            res = self.store.append(batch)
+        except EventStoreError as e:
+            log.warning("event store write failed: %s", e)
+            self.store_errors.inc(tags={"op": "write"})
+            return {"error": "event_store_unavailable",
+                    "message": _refusal("the events", e, "a retry of events with an event_id stores each once")}
+        except ValueError as e:
+            return {"error": "invalid_request", "message": str(e)}
+        if res.new:
+            self.events_stored.inc(res.new)
+        return {"stored": res.accepted, "new": res.new}
 
     @app.post("/v1/events", response_model=EventsResponse, responses=_errors(503))
     async def events(self, req: EventsRequest) -> EventsResponse:
         """Store interactions; a 2xx means every event is committed (fsynced) and the next
-        ``/v1/recommend`` for its user reflects it. All or nothing: an unknown item id stores none."""
+        ``/v1/recommend`` for its user reflects it. All or nothing: an unknown item id stores none. An
+        event whose ``event_id`` is already stored is acknowledged and not stored again (``new`` counts
+        the ones this request stored)."""
         now = int(time.time())
-        batch = [{"user_id": e.user_id, "item_id": e.item_id, "type": e.type,
+        batch = [{"user_id": e.user_id, "item_id": e.item_id, "type": e.type, "event_id": e.event_id,
                   "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
         try:
-            result = await self._timed("store", self.encoder.append_events.remote(batch))
-        except Exception as e:  # noqa: BLE001 - too slow, or the encoder replica died (restart, crash)
-            # The write may still have committed: the client retries (events are a log; a retry may duplicate).
-            log.warning("storing events failed: %s", type(e).__name__)
-            what = "did not answer in time" if isinstance(e, asyncio.TimeoutError) else "is not reachable"
-            raise ApiError(503, "event_store_unavailable", f"the event store {what}; the events may have been "
-                           "stored (a retry may store them twice)",
+            result = await self._in_thread("store", self._append, batch)
+        except asyncio.TimeoutError:
+            log.warning("storing events took longer than the store deadline")
+            raise ApiError(503, "event_store_unavailable", "the event store did not answer in time; the events "
+                           "may have been stored (a retry of events with an event_id stores each once)",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if result.get("unknown_items"):
             shown = ", ".join(repr(i) for i in result["unknown_items"][:5])
@@ -403,7 +594,7 @@ class Ingress:
             raise ApiError(422, result["error"], result["message"])
         if result["stored"] != len(batch):  # never acknowledge what was not stored
             raise ApiError(500, "internal", "the event store stored a different number of events")
-        return EventsResponse(stored=result["stored"])
+        return EventsResponse(stored=result["stored"], new=result["new"])
 
     @app.post("/v1/items", response_model=ItemsResponse, responses=_errors(401, 409, 503))
     async def items(self, req: ItemsRequest, request: Request) -> ItemsResponse:
@@ -413,28 +604,70 @@ class Ingress:
         ids = [it.item_id for it in req.items]
         if len(set(ids)) != len(ids):
             raise ApiError(422, "invalid_request", "the same item_id twice in one request")
-        payload = [it.model_dump() for it in req.items]
+        b = self.state.bundle
+        trained = [i for i in ids if b.is_trained(i)]
+        if trained:
+            shown = ", ".join(repr(i) for i in trained[:5])
+            raise ApiError(409, "item_exists", f"trained catalogue items cannot be replaced: {shown}")
+        if not b.text_dim or not b.encoder_uri:
+            raise ApiError(409, "text_features_unavailable",
+                           "the loaded model was trained without text features; new items need them")
+        texts = [compose_text(it.title, it.text, it.attributes) for it in req.items]
         try:
-            result = await self._timed("items", self.encoder.add_items.remote(payload))
+            emb = await self._timed("items", self.text_encoder.encode.remote(texts, b.encoder_uri))
         except asyncio.TimeoutError:
             raise ApiError(503, "unavailable", "encoding the items took too long; retry",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        code = result.get("error")
-        if code == "event_store_unavailable":
-            raise ApiError(503, code, result["message"], headers={"Retry-After": str(RETRY_AFTER_S)})
-        if code == "invalid_request":
-            raise ApiError(422, code, result["message"])
-        if code:
-            raise ApiError(409, code, result["message"])
+        except Exception as e:  # noqa: BLE001 - a missing or broken encoder is a clear refusal
+            log.error("text encoder unavailable: %s", e)
+            raise ApiError(409, "text_features_unavailable",
+                           "the model's text encoder could not be loaded; see the service logs") from None
+        emb = np.asarray(emb, dtype=np.float32)
+        if emb.shape != (len(texts), b.text_dim):
+            raise ApiError(409, "text_features_unavailable",
+                           f"the text encoder gives {emb.shape[-1]} dimensions, the model reads {b.text_dim}")
+        name = str((b.manifest.get("encoder") or {}).get("name_or_path"))
+        # Attributes given, or read from the text as for trained items ("title. genres: a, b").
+        new = [NewItem(it.item_id, it.title, text, dict(it.attributes or parse_attributes(it.title, it.text or "")),
+                       e, name) for it, text, e in zip(req.items, texts, emb)]
+        result = await self._in_thread("store", self._add_items, new)
+        if result.get("error") == "event_store_unavailable":
+            raise ApiError(503, "event_store_unavailable", result["message"], headers={"Retry-After": str(RETRY_AFTER_S)})
+        if result.get("error"):
+            raise ApiError(422, result["error"], result["message"])
         return ItemsResponse(added=result["added"])
 
+    def _add_items(self, new: list[NewItem]) -> dict:
+        """Runs on a store thread: store the items, then apply them here at once."""
+        try:
+            self.store.add_items(new)
+        except EventStoreError as e:
+            log.warning("event store write (items) failed: %s", e)
+            self.store_errors.inc(tags={"op": "write"})
+            return {"error": "event_store_unavailable", "message": _refusal("the items", e, "a retry replaces them")}
+        except ValueError as e:  # the store refused a value (nothing stored)
+            return {"error": "invalid_request", "message": str(e)}
+        self.items_added.inc(len(new))
+        self.state.sync(None)
+        return {"added": len(new)}
+
+    def _status(self) -> dict:
+        b = self.state.bundle
+        return {**self.state.status(), "new_items": len(b.catalog) - b.catalog.n_trained,
+                "scorer": {"mode": "inline" if self.inline else "deployment", **self.knobs,
+                           "candidates": self.candidates}}
+
     async def _info(self) -> dict:
-        return await self._timed("info", self.scorer.info.remote())
+        """The model that scores: this replica's (inline) or the Scorer deployment's."""
+        if self.inline:
+            return self._status()
+        info = await self._timed("info", self.scorer.info.remote())
+        return {**info, "scorer": {**info.get("scorer", {}), "mode": "deployment"}}
 
     @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
-        """The model the scorer serves: version, creation time, offline metrics, and the last refused
-        artifact with its reason (``last_reload_error``)."""
+        """The model that scores: version, creation time, offline metrics, the last refused artifact with
+        its reason (``last_reload_error``), and the scoring knobs."""
         try:
             return await self._info()
         except Exception as e:  # noqa: BLE001
@@ -444,7 +677,7 @@ class Ingress:
     @app.post("/v1/model/reload", responses={**_errors(401, 409, 503), 202: {"description": "still loading"}})
     async def reload(self, request: Request):
         """Load the newest version under the model URI now (admin). Every replica loads it in the
-        background and swaps it in between requests; ``200`` once the scorer serves it, ``409
+        background and swaps it in between requests; ``200`` once the model that scores serves it, ``409
         model_refused`` with the reason when it does not load (the old model keeps serving), ``202`` when
         it is still loading after the reload deadline."""
         _check_admin(request)
@@ -457,13 +690,14 @@ class Ingress:
         except Exception as e:  # noqa: BLE001 - the scorer is down or slow: nothing to swap yet
             raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-        if before["uri"] == target:
+        if before["uri"] == target and self.state.uri == target:
             return {"version": before["version"], "previous": before["version"], "changed": False}
-        await self._timed("store", self.encoder.request_reload.remote())
+        await self._in_thread("store", self.store.request_reload)  # every other replica, at its next request
+        loading = asyncio.get_running_loop().run_in_executor(None, self.state.check, True)
         deadline = time.monotonic() + self.deadlines_ms["reload"] / 1000
         while time.monotonic() < deadline:
             info = await self._info()
-            if info["uri"] == target:
+            if info["uri"] == target and self.state.uri == target:
                 return {"version": info["version"], "previous": before["version"],
                         "changed": info["version"] != before["version"]}
             refused = {r["uri"]: r["reason"] for r in info.get("refused", [])}
@@ -471,7 +705,7 @@ class Ingress:
                     (before.get("last_reload_error") or {}).get("at", ""):
                 raise ApiError(409, "model_refused", f"{target} was refused, still serving {info['version']}: "
                                                      f"{refused[target]}"[:2000])
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.2 if loading.done() else 0.5)
         return JSONResponse({"status": "loading", "target": target, "version": before["version"]}, status_code=202)
 
     @app.get("/healthz")
@@ -480,15 +714,21 @@ class Ingress:
 
     @app.get("/readyz", responses=_errors(503))
     async def readyz(self):
+        """Ready when the model that scores answers and the event store can be read."""
         try:
-            await asyncio.wait_for(_awaitable(self.encoder.encode.remote(None, [])), timeout=5)
-            cands = await asyncio.wait_for(_awaitable(self.scorer.score.remote({"history": [], "k": 1})), timeout=5)
-            await asyncio.wait_for(_awaitable(self.ranker.attribute_names.remote()), timeout=5)
+            info = await asyncio.wait_for(self._info(), timeout=5)
         except Exception as e:  # noqa: BLE001 - any failure means not ready
-            return _error(503, "not_ready", f"a stage did not answer: {type(e).__name__}")
+            return _error(503, "not_ready", f"the scorer did not answer: {type(e).__name__}")
         try:
-            await asyncio.wait_for(_awaitable(self.encoder.ping_store.remote()), timeout=5)
+            await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.io, self.store.ping), timeout=5)
         except Exception as e:  # noqa: BLE001
             return _error(503, "not_ready", f"the event store cannot be read: {type(e).__name__}")
-        return {"status": "ready", "model_version": cands["model_version"]}
+        return {"status": "ready", "model_version": info["version"]}
 
+    def __del__(self):
+        state = getattr(self, "state", None)
+        if state is not None:
+            state.close()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()

@@ -1,0 +1,384 @@
+"""What one serving replica does with a request, as plain library calls (no Ray).
+
+The ingress replica holds one :class:`ServingBundle` per model version: the catalogue (titles,
+attributes, text embeddings, popularity, co-occurrence graph), the users' histories from the
+artifact, and, when it scores in process, a :class:`ModelScorer`. A request then runs
+
+1. :func:`user_features`: the user's history (artifact, then the event store, then the request),
+2. :meth:`ModelScorer.score`: one tensor batch for many concurrent requests, retrieval of candidates,
+3. :func:`rank` / :func:`popular` / :func:`fallback`: drop seen and excluded items, filters, MMR
+   diversity, explanations, and the co-occurrence / popularity answers that need no model.
+
+A :class:`ModelScorer` is also what the optional Scorer deployment holds; calls to it carry
+:class:`ScoreRequest` and return :class:`ScoreResult`. Both exchange item **ids**, never model rows, so
+a scorer and an ingress that are on different model versions for the moment of a swap still give a
+valid answer (an id one side does not know is left out).
+
+>>> import numpy as np
+>>> from distilrec.catalog import Catalog
+>>> cat = Catalog(["a", "b", "c"], ["A", "B", "C"], [{}, {}, {}], np.eye(3, dtype=np.float32), [[0, 1], [0, 1], [2]])
+>>> [it["item_id"] for it in popular(cat, exclude=["a"], k=2)]
+['b', 'c']
+>>> [it["item_id"] for it in rank(cat, ["a", "c", "b"], [3.0, 2.0, 1.0], history=["a"], exclude=[], k=2)]
+['c', 'b']
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from distilrec.artifacts import Artifact
+from distilrec.catalog import Catalog
+from distilrec.models import pad_histories
+from distilrec.query import QUERY_WEIGHT, blend_query, popularity_base, query_sims
+from distilrec.ranking import cooccurrence_ranking, explain, mmr, most_popular, passes
+from distilrec.retrieval import ExactRetrieval, impute_item_vectors, make_retrieval
+from distilrec.stores import EventStore, EventStoreError, NewItem, StoredEvent
+
+DEFAULT_CANDIDATES = 200  # items retrieved per request besides the ones the ranking will drop
+DEFAULT_K = 10
+MMR_POOL = 5  # MMR picks k items from the best k * MMR_POOL candidates
+WIDE = 20  # with filters, 20 times more candidates: the filters drop most of them
+STORED_HISTORY_LIMIT = 1000  # stored events read per request (all of them are dropped as seen)
+
+
+# ----------------------------------------------------------------------------------------- scoring
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """One request to score: ``history`` item ids, oldest first; ``timestamps`` unix seconds aligned with
+    them (``None``: no time features); ``n`` candidates wanted; ``sync`` the event store's
+    ``(items_seq, reload_generation)`` the caller saw (a scorer that is behind catches up first)."""
+
+    history: tuple[str, ...]
+    timestamps: tuple[int, ...] | None
+    n: int
+    sync: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    """Candidates in descending score order: ``item_ids`` and ``scores`` (the model's, same length);
+    ``model_version`` of the model that scored; ``batch`` requests scored together, ``batch_ms`` the
+    batch's time in milliseconds."""
+
+    item_ids: list[str]
+    scores: list[float]
+    model_version: str
+    batch: int = 1
+    batch_ms: float = 0.0
+
+
+@dataclass
+class ModelScorer:
+    """A model (student or teacher) and retrieval over its item vectors, with the items added at
+    serving time. Holds no model code: it calls ``user_vector``, ``item_vectors`` and
+    ``text_item_vectors`` of the artifact's model.
+
+    New items (``POST /v1/items``) get a vector from their text alone: the model's text vector plus the
+    learnt id component of the trained items nearest in text (:func:`distilrec.retrieval.impute_item_vectors`,
+    ``neighbours`` of them). They join retrieval but are left out of a history the model reads (they
+    have no trained row)."""
+
+    version: str
+    manifest: dict
+    model: torch.nn.Module
+    item_ids: list[str]
+    index: dict[str, int]
+    retrieval: object
+    n_trained: int
+    text_dim: int
+    pad: int
+    max_len: int
+    trained_text_emb: torch.Tensor | None = None  # (N, text_dim)
+    trained_id_part: torch.Tensor | None = None   # (N, D): item vector minus its text vector
+    neighbours: int = 5
+    device: str = "cpu"
+    skipped: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, art: Artifact, which: str = "student", retrieval: str = "exact",
+              device: str = "cpu") -> "ModelScorer":
+        """From an artifact; ``which``: ``student`` | ``teacher``; ``retrieval``: ``exact`` | ``faiss``;
+        ``device``: a torch device (``cuda`` for a Scorer replica with a GPU; faiss search stays on the
+        CPU). Raises ``ValueError`` when the artifact lacks the model or the model gives non-finite scores."""
+        model = art.teacher if which == "teacher" else art.student
+        if model is None:
+            raise ValueError(f"the artifact has no {which} model")
+        model = model.eval().to(device)
+        with torch.no_grad():
+            vectors = model.item_vectors().detach().clone()  # (N, D)
+            first = pad_histories([[0]], model.cfg.n_items, model.cfg.max_len).to(device)
+            probe = model.user_vector(first) @ vectors.T
+        if not torch.isfinite(probe).all() or not torch.isfinite(vectors).all():
+            raise ValueError("the model produces non-finite scores")
+        ids = list(art.items.item_ids)
+        text_dim = int(getattr(model.cfg, "text_dim", 0))
+        emb = id_part = None
+        if text_dim:
+            emb = torch.from_numpy(np.asarray(art.items.text_emb, dtype=np.float32)).to(device)
+            with torch.no_grad():
+                id_part = vectors - model.text_item_vectors(emb)
+        search = make_retrieval(retrieval, vectors if retrieval == "exact" else vectors.cpu())
+        return cls(art.version, art.manifest, model, ids, dict(art.items.index), search,
+                   len(ids), text_dim, model.cfg.n_items, model.cfg.max_len, emb, id_part, device=device)
+
+    def _search_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x if isinstance(self.retrieval, ExactRetrieval) else x.cpu()
+
+    def add_items(self, items: list[NewItem]) -> None:
+        """Give new items a vector from their text embedding and add them to retrieval."""
+        if not self.text_dim:
+            self.skipped.extend(it.item_id for it in items)
+            return
+        fresh = [it for it in items if it.embedding.shape == (self.text_dim,)
+                 and not (it.item_id in self.index and self.index[it.item_id] < self.n_trained)]
+        if not fresh:
+            return
+        emb = torch.from_numpy(np.stack([it.embedding for it in fresh]).astype(np.float32)).to(self.device)
+        with torch.no_grad():
+            vecs = self._search_device(impute_item_vectors(self.model.text_item_vectors(emb), emb,
+                                                           self.trained_text_emb, self.trained_id_part,
+                                                           self.neighbours))
+        for it, v in zip(fresh, vecs):
+            row = self.index.get(it.item_id)
+            if row is None:
+                self.index[it.item_id] = len(self.item_ids)
+                self.item_ids.append(it.item_id)
+                self.retrieval.add(v.unsqueeze(0))
+            else:
+                self.retrieval.replace(row, v)
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
+        """Score ``B`` requests as one ``(B, L)`` tensor batch and retrieve each one's best ``n``
+        candidates (at most the catalogue). History items the model has no row for are left out."""
+        t0 = time.perf_counter()
+        rows, stamps, want = [], [], []
+        for r in requests:
+            times = r.timestamps or (0,) * len(r.history)
+            kept = [(self.index[i], t) for i, t in zip(r.history, times)
+                    if self.index.get(i, self.n_trained) < self.n_trained]
+            rows.append([row for row, _ in kept])
+            stamps.append([t for _, t in kept])
+            want.append(max(1, min(int(r.n), len(self.retrieval))))
+        hist = pad_histories(rows, self.pad, self.max_len).to(self.device)
+        times = pad_histories(stamps, 0, self.max_len).to(self.device)
+        with torch.inference_mode():  # no autograd bookkeeping on the request path
+            users = self.model.user_vector(hist, times)  # (B, D)
+            scores, top = self.retrieval.search(self._search_device(users), max(want))
+            scores, top = scores.cpu(), top.cpu()
+        ms = (time.perf_counter() - t0) * 1000
+        out = []
+        ids = self.item_ids
+        for i, n in enumerate(want):
+            s, t = scores[i, :n].tolist(), top[i, :n].tolist()
+            keep = [(ids[r], v) for r, v in zip(t, s) if r >= 0 and math.isfinite(v)]
+            out.append(ScoreResult([k for k, _ in keep], [v for _, v in keep], self.version, len(requests), ms))
+        return out
+
+
+def candidates_wanted(candidates: int, k: int, n_drop: int, filtered: bool) -> int:
+    """Candidates to retrieve for a request: ``max(candidates, k)`` (``WIDE`` times more with filters)
+    plus the ``n_drop`` seen or excluded items the ranking will drop.
+
+    >>> candidates_wanted(200, 10, 5, False), candidates_wanted(200, 10, 5, True)
+    (205, 4005)
+    """
+    return max(candidates, k) * (WIDE if filtered else 1) + n_drop
+
+
+# ----------------------------------------------------------------------------------------- bundle
+
+@dataclass
+class ServingBundle:
+    """Everything the ingress needs of one model version, held once per replica.
+
+    ``histories`` / ``times``: each user's trained history (item ids, unix seconds), oldest first, items
+    outside the catalogue removed; ``scorer``: the in-process :class:`ModelScorer`, or ``None`` when a
+    Scorer deployment scores; ``encoder_uri``: the artifact's text encoder (for ``POST /v1/items`` and
+    queries, loaded by the TextEncoder deployment); ``text_dim``: width of its embeddings (0 = none)."""
+
+    version: str
+    manifest: dict
+    catalog: Catalog
+    histories: dict[str, list[str]]
+    times: dict[str, list[int]]
+    attribute_names: set[str]
+    scorer: ModelScorer | None
+    encoder_uri: str | None
+    text_dim: int
+
+    @classmethod
+    def build(cls, art: Artifact, scorer_model: str | None = "student", retrieval: str = "exact") -> "ServingBundle":
+        """From an artifact (``with_histories=True``); ``scorer_model=None``: no in-process model."""
+        index = art.items.index
+        hist, times, rows = {}, {}, []
+        for u, items in art.histories.items():
+            ts = (art.history_times or {}).get(u) or [0] * len(items)
+            kept = [(i, t) for i, t in zip(items, ts) if i in index]
+            hist[u], times[u] = [i for i, _ in kept], [t for _, t in kept]
+            rows.append([index[i] for i, _ in kept])
+        cat = Catalog(art.items.item_ids, art.items.titles, art.items.attributes, art.items.text_emb, rows)
+        names = {n for a in cat.attributes for n in a}
+        scorer = ModelScorer.build(art, scorer_model, retrieval) if scorer_model else None
+        text_dim = int(art.items.text_emb.shape[1]) if art.items.text_emb.ndim == 2 else 0
+        return cls(art.version, art.manifest, cat, hist, times, names, scorer, art.encoder_uri, text_dim)
+
+    def add_items(self, items: list[NewItem]) -> None:
+        for it in items:
+            self.catalog.add(it.item_id, it.title, it.attributes, it.embedding)
+            self.attribute_names.update(it.attributes)
+        if self.scorer is not None:
+            self.scorer.add_items(items)
+
+    def is_trained(self, item_id: str) -> bool:
+        row = self.catalog.index.get(item_id)
+        return row is not None and row < self.catalog.n_trained
+
+
+# --------------------------------------------------------------------------------------- features
+
+@dataclass
+class Features:
+    """A user's history for one request: ``items`` (ids, time order) with ``timestamps`` (unix s;
+    request items get now); ``unknown_items`` of the request's history (never silently dropped);
+    ``store_ok`` false when the event store could not be read (the answer lacks the stored events and
+    is degraded); ``stored``: the user's stored events as read (for the event-to-effect metric)."""
+
+    items: list[str]
+    timestamps: list[int]
+    known_user: bool
+    unknown_items: list[str]
+    store_ok: bool
+    stored: list[StoredEvent]
+
+
+def user_features(bundle: ServingBundle, store: EventStore | None, user_id: str | None,
+                  history: Sequence[str], store_ok: bool = True, limit: int = STORED_HISTORY_LIMIT) -> Features:
+    """The history from the artifact, then the user's most recent ``limit`` stored events (items that
+    left the catalogue skipped), then the request's ``history``. ``store=None`` or ``store_ok=False``
+    skips the store (and the answer is degraded)."""
+    cat = bundle.catalog
+    items = list(bundle.histories.get(user_id, ())) if user_id is not None else []
+    times = list(bundle.times.get(user_id, ())) if user_id is not None else []
+    known = user_id is not None and user_id in bundle.histories
+    stored: list[StoredEvent] = []
+    if user_id is not None and store is not None and store_ok:
+        try:
+            stored = store.events(user_id, limit)
+        except EventStoreError:
+            store_ok = False
+        kept = [e for e in stored if e.item_id in cat.index]
+        items += [e.item_id for e in kept]
+        times += [e.timestamp for e in kept]
+        known = known or bool(stored)
+    now = int(time.time())
+    unknown = []
+    for item in history:
+        if item in cat.index:
+            items.append(item)
+            times.append(now)
+        else:
+            unknown.append(item)
+    return Features(items, times, known, unknown, store_ok, stored)
+
+
+# ---------------------------------------------------------------------------------------- ranking
+
+def _items(cat: Catalog, ranked: list[tuple[int, float]], history: list[int], reason: str | None = None) -> list[dict]:
+    """``{"item_id", "title", "score", "explanation"}`` per ranked row; ``reason`` replaces the
+    history-based explanation (cold start, query)."""
+    return [{"item_id": cat.item_ids[r], "title": cat.titles[r], "score": round(float(s), 6),
+             "explanation": reason or explain(r, history, cat.graph, cat.attributes, cat.titles)}
+            for r, s in ranked]
+
+
+def _top_up(cat: Catalog, ranked: list[tuple[int, float]], hist: list[int], drop: set[int], k: int,
+            filters: dict | None) -> list[tuple[int, float]]:
+    """Fill ``ranked`` up to ``k`` from the co-occurrence / popularity ranking, below every score in it."""
+    if len(ranked) >= k:
+        return ranked
+    taken = drop | {r for r, _ in ranked}
+    low = min((s for _, s in ranked), default=0.0)
+    more = cooccurrence_ranking(hist, cat.graph, cat.popularity, taken, k - len(ranked),
+                                keep=lambda r: passes(cat.attributes[r], filters))
+    return ranked + [(r, low - 1e-3 * (i + 1)) for i, (r, _) in enumerate(more)]
+
+
+def rank(cat: Catalog, item_ids: Sequence[str], scores: Sequence[float], history: Sequence[str],
+         exclude: Sequence[str], k: int, filters: dict | None = None, diversity: float = 0.0) -> list[dict]:
+    """Candidates (``item_ids`` with ``scores``, descending) → the top ``k`` unseen, unexcluded,
+    filtered items, MMR re-ranked for ``diversity`` (0 = off), explained; topped up from the
+    co-occurrence / popularity ranking when filters leave fewer than ``k``."""
+    hist = cat.rows(history)
+    drop = set(hist) | set(cat.rows(exclude))
+    pool = []
+    limit = k * (MMR_POOL if diversity > 0 else 1)
+    for item, s in zip(item_ids, scores):
+        r = cat.index.get(item)
+        if r is not None and r not in drop and (not filters or passes(cat.attributes[r], filters)):
+            pool.append((r, float(s)))
+            if len(pool) == limit:
+                break
+    ranked = _top_up(cat, mmr(pool, cat.text_emb, k, diversity), hist, drop, k, filters)
+    return _items(cat, ranked, hist)
+
+
+def popular(cat: Catalog, exclude: Sequence[str], k: int, filters: dict | None = None) -> list[dict]:
+    """Cold start: the most popular items (share of all interactions), filtered."""
+    drop = set(cat.rows(exclude))
+    if filters:
+        ranked = cooccurrence_ranking([], cat.graph, cat.popularity, drop, k,
+                                      keep=lambda r: passes(cat.attributes[r], filters))
+    else:
+        ranked = most_popular(cat.popularity, drop, k)
+    return _items(cat, ranked, [], reason="popular with everyone")
+
+
+def fallback(cat: Catalog, history: Sequence[str], exclude: Sequence[str], k: int,
+             filters: dict | None = None) -> list[dict]:
+    """Without the model: items often watched with the user's recent history, then popular ones."""
+    hist = cat.rows(history)
+    ranked = cooccurrence_ranking(hist, cat.graph, cat.popularity, set(hist) | set(cat.rows(exclude)), k,
+                                  keep=(lambda r: passes(cat.attributes[r], filters)) if filters else None)
+    return _items(cat, ranked, hist)
+
+
+def rank_with_query(cat: Catalog, query_vec: np.ndarray, query: str, item_ids: Sequence[str] | None,
+                    scores: Sequence[float] | None, history: Sequence[str], exclude: Sequence[str], k: int,
+                    filters: dict | None = None, diversity: float = 0.0, weight: float = QUERY_WEIGHT,
+                    pool: int = DEFAULT_CANDIDATES) -> list[dict]:
+    """A free-text query blended with the model (:func:`distilrec.query.blend_query`, ``weight`` on the
+    query): the pool is the model's candidates (``item_ids`` / ``scores``) and the ``pool`` items most
+    similar to the query; without model candidates (no history) the base score is popularity over the
+    whole catalogue. ``query_vec`` ``(text_dim,)`` is the query's text embedding."""
+    sims_all = query_sims(np.asarray(query_vec, dtype=np.float32), cat.text_emb)  # (N,)
+    hist = cat.rows(history)
+    drop = set(hist) | set(cat.rows(exclude))
+    if item_ids is None:
+        rows = np.arange(len(cat))
+        base = popularity_base(cat.popularity)
+    else:
+        model = {cat.index[i]: float(s) for i, s in zip(item_ids, scores or ()) if i in cat.index}
+        near = np.argpartition(-sims_all, min(pool, len(sims_all) - 1))[:pool] if len(sims_all) else []
+        rows = np.array(sorted(set(model) | {int(r) for r in near}), dtype=np.int64)
+        base = np.array([model.get(int(r), -np.inf) for r in rows], dtype=np.float64)
+    blended = blend_query(base, sims_all[rows], weight)
+    order = np.argsort(-blended, kind="stable")
+    limit = k * (MMR_POOL if diversity > 0 else 1)
+    ranked = []
+    for j in order.tolist():
+        r = int(rows[j])
+        if r not in drop and (not filters or passes(cat.attributes[r], filters)):
+            ranked.append((r, float(blended[j])))
+            if len(ranked) == limit:
+                break
+    ranked = _top_up(cat, mmr(ranked, cat.text_emb, k, diversity), hist, drop, k, filters)
+    reason = f"matches your query {query[:60]!r}"
+    return _items(cat, ranked, hist, reason=None if hist else reason)
