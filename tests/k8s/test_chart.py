@@ -261,7 +261,7 @@ def test_serving_pods_get_tokens_and_passwords_from_secrets(values):
 ], ids=["default-off", "fast-path", "grpc-only"])
 def test_serving_pods_start_ray_with_the_fast_request_path(sets, expected):
     """Every serving Ray container starts with Ray Serve's request-path variables when they are on (with
-    both, the same ones a local ``DISTILREC_FAST_PATH=1 distilrec serve`` sets: ``services.run.serve_env``)
+    both, the same ones a local ``distilrec serve`` sets by default: ``services.run.serve_env``)
     and frozen heaps with the gRPC path; off by default; the training pods never get them."""
     from services.run import serve_env
 

