@@ -415,6 +415,35 @@ def bench_quality(report: str, output: str) -> int:
     return 0
 
 
+def bench_query(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``distilrec bench query``: see :mod:`distilrec.bench.query`."""
+    from distilrec.bench.query import run_query_bench
+    from distilrec.text import EncoderLoadError
+    from training.pipeline import DatasetError
+
+    try:
+        weights = tuple(float(w) for w in args.weights.split(","))
+        if not weights or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError
+    except ValueError:
+        print(f"distilrec bench query: --weights {args.weights!r}: comma-separated numbers in [0, 1]", file=sys.stderr)
+        return 2
+    if args.resamples < 100:
+        print(f"distilrec bench query: --resamples {args.resamples}: at least 100", file=sys.stderr)
+        return 2
+    try:
+        run_query_bench(args.dataset, args.encoder, args.output, weights=weights, resamples=args.resamples,
+                        seed=args.seed, workdir=args.workdir, command=_command_line(argv))
+    except DatasetError as e:
+        print(f"distilrec bench query: --dataset {args.dataset!r}: {e}", file=sys.stderr)
+        return 2
+    except EncoderLoadError as e:
+        print(f"distilrec bench query: --encoder {args.encoder!r}: {e}", file=sys.stderr)
+        return 2
+    print((Path(args.output) / "query.md").read_text())
+    return 0
+
+
 def huge_pages_default() -> None:
     """Let PyTorch back its buffers of 2 MB and more with transparent huge pages, in this process and
     in the local Ray instance's processes, which inherit its environment (``THP_MEM_ALLOC_ENABLE``, read
@@ -510,6 +539,17 @@ def main(argv: list[str] | None = None) -> int:
     bq = bsub.add_parser("quality", help="quality against cost from a pipeline report.json: a table and a plot")
     bq.add_argument("--report", required=True, help="report.json, or the pipeline output folder holding it (or a URI)")
     bq.add_argument("--output", required=True, help="folder for quality.md and quality_cost.png")
+    bqy = bsub.add_parser("query", help="a free-text query (the held-out item's genres) for users without history, "
+                                        "blended with popularity, against popularity alone: HR@10, NDCG@10")
+    bqy.add_argument("--dataset", required=True, help="dataset SPEC (as pipeline)")
+    bqy.add_argument("--encoder", default="minilm", help="text encoder: minilm (default) | tiny | a folder | a hub id")
+    bqy.add_argument("--output", required=True, help="folder for query.json and query.md")
+    bqy.add_argument("--weights", default="0.25,0.5,0.75,1.0",
+                     help="comma-separated query weights reported beside the default (default 0.25,0.5,0.75,1.0)")
+    bqy.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    bqy.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    bqy.add_argument("--workdir", help="folder whose cache/ holds the item text embeddings (default: --output; a "
+                                       "pipeline's --output folder reuses its cached embeddings)")
     args = p.parse_args(argv)
 
     if args.cmd == "bench":
@@ -521,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             return bench_paths(args)
         if args.bench == "step":
             return bench_step(args, argv)
+        if args.bench == "query":
+            return bench_query(args, argv)
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs, args.block)
