@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from distilrec.bench.serve import APPS as BENCH_APPS
 from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
 
 # Small enough to finish in minutes on 2 CPU cores, large enough to show the ranking.
@@ -246,7 +247,6 @@ def bench_cost(model: str, output: str, runs: int, block: int = 20) -> int:
     return 0
 
 
-BENCH_APPS = ("floor", "distilrec", "teacher", "no_batching")
 
 
 def _command_line(argv: list[str] | None) -> str:
@@ -269,6 +269,10 @@ def bench_serve(args: argparse.Namespace, argv: list[str] | None) -> int:
     from distilrec.artifacts import ArtifactError, read_manifest
     from distilrec.bench.serve import ServeBenchConfig, run_serve_bench
 
+    if args.request_path:
+        from services.run import REQUEST_PATH_ENV
+
+        os.environ[REQUEST_PATH_ENV] = args.request_path  # the local Ray instance's processes inherit it
     apps = tuple(a.strip() for a in args.apps.split(",") if a.strip())
     bad = [a for a in apps if a not in BENCH_APPS]
     if bad:
@@ -512,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--apps", default=",".join(BENCH_APPS),
                     help=f"comma-separated subset of {','.join(BENCH_APPS)} (distilrec is always run, first)")
     bs.add_argument("--port", type=int, help="HTTP proxy port when this run starts Serve (default: a free port)")
+    bs.add_argument("--request-path", choices=("fast", "ray-default"),
+                    help="Ray Serve request path of the local Ray instance this run starts (default: "
+                         "$DISTILREC_REQUEST_PATH, else fast)")
     bt = bsub.add_parser("train", help="teacher training samples/s with 1 and 2 Ray Train workers")
     bt.add_argument("--output", required=True, help="folder for train.json and train.md")
     bt.add_argument("--dataset", default="synthetic:users=2000,items=500,seed=0", help="dataset SPEC (as pipeline)")
@@ -520,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     bt.add_argument("--epochs", type=int, default=3, help="epochs per worker count; the first is warm-up (default 3)")
     bt.add_argument("--use-gpu", action="store_true", help="one GPU per worker (needs GPUs in the Ray cluster)")
     bp = bsub.add_parser("paths", help="Ray Serve's request path (bare 0/1/3-hop apps, and the real app with --model) "
-                                       "with Ray's defaults, direct gRPC, and gRPC + HAProxy (DISTILREC_FAST_PATH=1)")
+                                       "with Ray's defaults, direct gRPC, and gRPC + HAProxy (the default fast path)")
     bp.add_argument("--output", required=True, help="folder for paths.json and paths.md")
     bp.add_argument("--model", help="pipeline output folder or artifact: also time the real application")
     bp.add_argument("--requests", type=int, default=300, help="timed requests per row (default 300)")

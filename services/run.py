@@ -362,8 +362,10 @@ def clean_stale_haproxy(ports: Iterable[int] = (), host: str | None = None, grac
 def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None, host: str | None = None,
                 port: int | None = None, overrides: dict[str, Any] | None = None,
                 app_args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read the serve config and apply overrides; ``overrides`` maps deployment name → options,
-    ``app_args`` updates every application's ``args`` (``AppArgs`` in ``services/app.py``)."""
+    """Read the serve config and apply overrides; ``overrides`` maps deployment name → options (a
+    deployment the file does not list gets an entry), ``app_args`` updates every application's ``args``
+    (``AppArgs`` in ``services/app.py``). Entries for deployments that the application's ``args`` do not
+    build (``Scorer`` with ``scorer: inline``) are dropped, since Serve refuses them."""
     with open(path) as f:
         cfg = yaml.safe_load(f)
     cfg = copy.deepcopy(cfg)
@@ -375,7 +377,15 @@ def load_config(path: str | Path = DEFAULT_CONFIG, model_uri: str | None = None,
         if model_uri is not None:
             app.setdefault("args", {})["model_uri"] = str(model_uri)
         app.setdefault("args", {}).update(copy.deepcopy(app_args or {}))
-        for dep in app.get("deployments", []):
+        deps = app.setdefault("deployments", [])
+        listed = {d["name"] for d in deps}
+        deps.extend({"name": n} for n in (overrides or {}) if n not in listed)
+        if app.get("import_path") == "services.app:build_app":
+            from services.app import deployments_of
+
+            built = deployments_of(app["args"])
+            app["deployments"] = deps = [d for d in deps if d["name"] in built]
+        for dep in deps:
             override = copy.deepcopy((overrides or {}).get(dep["name"], {}))
             # A fixed replica count and autoscaling exclude each other: the one given replaces the other.
             for given, dropped in (("num_replicas", "autoscaling_config"), ("autoscaling_config", "num_replicas")):

@@ -1,5 +1,5 @@
 """``distilrec bench paths``: what Ray Serve's request path costs, with Ray's defaults and with the
-fast-path options (``services.run.serve_env``; ``DISTILREC_FAST_PATH=1`` turns them on).
+fast-path options (``services.run.serve_env``: the default of every local Ray instance distilrec starts).
 
     distilrec bench paths --output bench-out [--model out-final]
     # → bench-out/paths.json, paths.md
@@ -10,14 +10,15 @@ variant runs in a process of its own that starts its own local Ray instance:
 - ``ray-defaults``: no ``RAY_SERVE_*`` variable (Serve's Python proxy; handle calls as Ray actor tasks);
 - ``grpc``: ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1`` with Serve's Python proxy kept
   (``RAY_SERVE_ENABLE_DIRECT_INGRESS=0``): direct gRPC between replicas;
-- ``haproxy``: what ``DISTILREC_FAST_PATH=1`` sets (``services.run.THROUGHPUT_OPTIMIZED_ENV``): the above
-  plus HAProxy in front of Ingress replicas that take HTTP themselves.
+- ``haproxy``: the default fast path (``services.run.THROUGHPUT_OPTIMIZED_ENV``): the above plus HAProxy
+  in front of Ingress replicas that take HTTP themselves.
 
 In each, one client sends requests one after the other (so that the figures are the path's own cost,
 not a queue) to a bare application whose ingress makes 0, 1 or 3 handle calls to a deployment that
-returns at once, and, with ``--model``, to the real distilrec application (``POST /v1/recommend`` for
-the artifact's users: three handle calls; a request without a user: two; ``GET /healthz``: none). The
-report gives p50 and p99 per variant and each variant's p50 as a ratio of Ray's defaults'. The variants
+returns at once, and, with ``--model``, to the real distilrec application as shipped (``POST
+/v1/recommend`` for the artifact's users and without a user, ``GET /healthz``: no handle call on any of
+them). The report gives p50 and p99 per variant, each variant's p50 as a ratio of Ray's defaults', and
+a known user's p50 as a ratio of the bare application's with no handle call (the no-op floor). The variants
 run one after the other, not interleaved (each needs its own Ray instance), so a machine that is busier
 during one of them shows in its figures: the report carries the load average before each.
 """
@@ -38,6 +39,8 @@ import numpy as np
 
 VARIANTS = ("ray-defaults", "grpc", "haproxy")
 HOPS = (0, 1, 3)
+NO_OP = "bare, 0 handle calls"
+KNOWN_USER = "distilrec recommend, known user (0)"
 
 
 def variant_env(name: str) -> dict[str, str]:
@@ -129,9 +132,9 @@ def run_variant(name: str, requests: int, warmup: int, model: str | None) -> dic
                                       app_args={"event_store": f"sqlite://{tmp}/events.db", "model_poll_s": 0})
                     deploy(cfg)
                     results["distilrec GET /healthz (0)"] = _time(c, requests, warmup, lambda i: c.get("/healthz"))
-                    results["distilrec recommend, no user (2)"] = _time(
+                    results["distilrec recommend, no user (0)"] = _time(
                         c, requests, warmup, lambda i: c.post("/v1/recommend", json={"k": 10}))
-                    results["distilrec recommend, known user (3)"] = _time(
+                    results[KNOWN_USER] = _time(
                         c, requests, warmup,
                         lambda i: c.post("/v1/recommend", json={"user_id": users[i % len(users)], "k": 10}))
     finally:
@@ -200,6 +203,15 @@ def render_markdown(result: dict[str, Any]) -> str:
                 s = result["variants"][v]["results"].get(row)
                 cells.append(f"{s['p50_ms'] / base['p50_ms']:.2f} ×" if s and base else "-")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    ratios = []
+    for v in variants:
+        r = result["variants"][v]["results"]
+        if KNOWN_USER in r and NO_OP in r:
+            ratios.append(f"{v} {r[KNOWN_USER]['p50_ms']:.2f} / {r[NO_OP]['p50_ms']:.2f} ms = "
+                          f"{r[KNOWN_USER]['p50_ms'] / r[NO_OP]['p50_ms']:.2f} ×")
+    if ratios:
+        lines += ["", "A known user's p50 over the no-op floor's (bare, 0 handle calls), one request at a time: "
+                  + "; ".join(ratios) + "."]
     lines += ["", "Variables per variant: " + "; ".join(
         f"{v}: " + (", ".join(f"`{k}={x}`" for k, x in result["variants"][v]["env"].items()) or "none")
         for v in variants) + "."]

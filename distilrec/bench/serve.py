@@ -3,15 +3,24 @@
     distilrec bench serve --model out-final --output bench-out
     # → bench-out/serve.json, serve.md, serve_latency.png
 
-Four Ray Serve applications run one after the other on the same cluster, behind the same HTTP proxy,
+Ray Serve applications run one after the other on the same cluster, behind the same request path
+(the local instance's: the fast path by default, ``DISTILREC_REQUEST_PATH=ray-default`` for Ray's own),
 loaded by the same client (:mod:`distilrec.bench.loadgen`, in its own process), with the same request
 bodies (real ``POST /v1/recommend`` requests for the artifact's users, some with a ``history``):
 
-1. ``distilrec``: the application of ``services/serve_config.yaml`` as shipped (student, batching on);
+1. ``distilrec``: the application of ``services/serve_config.yaml`` as shipped (``scorer: inline``:
+   the student scores in the ingress, batching on);
 2. ``floor``: ``services/floor.py``, one replica with the Ingress's options that answers every request
    with a real distilrec answer captured in step 1 (same bytes), and does nothing else;
-3. ``teacher``: the shipped application with ``scorer_model: teacher`` ("teacher-served");
-4. ``no_batching``: the shipped application with the scorer's ``user_config.max_batch_size: 1``.
+3. ``no_batching``: the shipped application with the ingress's ``user_config.max_batch_size: 1``;
+4. ``teacher``: the shipped application with ``scorer_model: teacher`` (the teacher in the ingress);
+5. ``scorer_deployment``: ``scorer: deployment`` (one handle call to the Scorer deployment, batching on);
+6. ``hop_floor``: ``services/floor.py``'s floor with one handle call to a batched deployment that returns
+   at once: the floor of any design with a hop, which ``scorer_deployment`` is measured against;
+7. ``scorer_deployment_no_batching``: ``scorer: deployment`` with the Scorer's ``max_batch_size: 1``.
+
+Each application's replicas' resident memory (RSS, and PSS, which splits shared pages between the
+processes that share them, so that it adds up) is read from ``/proc`` after its warm-up.
 
 Each application gets its own name and route prefix (``bench-<name>``, ``/bench-<name>``) and is
 deployed with the applications already on the cluster kept as they are (a declarative deploy replaces
@@ -38,9 +47,14 @@ from typing import Any
 
 from distilrec.bench.loadgen import SLO_P99_MS, run_plan_subprocess
 
-APPS = ("distilrec", "floor", "teacher", "no_batching")
-TITLES = {"floor": "floor (fixed body)", "distilrec": "distilrec (student, batching)",
-          "teacher": "teacher-served", "no_batching": "distilrec, no batching"}
+APPS = ("distilrec", "floor", "no_batching", "teacher", "scorer_deployment", "hop_floor",
+        "scorer_deployment_no_batching")
+TITLES = {"distilrec": "distilrec (student in the ingress, batching)", "floor": "floor (no-op, fixed body)",
+          "no_batching": "distilrec, no batching", "teacher": "teacher in the ingress",
+          "scorer_deployment": "scorer: deployment (batching)",
+          "hop_floor": "floor with one handle call (fixed body)",
+          "scorer_deployment_no_batching": "scorer: deployment, no batching"}
+FLOORS = {"floor": "services.floor:build_app", "hop_floor": "services.floor:build_hop_app"}
 FIXED_FRACTIONS = (0.25, 0.5, 1.0)
 
 
@@ -135,23 +149,59 @@ def app_config(name: str, model: str, event_store: str, floor_body: str | None =
     app_args: dict[str, Any] = {"event_store": event_store}
     if name == "teacher":
         app_args["scorer_model"] = "teacher"
-    base = load_config(model_uri=model, app_args=app_args)
-    shipped = base["applications"][0]
+    if name.startswith("scorer_deployment"):
+        app_args["scorer"] = "deployment"
+    shipped = load_config(model_uri=model, app_args=app_args)["applications"][0]
+    ingress = next(d for d in shipped["deployments"] if d["name"] == "Ingress")
     if name == "no_batching":
-        scorer = next(d for d in shipped["deployments"] if d["name"] == "StudentScorer")
-        overrides["StudentScorer"] = {"user_config": {**scorer.get("user_config", {}), "max_batch_size": 1}}
+        overrides["Ingress"] = {"user_config": {**ingress.get("user_config", {}), "max_batch_size": 1}}
+    if name == "scorer_deployment_no_batching":
+        overrides["Scorer"] = {"user_config": {"max_batch_size": 1}}
+    if overrides:
         shipped = load_config(model_uri=model, app_args=app_args, overrides=overrides)["applications"][0]
     app = {**shipped, "name": f"bench-{name}", "route_prefix": f"/bench-{name}"}
-    if name == "floor":
+    if name in FLOORS:
         if floor_body is None:
             raise ValueError("the floor needs the body of a real answer")
-        ingress = next(d for d in shipped["deployments"] if d["name"] == "Ingress")
         floor = {k: v for k, v in ingress.items() if k not in ("name", "user_config")}
-        app = {"name": "bench-floor", "route_prefix": "/bench-floor", "import_path": "services.floor:build_app",
-               "args": {"body": floor_body}, "deployments": [{"name": "Floor", **floor}]}
+        front = "Floor" if name == "floor" else "HopFloor"
+        app = {"name": f"bench-{name}", "route_prefix": f"/bench-{name}", "import_path": FLOORS[name],
+               "args": {"body": floor_body}, "deployments": [{"name": front, **floor}]}
         if "logging_config" in shipped:
             app["logging_config"] = shipped["logging_config"]
     return app
+
+
+def _proc_mib(pid: int) -> dict[str, float] | None:
+    """RSS and PSS of a process in MiB from ``/proc`` (None when it is gone or unreadable)."""
+    try:
+        rss = next(int(ln.split()[1]) for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if ln.startswith("VmRSS:"))
+        pss = next((int(ln.split()[1]) for ln in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                    if ln.startswith("Pss:")), None)
+    except (OSError, StopIteration, ValueError):
+        return None
+    return {"rss_mib": round(rss / 1024, 1), "pss_mib": None if pss is None else round(pss / 1024, 1)}
+
+
+def replica_memory(app: str) -> dict[str, Any]:
+    """Resident memory of application ``app``'s replicas on this machine: ``{"replicas": [{"deployment",
+    "pid", "rss_mib", "pss_mib"}], "rss_mib": sum, "pss_mib": sum}``. Ray names a replica's process
+    ``ray::ServeReplica:{app}:{deployment}``; ``/proc`` is read, so figures exist on Linux only."""
+    prefix = f"ray::ServeReplica:{app}:"
+    out: list[dict[str, Any]] = []
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if argv.startswith(prefix):
+            mem = _proc_mib(int(d.name))
+            if mem:
+                out.append({"deployment": argv[len(prefix):].split()[0], "pid": int(d.name), **mem})
+    out.sort(key=lambda r: (r["deployment"], r["pid"]))
+    return {"replicas": out, "rss_mib": round(sum(r["rss_mib"] for r in out), 1),
+            "pss_mib": round(sum(r["pss_mib"] or 0 for r in out), 1)}
 
 
 def _serve_client():
@@ -287,11 +337,14 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
                 result["body_bytes"] = len(answer.encode())
             deployed_s = time.monotonic() - t_app
             left = budget - deployed_s
+            run_plan_subprocess(_plan(url, bodies, cfg, [
+                {"kind": "warmup", "rates": [cfg.start_rate], "duration_s": cfg.warmup_s}], left * 0.1), workdir=out)
+            memory = replica_memory(app["name"])
+            left = budget - (time.monotonic() - t_app)
             search = run_plan_subprocess(_plan(url, bodies, cfg, [
-                {"kind": "warmup", "rates": [cfg.start_rate], "duration_s": cfg.warmup_s},
                 {"kind": "search", "start": cfg.start_rate, "factor": cfg.factor, "max_rate": cfg.max_rate,
                  "retry_failed": cfg.retry_failed, "min_requests": cfg.min_requests},
-            ], left * 0.7), workdir=out)["phases"][1]
+            ], left * 0.7), workdir=out)["phases"][0]
             if fixed is None:  # distilrec runs first
                 fixed = fixed_rates_for(search["throughput_at_slo"], cfg.start_rate)
                 result["fixed_rates"] = fixed
@@ -309,6 +362,7 @@ def run_serve_bench(cfg: ServeBenchConfig, command: str = "") -> dict[str, Any]:
             "skipped": {"fixed": measured["phases"][0].get("skipped", []),
                         "closed": measured["phases"][1].get("skipped", [])},
             "deploy_s": round(deployed_s, 1), "wall_s": round(time.monotonic() - t_app, 1),
+            "memory": memory,
         }
         print(f"[bench serve] {name}: throughput at SLO {search['throughput_at_slo']:g} req/s "
               f"({search['stopped']})", flush=True)

@@ -38,48 +38,52 @@ def _result(**apps):
             "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "loadavg": [1.0, 1.0, 1.0]},
             "model": {"version": "v1", "users": 610, "items": 9724}, "body_bytes": 1686,
             "config": {"duration_s": 5.0, "concurrency": 32, "start_rate": 5.0}, "slo_ms": 50.0,
-            "order": ["distilrec", "floor", "teacher", "no_batching"], "fixed_rates": [25.0, 50.0, 100.0],
+            "order": ["distilrec", "floor", "no_batching", "teacher", "scorer_deployment", "hop_floor",
+                      "scorer_deployment_no_batching"], "fixed_rates": [25.0, 50.0, 100.0],
             "apps": apps}
 
 
+def _all_apps(half_p99=20.0, errors_at=None):
+    return dict(distilrec=_app("distilrec", 100.0, 300.0, fixed_p99={50.0: half_p99}, errors_at=errors_at),
+                floor=_app("floor", 150.0, 900.0), no_batching=_app("no batching", 80.0, 150.0),
+                teacher=_app("teacher", 30.0, 90.0), scorer_deployment=_app("deployment", 60.0, 200.0),
+                hop_floor=_app("hop floor", 100.0, 400.0),
+                scorer_deployment_no_batching=_app("deployment nb", 50.0, 160.0))
+
+
 def test_serve_targets_met_and_missed():
-    res = _result(distilrec=_app("distilrec", 100.0, 300.0, fixed_p99={50.0: 20.0}),
-                  floor=_app("floor", 150.0, 900.0), teacher=_app("teacher", 30.0, 90.0),
-                  no_batching=_app("no batching", 80.0, 250.0))
-    t = serve_targets(res)
-    assert [x["verdict"] for x in t] == ["met", "met", "missed", "met"]
-    assert t[0]["value"] == pytest.approx(100 / 150) and t[1]["value"] == pytest.approx(100 / 30)
-    assert t[2]["value"] == pytest.approx(300 / 250) and t[3]["value"] == 20.0
+    t = serve_targets(_result(**_all_apps()))
+    names = [x["target"].split(" ")[0] for x in t]
+    assert names == ["distilrec", "scorer:", "batching", "batching", "p99", "student"]
+    assert [x["verdict"] for x in t] == ["met", "missed", "met", "missed", "met", "figure"]
+    assert t[0]["value"] == pytest.approx(100 / 150) and t[1]["value"] == pytest.approx(60 / 100)
+    assert t[2]["value"] == pytest.approx(300 / 150) and t[3]["value"] == pytest.approx(200 / 160)
+    assert t[4]["value"] == 20.0 and t[5]["value"] == pytest.approx(100 / 30)
     assert "at the SLO: 100.0 / 80.0" in t[2]["measured"]
-
-    res["apps"]["distilrec"] = _app("distilrec", 100.0, 300.0, fixed_p99={50.0: 30.0})
-    assert serve_targets(res)[3]["verdict"] == "missed"
+    assert serve_targets(_result(**_all_apps(half_p99=30.0)))[4]["verdict"] == "missed"
     # errors at half load: the p99 of the answers that came is no proof, the target is missed
-    res["apps"]["distilrec"] = _app("distilrec", 100.0, 300.0, fixed_p99={50.0: 20.0}, errors_at=50.0)
-    assert serve_targets(res)[3]["verdict"] == "missed"
-    assert "2 errors" in serve_targets(res)[3]["measured"]
+    t = serve_targets(_result(**_all_apps(errors_at=50.0)))
+    assert t[4]["verdict"] == "missed" and "2 errors" in t[4]["measured"]
 
 
-def test_teacher_that_meets_the_slo_nowhere_and_zero_floor():
-    res = _result(distilrec=_app("distilrec", 20.0, 100.0), floor=_app("floor", 0.0, 0.0),
-                  teacher=_app("teacher", 0.0, 5.0), no_batching=_app("nb", 0.0, 0.0))
-    t = serve_targets(res)
-    assert t[0]["verdict"] == "not measured"          # 20 / 0: no ratio
-    assert t[1]["verdict"] == "met" and t[1]["value"] == pytest.approx(20 / 5.0) and "no rate" in t[1]["measured"]
-    assert t[2]["verdict"] == "not measured"
+def test_targets_of_apps_not_run_are_left_out_and_a_zero_floor_is_not_measured():
+    t = serve_targets(_result(distilrec=_app("distilrec", 20.0, 100.0), floor=_app("floor", 0.0, 0.0)))
+    # 20 / 0: no ratio; no fixed step at half of 20 req/s: no p99 at half load
+    assert [x["verdict"] for x in t] == ["not measured", "not measured"]
 
 
 def test_serve_markdown_and_plot(tmp_path):
-    res = _result(distilrec=_app("distilrec", 100.0, 300.0, fixed_p99={50.0: 20.0}),
-                  floor=_app("floor", 150.0, 900.0), teacher=_app("teacher-served", 30.0, 90.0, errors_at=100.0),
-                  no_batching=_app("no batching", 80.0, 250.0))
+    res = _result(**{**_all_apps(), "teacher": _app("teacher-served", 30.0, 90.0, errors_at=100.0)})
     res["apps"]["floor"]["closed"][0].update(client_cpu=0.95, client_limited=True)
+    res["apps"]["distilrec"]["memory"] = {"replicas": [{"deployment": "Ingress", "pid": 1, "rss_mib": 700.0,
+                                                        "pss_mib": 500.0}], "rss_mib": 700.0, "pss_mib": 500.0}
     res["targets"] = serve_targets(res)
     md = render_serve_markdown(res)
     assert "Command: `distilrec bench serve --model m --output o`" in md
     assert "| distilrec | 100 | 300.0 |" in md
     assert "| teacher-served | 5.0 / 9.0 | 5.0 / 9.0 | 5.0 / 9.0 (2) |" in md
     assert "| p99 ≤ 25 ms at half of distilrec's throughput at SLO | p99 20.0 ms at 50 req/s | met |" in md
+    assert "| distilrec | Ingress 700 / 500 | 700 / 500 |" in md
     assert "timeout 2" in md and "floor at 32 in flight (busy; CPU 0.95" in md
     path = plot_serve_latency(res, tmp_path / "p.png")
     assert open(path, "rb").read()[:4] == b"\x89PNG"
@@ -122,10 +126,16 @@ def test_app_configs_are_the_shipped_one_with_one_change():
     t = app_config("teacher", "/m", "sqlite:///tmp/e.db")
     assert t["args"] == {**shipped["args"], "scorer_model": "teacher"} and t["deployments"] == shipped["deployments"]
     nb = app_config("no_batching", "/m", "sqlite:///tmp/e.db")
-    scorer = {d["name"]: d for d in nb["deployments"]}["StudentScorer"]
-    ref = {d["name"]: d for d in shipped["deployments"]}["StudentScorer"]
-    assert scorer["user_config"] == {**ref["user_config"], "max_batch_size": 1}
-    assert {k: v for k, v in scorer.items() if k != "user_config"} == {k: v for k, v in ref.items() if k != "user_config"}
+    ingress, ref = ({d["name"]: d for d in x["deployments"]}["Ingress"] for x in (nb, shipped))
+    assert ingress["user_config"] == {**ref["user_config"], "max_batch_size": 1}
+    assert {k: v for k, v in ingress.items() if k != "user_config"} == {k: v for k, v in ref.items() if k != "user_config"}
+    dep = app_config("scorer_deployment", "/m", "sqlite:///tmp/e.db")
+    assert dep["args"] == {**shipped["args"], "scorer": "deployment"}
+    dnb = app_config("scorer_deployment_no_batching", "/m", "sqlite:///tmp/e.db")
+    assert {d["name"]: d for d in dnb["deployments"]}["Scorer"]["user_config"] == {"max_batch_size": 1}
+    assert "Scorer" not in {d["name"] for d in d["deployments"]}
+    hop = app_config("hop_floor", "/m", "sqlite:///tmp/e.db", floor_body='{"items": []}')
+    assert hop["import_path"] == "services.floor:build_hop_app" and hop["deployments"][0]["name"] == "HopFloor"
     f = app_config("floor", "/m", "sqlite:///tmp/e.db", floor_body='{"items": []}')
     assert f["import_path"] == "services.floor:build_app" and f["args"] == {"body": '{"items": []}'}
     ingress = {d["name"]: d for d in shipped["deployments"]}["Ingress"]
