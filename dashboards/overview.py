@@ -10,6 +10,10 @@ from dashboards.core import SEL, Dashboard, Panel, Row, Target, Variable
 
 RI = "$__rate_interval"
 REC = 'route="/v1/recommend"'
+# The stages of a recommendation as the ingress times them (distilrec_stage_latency_ms, tag `stage`).
+REC_STAGES = 'stage=~"features|score|query"'
+# The other stages: event writes, new items (encoding + storing), the Scorer's /v1/model answer.
+OTHER_STAGES = 'stage=~"store|items|info"'
 FIVE_XX = 'code=~"5.."'
 
 
@@ -41,22 +45,37 @@ FAST = Row("Is it fast?", [
           thresholds=[(250, "red")]),
     Panel("p99 latency by route", [Target(_quantile(0.99, "ray_distilrec_request_latency_ms", by="route"),
                                           "{{route}}")], unit="ms"),
-    Panel("Stage latency p50", [Target(_quantile(0.5, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
-          "Each stage as the ingress waits for it: encode (history + features), score (batched model and "
-          "candidates), rank (filters, diversity, explanations), store (event writes).", unit="ms"),
-    Panel("Stage latency p95", [Target(_quantile(0.95, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
-          unit="ms"),
-    Panel("Stage latency p99", [Target(_quantile(0.99, "ray_distilrec_stage_latency_ms", by="stage"), "{{stage}}")],
-          unit="ms"),
-    Panel("Scorer batch size", _quantiles("ray_distilrec_scorer_batch_size", qs=(0.5, 0.95)),
-          "Requests scored together in one tensor batch (@serve.batch), interpolated within the buckets "
+    Panel("Recommendation stage latency p50",
+          [Target(_quantile(0.5, "ray_distilrec_stage_latency_ms", REC_STAGES, by="stage"), "{{stage}}")],
+          "Each stage of POST /v1/recommend as the ingress times it: features (the user's history from the "
+          "artifact and the event store, read off the event loop), score (the batched model and candidate "
+          "retrieval: in the ingress's own process with scorer: inline, one handle call to the Scorer "
+          "deployment with scorer: deployment), query (embedding a request's query text on the TextEncoder; "
+          "only requests with a query). Ranking runs in the ingress after score and is not a stage of its own: "
+          "it is the end-to-end latency less these.", unit="ms"),
+    Panel("Recommendation stage latency p95",
+          [Target(_quantile(0.95, "ray_distilrec_stage_latency_ms", REC_STAGES, by="stage"), "{{stage}}")],
+          "features, score and query (see the p50 panel).", unit="ms"),
+    Panel("Recommendation stage latency p99",
+          [Target(_quantile(0.99, "ray_distilrec_stage_latency_ms", REC_STAGES, by="stage"), "{{stage}}")],
+          "features, score and query (see the p50 panel); each has a deadline (deadline_ms in the ingress's "
+          "user_config, 1 s by default) past which the answer is degraded.", unit="ms"),
+    Panel("Other stage latency p50 / p99",
+          _quantiles("ray_distilrec_stage_latency_ms", OTHER_STAGES, by="stage", qs=(0.5, 0.99)),
+          "store: writing events (POST /v1/events); items: encoding and storing new items (POST /v1/items, "
+          "admin); info: the Scorer deployment's answer to GET /v1/model (scorer: deployment only).",
+          unit="ms", width=8),
+    Panel("Scorer batch size", _quantiles("ray_distilrec_scorer_batch_size", by="deployment", qs=(0.5, 0.95)),
+          "Requests scored together in one tensor batch (@serve.batch), by the deployment that batches: the "
+          "Ingress with scorer: inline, the Scorer with scorer: deployment. Interpolated within the buckets "
           "1, 2, 4, 8, … (values up to 1 mean no batching). No mean: Ray 2.60 exports a histogram's _sum "
           "from bucket midpoints.",
-          width=12),
+          width=8),
     Panel("Scorer batch size distribution",
           [Target(f"sum by (le) (increase(ray_distilrec_scorer_batch_size_bucket{{{SEL}}}[{RI}]))", "{{le}}",
                   format="heatmap")],
-          "Batches per batch-size bucket.", kind="heatmap", width=12),
+          "Batches per batch-size bucket (the Ingress's or the Scorer's, whichever scores).", kind="heatmap",
+          width=8),
 ])
 
 CORRECT = Row("Is it correct?", [
@@ -75,15 +94,19 @@ CORRECT = Row("Is it correct?", [
           "events) over all recommendations (alert DistilrecHighDegradedRate: 5%).",
           unit="percentunit", min=0, thresholds=[(0.05, "red")]),
     Panel("Degraded answers by reason", [Target(_rate("ray_distilrec_degraded_total", by="reason"), "{{reason}}")],
-          "scorer_timeout / scorer_error / scorer_overloaded: the model did not answer in time; store_read: "
-          "the event store could not be read; encoder_*: the feature stage failed.", unit="reqps", stack=True),
+          "scorer_timeout / scorer_error / scorer_overloaded: scoring (in the ingress, or the Scorer deployment "
+          "with scorer: deployment) was too slow, failed or was refused for back-pressure, and the co-occurrence "
+          "ranking answered; store_read: the user's stored events could not be read (or not in time) and the "
+          "answer lacks them; query_timeout / query_error: the TextEncoder did not embed the request's query, "
+          "answered without it.", unit="reqps", stack=True),
     Panel("Cold-start share",
           [Target(_share(_rate("ray_distilrec_cold_start_total"),
                          _rate("ray_distilrec_requests_total", REC + ',code="200"')), "cold start")],
           "Recommendations for users with no known history (answered with the popular items).",
           unit="percentunit", min=0),
     Panel("Candidates per request", _quantiles("ray_distilrec_candidates_per_request", qs=(0.5, 0.95)),
-          "Candidates the ranker received per recommendation (before filters, seen items, diversity)."),
+          "Candidates retrieved per scored recommendation: the ranking's input, before filters, seen items "
+          "and diversity."),
     Panel("Event store errors by operation",
           [Target(_rate("ray_distilrec_event_store_errors_total", by="op"), "{{op}}")],
           "Failed reads (answers degraded) and writes (POST /v1/events answered 503; alert "
@@ -123,8 +146,9 @@ SIZED = Row("Is it sized right?", [
           "Ray Serve's replicas per deployment and the autoscaler's target.", width=8),
     Panel("Requests in flight per deployment",
           [Target(f"sum by (deployment) (ray_serve_replica_processing_queries{{{SEL}}})", "{{deployment}}")],
-          "Requests each deployment's replicas are working on (the encoder, scorer and ranker scale on these "
-          "against target_ongoing_requests; the ingress, which mostly waits on them, on its CPU).",
+          "Requests each deployment's replicas are working on: the TextEncoder and the Scorer (scorer: "
+          "deployment) scale on these against target_ongoing_requests; the Ingress, which does a "
+          "recommendation's work itself, on its CPU.",
           width=8),
     Panel("Queued requests per deployment",
           [Target(f"sum by (deployment) (ray_serve_deployment_queued_queries{{{SEL}}})", "{{deployment}}")],
@@ -133,8 +157,16 @@ SIZED = Row("Is it sized right?", [
           [Target(f"avg(ray_distilrec_ingress_cpu_busy{{{SEL}}})", "mean"),
            Target(f"max(ray_distilrec_ingress_cpu_busy{{{SEL}}})", "busiest replica")],
           "Share of a CPU each ingress replica used: its autoscaling keeps the mean near target_cpu (0.6 in "
-          "services/serve_config.yaml). Many requests in flight at a low CPU means they wait on another stage.",
-          width=8),
+          "services/serve_config.yaml). Many requests in flight at a low CPU means they wait: on the event "
+          "store, the TextEncoder or the Scorer deployment (see the stage latencies).",
+          width=12),
+    Panel("Scorer deployment (scorer: deployment)",
+          [Target(f'sum(ray_serve_deployment_replica_healthy{{{SEL},deployment="Scorer"}})', "healthy replicas"),
+           Target(f'sum(ray_serve_replica_processing_queries{{{SEL},deployment="Scorer"}})', "in flight"),
+           Target(f'sum(ray_serve_deployment_queued_queries{{{SEL},deployment="Scorer"}})', "queued")],
+          "The Scorer deployment's replicas, the requests they work on and those waiting for one. No data with "
+          "scorer: inline (the default): the Ingress replicas score in process and the application has no "
+          "Scorer deployment.", width=12),
 ])
 
 OVERVIEW = Dashboard(

@@ -56,19 +56,40 @@ def _serve_config(docs: list[dict]) -> dict:
     return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])
 
 
+def _scorer_options(values: dict) -> dict:
+    """The Scorer deployment's options that ``serve.config.scorerDeployment`` stands for (the autoscaling
+    delays are services/scorer.py's decorator's, which an autoscaling_config in the serve config replaces)."""
+    s = values["serve"]["config"]["scorerDeployment"]
+    actor = {"num_cpus": s["numCpus"], **({"num_gpus": s["numGpus"]} if s["numGpus"] else {})}
+    return {"health_check_period_s": 2,
+            "autoscaling_config": {"min_replicas": s["minReplicas"], "max_replicas": s["maxReplicas"],
+                                   "target_ongoing_requests": s["targetOngoingRequests"],
+                                   "upscale_delay_s": 10, "downscale_delay_s": 120},
+            "max_ongoing_requests": s["maxOngoingRequests"], "ray_actor_options": actor,
+            "user_config": {"max_batch_size": s["maxBatchSize"], "batch_wait_timeout_s": s["batchWaitTimeoutS"]}}
+
+
 def _expected_serve_config(values: dict) -> dict:
     """What services/serve_config.yaml gives through the loader that local runs use (services/run.py),
-    with the chart's values as the overrides."""
+    with the chart's values as the app args and overrides: with ``serve.config.scorer: deployment`` a
+    Scorer entry from ``serve.config.scorerDeployment``, on which ``deployments.Scorer`` replaces options."""
     from services.run import DEFAULT_CONFIG, load_config
 
     art = values["artifacts"]
     model_uri = (f"{art['pvc']['mountPath'].rstrip('/')}/{art['pvc']['path'].strip('/')}" if art["type"] == "pvc"
                  else art["objectStore"]["uri"])
     store = values["eventStore"]["url"] or f"redis://{FULLNAME}-redis:6379/0"
-    app_args = {"event_store": store, "model_poll_s": values["serve"]["config"]["modelPollSeconds"],
-                **values["serve"]["config"]["args"]}
-    return load_config(DEFAULT_CONFIG, model_uri=model_uri, app_args=app_args,
-                       overrides=values["serve"]["config"]["deployments"])
+    cfg = values["serve"]["config"]
+    app_args = {"event_store": store, "model_poll_s": cfg["modelPollSeconds"], "scorer": cfg["scorer"],
+                **cfg["args"]}
+    overrides = dict(cfg["deployments"])
+    if cfg["scorer"] == "deployment":
+        scorer, given = _scorer_options(values), overrides.get("Scorer", {})
+        for option, dropped in (("num_replicas", "autoscaling_config"), ("autoscaling_config", "num_replicas")):
+            if option in given:
+                scorer.pop(dropped, None)
+        overrides["Scorer"] = {**scorer, **given}
+    return load_config(DEFAULT_CONFIG, model_uri=model_uri, app_args=app_args, overrides=overrides)
 
 
 def test_chart_serve_config_is_the_services_file():
@@ -115,13 +136,62 @@ def test_serve_app_args_are_accepted_by_the_app(values):
     AppArgs.model_validate(args)
 
 
-def test_deployment_overrides_replace_options():
+def _deployments(docs: list[dict]) -> dict[str, dict]:
+    return {d["name"]: d for d in _serve_config(docs)["applications"][0]["deployments"]}
+
+
+def test_default_scores_inline_with_no_scorer_deployment():
+    """The default graph: Ingress (features, in-process scoring, ranking) and TextEncoder, the app arg
+    ``scorer: inline``, and exactly the deployments ``services.app.build_app`` builds for those args."""
+    from services.app import deployments_of
+
+    cfg = _serve_config(render())
+    app = cfg["applications"][0]
+    assert app["args"]["scorer"] == "inline"
+    assert [d["name"] for d in app["deployments"]] == ["Ingress", "TextEncoder"]
+    assert {d["name"] for d in app["deployments"]} == deployments_of(app["args"])
+
+
+def test_gpu_values_score_on_a_scorer_deployment_with_a_gpu():
     docs = render((str(CHART / "ci" / "gpu-values.yaml"),))
-    deps = {d["name"]: d for d in _serve_config(docs)["applications"][0]["deployments"]}
-    assert deps["StudentScorer"]["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
-    assert deps["StudentScorer"]["user_config"]["max_batch_size"] == 128
-    assert deps["Ingress"] == next(d for d in _serve_config(render())["applications"][0]["deployments"]
-                                   if d["name"] == "Ingress")
+    app = _serve_config(docs)["applications"][0]
+    deps = _deployments(docs)
+    assert app["args"]["scorer"] == "deployment" and app["args"]["scorer_model"] == "teacher"
+    assert set(deps) == {"Ingress", "TextEncoder", "Scorer"}
+    scorer = deps["Scorer"]
+    assert scorer["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
+    assert scorer["user_config"] == {"max_batch_size": 128, "batch_wait_timeout_s": 0.005}
+    assert scorer["max_ongoing_requests"] == 256 >= scorer["user_config"]["max_batch_size"]
+    assert scorer["autoscaling_config"]["min_replicas"] == 1 and scorer["autoscaling_config"]["max_replicas"] == 2
+    assert scorer["health_check_period_s"] == 2
+    assert deps["Ingress"] == _deployments(render())["Ingress"]
+
+
+def test_scorer_deployment_options_and_overrides_on_top():
+    """``serve.config.scorerDeployment`` gives the Scorer entry; ``deployments.Scorer`` replaces single
+    options on it (a fixed count replaces the autoscaling range), as ``services.run.load_config`` does; a
+    CPU scorer asks for no GPU."""
+    base = ("serve.config.scorer=deployment",)
+    cpu = _deployments([d for d in yaml.safe_load_all(helm_template(sets=base).stdout) if d])["Scorer"]
+    assert cpu["ray_actor_options"] == {"num_cpus": 0.5}
+    assert cpu["autoscaling_config"]["max_replicas"] > cpu["autoscaling_config"]["min_replicas"]
+    assert cpu["user_config"] == {"max_batch_size": 32, "batch_wait_timeout_s": 0}
+    sets = base + ("serve.config.scorerDeployment.maxBatchSize=8", "serve.config.deployments.Scorer.num_replicas=3",
+                   "serve.config.deployments.Scorer.max_queued_requests=50")
+    fixed = _deployments([d for d in yaml.safe_load_all(helm_template(sets=sets).stdout) if d])["Scorer"]
+    assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
+    assert fixed["max_queued_requests"] == 50 and fixed["user_config"]["max_batch_size"] == 8
+
+
+def test_deployment_overrides_replace_options():
+    sets = ("serve.config.deployments.TextEncoder.max_ongoing_requests=4",
+            "serve.config.deployments.TextEncoder.ray_actor_options.num_cpus=1")
+    deps = _deployments([d for d in yaml.safe_load_all(helm_template(sets=sets).stdout) if d])
+    default = _deployments(render())
+    assert deps["TextEncoder"]["max_ongoing_requests"] == 4
+    assert deps["TextEncoder"]["ray_actor_options"] == {"num_cpus": 1}
+    assert deps["TextEncoder"]["autoscaling_config"] == default["TextEncoder"]["autoscaling_config"]
+    assert deps["Ingress"] == default["Ingress"]
 
 
 def test_an_autoscaling_override_keeps_the_files_policy_as_local_runs_do():
@@ -214,8 +284,8 @@ def test_autoscaling_and_upgrade_strategy():
     svc = one(render(), "RayService")["spec"]
     assert svc["rayClusterConfig"]["enableInTreeAutoscaling"] is True
     assert svc["upgradeStrategy"] == {"type": "NewCluster"}
-    scorer = next(d for d in _serve_config(render())["applications"][0]["deployments"] if d["name"] == "StudentScorer")
-    assert scorer["autoscaling_config"]["max_replicas"] > scorer["autoscaling_config"]["min_replicas"]
+    for name, dep in _deployments(render()).items():  # Serve autoscaling on every deployment by default
+        assert dep["autoscaling_config"]["max_replicas"] > dep["autoscaling_config"]["min_replicas"], name
     inc = one(render((str(CHART / "ci" / "s3-artifacts-values.yaml"),)), "RayService")["spec"]["upgradeStrategy"]
     assert inc["type"] == "NewClusterWithIncrementalUpgrade" and inc["clusterUpgradeOptions"]["gatewayClassName"]
     off = one(render((str(CHART / "ci" / "monitoring-off-values.yaml"),)), "RayService")["spec"]
@@ -254,19 +324,25 @@ def test_serving_pods_get_tokens_and_passwords_from_secrets(values):
 
 
 @pytest.mark.parametrize("sets, expected", [
-    ((), {}),
-    (("serve.requestPath.haproxy=true", "serve.requestPath.throughputOptimized=true"), "local"),
-    (("serve.requestPath.throughputOptimized=true",),
-     {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}),
-], ids=["default-off", "fast-path", "grpc-only"])
-def test_serving_pods_start_ray_with_the_fast_request_path(sets, expected):
-    """Every serving Ray container starts with Ray Serve's request-path variables when they are on (with
-    both, the same ones a local ``distilrec serve`` sets by default: ``services.run.serve_env``)
-    and frozen heaps with the gRPC path; off by default; the training pods never get them."""
+    ((), "haproxy"),
+    (("serve.requestPath=fast",), "haproxy"),
+    (("serve.requestPath=grpc",), "no-haproxy"),
+    (("serve.requestPath=ray-default",), {}),
+], ids=["default-fast", "fast", "grpc", "ray-default"])
+def test_serving_pods_start_ray_with_the_fast_request_path_by_default(sets, expected, monkeypatch):
+    """Every serving Ray container starts with Ray Serve's request-path variables: by default (``fast``)
+    the same ones a local ``distilrec serve`` sets (``services.run.serve_env`` with an HAProxy binary),
+    ``grpc`` the ones it sets without one, both with frozen heaps; ``ray-default`` none. The training
+    pods never get them."""
     from services.run import serve_env
 
-    if expected == "local":
+    if expected == "haproxy":
         expected = serve_env(haproxy="haproxy")
+    elif expected == "no-haproxy":
+        import services.run as run
+
+        monkeypatch.setattr(run, "haproxy_binary", lambda: None)
+        expected = serve_env()
     docs = [d for d in yaml.safe_load_all(helm_template(sets=sets).stdout) if d]
     for where, spec in pod_specs(one(docs, "RayService")):
         all_env = _env(spec["containers"][0])
@@ -402,7 +478,11 @@ def test_every_values_key_has_a_doc_comment():
     (("serve.replicas=3",), "Additional property replicas is not allowed"),
     (("serve.upgradeStrategy.type=Rolling",), "serve.upgradeStrategy.type"),
     (("artifacts.type=nfs",), "artifacts.type"),
-    (("serve.config.deployments.StudentScorer.num_gpus=1",), "Additional property num_gpus is not allowed"),
+    (("serve.config.deployments.Scorer.num_gpus=1",), "Additional property num_gpus is not allowed"),
+    (("serve.config.scorer=gpu",), "serve.config.scorer"),
+    (("serve.requestPath=haproxy",), "serve.requestPath"),
+    (("serve.requestPath.haproxy=true",), "serve.requestPath"),
+    (("serve.config.scorerDeployment.replicas=2",), "Additional property replicas is not allowed"),
     (("redis.appendfsync=sometimes",), "redis.appendfsync"),
 ])
 def test_schema_rejects_bad_values_with_a_clear_message(sets, message):
@@ -414,7 +494,11 @@ def test_schema_rejects_bad_values_with_a_clear_message(sets, message):
 
 @pytest.mark.parametrize("sets, message", [
     (("serve.config.deployments.Scorer.num_replicas=2",),
-     "serve.config.deployments.Scorer: no such deployment in services/serve_config.yaml"),
+     "serve.config.deployments.Scorer: the application has a Scorer deployment only with serve.config.scorer=deployment"),
+    (("serve.config.deployments.Ranker.num_replicas=2",),
+     "serve.config.deployments.Ranker: no such deployment in services/serve_config.yaml (known: Ingress, TextEncoder)"),
+    (("serve.config.scorer=deployment", "serve.config.scorerDeployment.minReplicas=5"),
+     "serve.config.scorerDeployment: minReplicas (5) is above maxReplicas (4)"),
     (("eventStore.url=", "redis.enabled=false"), "eventStore.url is empty and redis.enabled is false"),
     (("artifacts.type=objectStore",), "artifacts.objectStore.uri is required"),
 ])
@@ -494,6 +578,7 @@ def test_notes_give_port_forward_and_curl_commands(tmp_path):
     notes = next(d for d in docs if d["metadata"]["name"] == "notes")["data"]["notes"]
     assert f"port-forward svc/{FULLNAME}-serve 8000:8000" in notes
     assert "curl -s localhost:8000/v1/recommend" in notes and "curl -s localhost:8000/healthz" in notes
+    assert """-d '{"query": "space opera", "k": 5}'""" in notes
     assert f"get secret {FULLNAME}-admin" in notes
     assert f"helm test {RELEASE}" in notes
 

@@ -51,18 +51,27 @@ def test_overlay_has_the_chart_resources(overlay):
     assert one(docs, "RayService")["spec"]["serveConfigV2"] == one(chart, "RayService")["spec"]["serveConfigV2"]
 
 
+def _app(docs: list[dict]) -> dict:
+    return yaml.safe_load(one(docs, "RayService")["spec"]["serveConfigV2"])["applications"][0]
+
+
 def test_gpu_overlay_puts_the_scorer_and_training_on_gpus():
+    """gpu: scoring on the Scorer deployment (scorer: deployment) with a GPU per replica; cpu: the Ingress
+    scores in process (scorer: inline) and the application has no Scorer deployment."""
     docs = kustomize_build("gpu")
     svc = one(docs, "RayService")
     groups = {g["groupName"]: g for g in svc["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
     assert groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    scorer = next(d for d in yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"][0]["deployments"]
-                  if d["name"] == "StudentScorer")
+    app = _app(docs)
+    assert app["args"]["scorer"] == "deployment"
+    scorer = next(d for d in app["deployments"] if d["name"] == "Scorer")
     assert scorer["ray_actor_options"]["num_gpus"] == 1
     job = one(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert [g["groupName"] for g in job] == ["gpu"]
     cpu = kustomize_build("cpu")
     assert [g["groupName"] for g in one(cpu, "RayService")["spec"]["rayClusterConfig"]["workerGroupSpecs"]] == ["cpu"]
+    assert _app(cpu)["args"]["scorer"] == "inline"
+    assert [d["name"] for d in _app(cpu)["deployments"]] == ["Ingress", "TextEncoder"]
 
 
 def test_set_image_reaches_every_ray_container(tmp_path):

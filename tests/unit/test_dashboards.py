@@ -79,6 +79,27 @@ def test_overview_answers_the_four_questions():
     assert "ray_serve_deployment_replica_healthy" in exprs
 
 
+def test_overview_shows_the_stages_and_deployments_of_the_serving_graph():
+    """The recommendation's stages as the ingress times them (features, score, query; no encode or rank
+    any more), panels by deployment or on the Scorer (which says it shows nothing with scorer: inline),
+    and no panel on a deployment the application no longer has."""
+    panels = [p for p in RENDERED["overview"]["panels"] if p["type"] != "row"]
+    stage = [p for p in panels if any("stage_latency_ms" in t["expr"] for t in p["targets"])]
+    rec = [p for p in stage if p["title"].startswith("Recommendation stage latency")]
+    assert len(rec) == 3
+    for p in rec:
+        assert all('stage=~"features|score|query"' in t["expr"] for t in p["targets"]), p["title"]
+    assert any('stage=~"store|items|info"' in t["expr"] for p in stage for t in p["targets"])
+    text = json.dumps(RENDERED["overview"])
+    for gone in ("StudentScorer", "FeatureEncoder", "Ranker", '\\"encode\\"', '\\"rank\\"', "encoder_"):
+        assert gone not in text, gone
+    scorer = [p for p in panels if any('deployment="Scorer"' in t["expr"] for t in p["targets"])]
+    assert scorer and all("scorer: inline" in p["description"] and "No data" in p["description"] for p in scorer)
+    reasons = next(p for p in panels if p["title"] == "Degraded answers by reason")["description"]
+    for reason in ("scorer_timeout", "scorer_error", "scorer_overloaded", "store_read", "query_timeout", "query_error"):
+        assert reason in reasons, reason
+
+
 def _promtool() -> str:
     found = shutil.which("promtool")
     if not found:

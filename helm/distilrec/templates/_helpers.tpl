@@ -121,24 +121,54 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The serveConfigV2 document: services/serve_config.yaml (files/serve_config.yaml is a symlink to it, so
      local runs and the cluster share one source), with the chart's args and per-deployment overrides.
-     Each option given for a deployment replaces the file's option, as services/run.py:load_config does. */}}
+     Each option given for a deployment replaces the file's option, as services/run.py:load_config does.
+     serve.config.scorer is the app arg `scorer`; with "deployment" the application also builds the Scorer
+     deployment, whose entry (not in the file: Serve refuses options for a deployment the application
+     does not build) comes from serve.config.scorerDeployment, then serve.config.deployments.Scorer. */}}
+{{- define "distilrec.scorerDeployment" -}}
+{{- $s := .Values.serve.config.scorerDeployment }}
+{{- if gt (int $s.minReplicas) (int $s.maxReplicas) }}
+{{- fail (printf "serve.config.scorerDeployment: minReplicas (%v) is above maxReplicas (%v)" $s.minReplicas $s.maxReplicas) }}
+{{- end }}
+{{- $actor := dict "num_cpus" $s.numCpus }}
+{{- if $s.numGpus }}
+{{- $_ := set $actor "num_gpus" $s.numGpus }}
+{{- end }}
+{{- /* upscale/downscale delays as services/scorer.py's decorator: an autoscaling_config given here replaces
+       the decorator's whole. */}}
+{{- dict "name" "Scorer" "health_check_period_s" 2
+      "autoscaling_config" (dict "min_replicas" $s.minReplicas "max_replicas" $s.maxReplicas
+                                 "target_ongoing_requests" $s.targetOngoingRequests
+                                 "upscale_delay_s" 10 "downscale_delay_s" 120)
+      "max_ongoing_requests" $s.maxOngoingRequests
+      "ray_actor_options" $actor
+      "user_config" (dict "max_batch_size" $s.maxBatchSize "batch_wait_timeout_s" $s.batchWaitTimeoutS)
+    | toJson }}
+{{- end }}
+
 {{- define "distilrec.serveConfig" -}}
 {{- $cfg := .Files.Get "files/serve_config.yaml" | fromYaml }}
 {{- if or (not $cfg) (hasKey $cfg "Error") }}
 {{- fail "files/serve_config.yaml is missing or not valid YAML: it must be a symlink to services/serve_config.yaml" }}
 {{- end }}
 {{- $overrides := .Values.serve.config.deployments }}
+{{- $scorer := .Values.serve.config.scorer }}
 {{- $known := list }}
 {{- range $app := $cfg.applications }}
 {{- $args := default dict $app.args }}
 {{- $_ := set $args "model_uri" (include "distilrec.artifactUri" $) }}
 {{- $_ := set $args "event_store" (include "distilrec.eventStoreUrl" $) }}
 {{- $_ := set $args "model_poll_s" $.Values.serve.config.modelPollSeconds }}
+{{- $_ := set $args "scorer" $scorer }}
 {{- range $k, $v := $.Values.serve.config.args }}
 {{- $_ := set $args $k $v }}
 {{- end }}
 {{- $_ := set $app "args" $args }}
-{{- range $dep := $app.deployments }}
+{{- $deps := $app.deployments }}
+{{- if eq $scorer "deployment" }}
+{{- $deps = append $deps (include "distilrec.scorerDeployment" $ | fromJson) }}
+{{- end }}
+{{- range $dep := $deps }}
 {{- $known = append $known $dep.name }}
 {{- $o := get $overrides $dep.name | default dict }}
 {{- /* a fixed replica count and autoscaling exclude each other: the one given replaces the other */}}
@@ -153,9 +183,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $dep.autoscaling_config "policy" $policy }}
 {{- end }}
 {{- end }}
+{{- $_ := set $app "deployments" $deps }}
 {{- end }}
 {{- range $name, $_ := $overrides }}
 {{- if not (has $name $known) }}
+{{- if eq $name "Scorer" }}
+{{- fail "serve.config.deployments.Scorer: the application has a Scorer deployment only with serve.config.scorer=deployment (it is inline)" }}
+{{- end }}
 {{- fail (printf "serve.config.deployments.%s: no such deployment in services/serve_config.yaml (known: %s)" $name (join ", " $known)) }}
 {{- end }}
 {{- end }}
@@ -230,24 +264,23 @@ envFrom:
 {{- end }}
 {{- end }}
 
-{{/* Environment of the serving containers: Ray Serve's request path, the admin token and the Redis
-password from Secrets. Without HAProxy, direct ingress stays off so that Serve's own proxy takes HTTP. */}}
+{{/* Environment of the serving containers: Ray Serve's request path (serve.requestPath; the same variables as
+services/run.py:serve_env), the admin token and the Redis password from Secrets. */}}
 {{- define "distilrec.serveEnv" -}}
-{{- with .Values.serve.requestPath }}
-{{- if .throughputOptimized }}
+{{- $path := .Values.serve.requestPath }}
+{{- if ne $path "ray-default" }}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
-- name: DISTILREC_FREEZE_HEAP
+{{- if eq $path "fast" }}
+- name: RAY_SERVE_ENABLE_HA_PROXY
   value: "1"
-{{- if not .haproxy }}
+{{- else }}
+{{- /* without HAProxy, direct ingress stays off so that Serve's own proxy takes HTTP */}}
 - name: RAY_SERVE_ENABLE_DIRECT_INGRESS
   value: "0"
 {{- end }}
-{{- end }}
-{{- if .haproxy }}
-- name: RAY_SERVE_ENABLE_HA_PROXY
+- name: DISTILREC_FREEZE_HEAP
   value: "1"
-{{- end }}
 {{- end }}
 - name: DISTILREC_ADMIN_TOKEN
   valueFrom:
