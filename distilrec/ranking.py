@@ -91,32 +91,51 @@ def mmr(candidates: Sequence[tuple[int, float]], vectors: np.ndarray, k: int, di
     return [cands[j] for j in picked]
 
 
+class Explainer:
+    """Why each item is recommended to a user with ``history`` (rows, oldest first): the history item it
+    is most often watched with (co-occurrence), else the most recent one that shares the most attribute
+    values with it, else a generic reason. The user's recent history (``recent`` items, most recent
+    first, unique) and its attribute values are prepared once for all the items of an answer."""
+
+    def __init__(self, history: Sequence[int], graph, attributes: Sequence[dict[str, list[str]]],
+                 titles: Sequence[str], recent: int = 50):
+        self.graph, self.attributes, self.titles = graph, attributes, titles
+        self.hist = list(dict.fromkeys(reversed(list(history)[-recent:])))  # most recent first, unique
+        self._values: list[set[tuple[str, str]]] | None = None
+
+    def _hist_values(self) -> list[set[tuple[str, str]]]:
+        if self._values is None:
+            self._values = [{(k, v.lower()) for k, vs in self.attributes[h].items() for v in vs} for h in self.hist]
+        return self._values
+
+    def __call__(self, row: int) -> str:
+        best, best_w = None, 0.0
+        for h in self.hist:
+            w = self.graph.weight(row, h)
+            if w > best_w:
+                best, best_w = h, w
+        if best is not None:
+            return f"because you watched {self.titles[best]} (often watched together)"
+        mine = {(k, v.lower()) for k, vs in self.attributes[row].items() for v in vs}
+        best, shared = None, set()
+        if mine:
+            for h, values in zip(self.hist, self._hist_values()):
+                common = mine & values
+                if len(common) > len(shared):
+                    best, shared = h, common
+        if best is not None:
+            names: dict[str, list[str]] = {}
+            for k, v in sorted(shared):
+                names.setdefault(k, []).append(v)
+            what = "; ".join(f"{k}: {', '.join(vs)}" for k, vs in names.items())
+            return f"because you watched {self.titles[best]} (shared {what})"
+        return "recommended from your history" if self.hist else "popular with everyone"
+
+
 def explain(row: int, history: Sequence[int], graph, attributes: Sequence[dict[str, list[str]]],
             titles: Sequence[str], recent: int = 50) -> str:
-    """Why ``row`` is recommended to a user with ``history`` (rows, oldest first): the history item it
-    is most often watched with (co-occurrence), else the most recent one that shares the most
-    attribute values with it, else a generic reason."""
-    hist = list(dict.fromkeys(reversed(list(history)[-recent:])))  # most recent first, unique
-    best, best_w = None, 0.0
-    for h in hist:
-        w = graph.weight(row, h)
-        if w > best_w:
-            best, best_w = h, w
-    if best is not None:
-        return f"because you watched {titles[best]} (often watched together)"
-    mine = {(k, v.lower()) for k, vs in attributes[row].items() for v in vs}
-    best, shared = None, set()
-    for h in hist:
-        common = mine & {(k, v.lower()) for k, vs in attributes[h].items() for v in vs}
-        if len(common) > len(shared):
-            best, shared = h, common
-    if best is not None:
-        names: dict[str, list[str]] = {}
-        for k, v in sorted(shared):
-            names.setdefault(k, []).append(v)
-        what = "; ".join(f"{k}: {', '.join(vs)}" for k, vs in names.items())
-        return f"because you watched {titles[best]} (shared {what})"
-    return "recommended from your history" if hist else "popular with everyone"
+    """One item's reason (see :class:`Explainer`, which prepares the history once for many items)."""
+    return Explainer(history, graph, attributes, titles, recent)(row)
 
 
 def cooccurrence_ranking(history: Sequence[int], graph, popularity: np.ndarray, drop: Iterable[int],

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -31,11 +33,18 @@ class ExactRetrieval:
         self.items = self.items.clone()
         self.items[row] = vector.detach().float()
 
-    def search(self, users: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scores (B, n), rows (B, n))`` in descending score order."""
+    def search(self, users: torch.Tensor, n: int,
+               drop: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores (B, n), rows (B, n))`` in descending score order; ``drop[b]``: rows never returned
+        for user ``b`` (its history: masked before the top-n, so no candidate is spent on them). Fewer
+        rows than ``n`` left: the tail has score ``-inf`` and row ``-1``."""
         n = max(1, min(int(n), len(self)))
-        top = torch.topk(users.float() @ self.items.T, n, dim=1)
-        return top.values, top.indices
+        scores = users.float() @ self.items.T  # (B, N)
+        for b, rows in enumerate(drop or ()):
+            if len(rows):
+                scores[b, torch.as_tensor(rows, dtype=torch.long, device=scores.device)] = -torch.inf
+        top = torch.topk(scores, n, dim=1)
+        return top.values, torch.where(torch.isfinite(top.values), top.indices, -1)
 
 
 class FaissRetrieval:
@@ -69,9 +78,13 @@ class FaissRetrieval:
         self.index.add(np.ascontiguousarray(vector.detach().float().numpy().reshape(1, -1)))
         self.rows.append(row)
 
-    def search(self, users: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def search(self, users: torch.Tensor, n: int,
+               drop: Sequence[Sequence[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`ExactRetrieval.search`; dropped rows are fetched and then left out, so the graph is
+        asked for ``n`` plus the longest ``drop`` list."""
         n = max(1, min(int(n), len(self)))
-        want = min(n + len(self.stale), self.index.ntotal)
+        dropped = [set(d) for d in drop] if drop else [set() for _ in range(len(users))]
+        want = min(n + len(self.stale) + max((len(d) for d in dropped), default=0), self.index.ntotal)
         self.index.hnsw.efSearch = max(self.index.hnsw.efSearch, want)
         scores, ids = self.index.search(np.ascontiguousarray(users.detach().float().numpy()), want)
         out_s = np.full((len(ids), n), -np.inf, dtype=np.float32)
@@ -79,7 +92,7 @@ class FaissRetrieval:
         for b in range(len(ids)):
             j = 0
             for s, i in zip(scores[b], ids[b]):
-                if i < 0 or i in self.stale:
+                if i < 0 or i in self.stale or self.rows[i] in dropped[b]:
                     continue
                 out_s[b, j], out_r[b, j] = s, self.rows[i]
                 j += 1

@@ -37,15 +37,16 @@ from distilrec.artifacts import Artifact
 from distilrec.catalog import Catalog
 from distilrec.models import pad_histories
 from distilrec.query import QUERY_WEIGHT, blend_query, popularity_base, query_sims
-from distilrec.ranking import cooccurrence_ranking, explain, mmr, most_popular, passes
+from distilrec.ranking import Explainer, cooccurrence_ranking, mmr, most_popular, passes
 from distilrec.retrieval import ExactRetrieval, impute_item_vectors, make_retrieval
 from distilrec.stores import EventStore, EventStoreError, NewItem, StoredEvent
 
-DEFAULT_CANDIDATES = 200  # items retrieved per request besides the ones the ranking will drop
+DEFAULT_CANDIDATES = 50  # items retrieved per request (k * MMR_POOL: what MMR picks from at k = 10)
 DEFAULT_K = 10
 MMR_POOL = 5  # MMR picks k items from the best k * MMR_POOL candidates
 WIDE = 20  # with filters, 20 times more candidates: the filters drop most of them
 STORED_HISTORY_LIMIT = 1000  # stored events read per request (all of them are dropped as seen)
+RECENT = 50  # the most recent history items that explanations and the co-occurrence fallback read
 
 
 # ----------------------------------------------------------------------------------------- scoring
@@ -53,13 +54,15 @@ STORED_HISTORY_LIMIT = 1000  # stored events read per request (all of them are d
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:
     """One request to score: ``history`` item ids, oldest first; ``timestamps`` unix seconds aligned with
-    them (``None``: no time features); ``n`` candidates wanted; ``sync`` the event store's
+    them (``None``: no time features); ``n`` candidates wanted besides the history and ``exclude``
+    (item ids never returned: neither are among the candidates); ``sync`` the event store's
     ``(items_seq, reload_generation)`` the caller saw (a scorer that is behind catches up first)."""
 
     history: tuple[str, ...]
     timestamps: tuple[int, ...] | None
     n: int
     sync: tuple[int, int] | None = None
+    exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +160,13 @@ class ModelScorer:
 
     def score(self, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
         """Score ``B`` requests as one ``(B, L)`` tensor batch and retrieve each one's best ``n``
-        candidates (at most the catalogue). History items the model has no row for are left out."""
+        candidates (at most the catalogue), none of them in its history or ``exclude``. The model reads
+        the history items it has a row for (items added at serving time have none)."""
         t0 = time.perf_counter()
-        rows, stamps, want = [], [], []
+        rows, stamps, want, drop = [], [], [], []
+        index = self.index
         for r in requests:
+            drop.append([index[i] for i in set(r.history).union(r.exclude) if i in index])
             times = r.timestamps or (0,) * len(r.history)
             kept = [(self.index[i], t) for i, t in zip(r.history, times)
                     if self.index.get(i, self.n_trained) < self.n_trained]
@@ -171,7 +177,7 @@ class ModelScorer:
         times = pad_histories(stamps, 0, self.max_len).to(self.device)
         with torch.inference_mode():  # no autograd bookkeeping on the request path
             users = self.model.user_vector(hist, times)  # (B, D)
-            scores, top = self.retrieval.search(self._search_device(users), max(want))
+            scores, top = self.retrieval.search(self._search_device(users), max(want), drop)
             scores, top = scores.cpu(), top.cpu()
         ms = (time.perf_counter() - t0) * 1000
         out = []
@@ -183,14 +189,14 @@ class ModelScorer:
         return out
 
 
-def candidates_wanted(candidates: int, k: int, n_drop: int, filtered: bool) -> int:
-    """Candidates to retrieve for a request: ``max(candidates, k)`` (``WIDE`` times more with filters)
-    plus the ``n_drop`` seen or excluded items the ranking will drop.
+def candidates_wanted(candidates: int, k: int, filtered: bool) -> int:
+    """Candidates to retrieve for a request besides its history and exclusions: ``max(candidates, k)``,
+    ``WIDE`` times more with filters (they drop most).
 
-    >>> candidates_wanted(200, 10, 5, False), candidates_wanted(200, 10, 5, True)
-    (205, 4005)
+    >>> candidates_wanted(50, 10, False), candidates_wanted(50, 10, True)
+    (50, 1000)
     """
-    return max(candidates, k) * (WIDE if filtered else 1) + n_drop
+    return max(candidates, k) * (WIDE if filtered else 1)
 
 
 # ----------------------------------------------------------------------------------------- bundle
@@ -294,9 +300,9 @@ def user_features(bundle: ServingBundle, store: EventStore | None, user_id: str 
 def _items(cat: Catalog, ranked: list[tuple[int, float]], history: list[int], reason: str | None = None) -> list[dict]:
     """``{"item_id", "title", "score", "explanation"}`` per ranked row; ``reason`` replaces the
     history-based explanation (cold start, query)."""
+    why = None if reason else Explainer(history, cat.graph, cat.attributes, cat.titles)
     return [{"item_id": cat.item_ids[r], "title": cat.titles[r], "score": round(float(s), 6),
-             "explanation": reason or explain(r, history, cat.graph, cat.attributes, cat.titles)}
-            for r, s in ranked]
+             "explanation": reason or why(r)} for r, s in ranked]
 
 
 def _top_up(cat: Catalog, ranked: list[tuple[int, float]], hist: list[int], drop: set[int], k: int,
@@ -316,18 +322,20 @@ def rank(cat: Catalog, item_ids: Sequence[str], scores: Sequence[float], history
     """Candidates (``item_ids`` with ``scores``, descending) → the top ``k`` unseen, unexcluded,
     filtered items, MMR re-ranked for ``diversity`` (0 = off), explained; topped up from the
     co-occurrence / popularity ranking when filters leave fewer than ``k``."""
-    hist = cat.rows(history)
-    drop = set(hist) | set(cat.rows(exclude))
+    seen = set(history).union(exclude)  # the scorer left them out already; a version swap may differ
     pool = []
     limit = k * (MMR_POOL if diversity > 0 else 1)
     for item, s in zip(item_ids, scores):
         r = cat.index.get(item)
-        if r is not None and r not in drop and (not filters or passes(cat.attributes[r], filters)):
+        if r is not None and item not in seen and (not filters or passes(cat.attributes[r], filters)):
             pool.append((r, float(s)))
             if len(pool) == limit:
                 break
-    ranked = _top_up(cat, mmr(pool, cat.text_emb, k, diversity), hist, drop, k, filters)
-    return _items(cat, ranked, hist)
+    ranked = mmr(pool, cat.text_emb, k, diversity)
+    recent = cat.rows(history[-RECENT:])  # what the explanations and the top-up read
+    if len(ranked) < k:
+        ranked = _top_up(cat, ranked, recent, set(cat.rows(seen)), k, filters)
+    return _items(cat, ranked, recent)
 
 
 def popular(cat: Catalog, exclude: Sequence[str], k: int, filters: dict | None = None) -> list[dict]:

@@ -251,67 +251,125 @@ def _http_metrics() -> dict:
 _ROUTES = {"/v1/recommend", "/v1/events", "/v1/items", "/v1/model", "/v1/model/reload", "/healthz", "/readyz"}
 
 
-def _too_large(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    if length is None:
-        return False
+class _Guard:
+    """Pure ASGI middleware (no per-request task group, as Starlette's ``BaseHTTPMiddleware`` has): the
+    admin token of admin POSTs before their body is read, the body size limit, and the request metrics.
+
+    A body over ``MAX_BODY_BYTES`` (by ``Content-Length``, or counted while a chunked upload is read) is
+    read and dropped up to ``DRAIN_LIMIT_BYTES`` before the 413: a client that sends a whole body before
+    it reads would otherwise see the connection reset instead of the answer."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        headers = {k.lower(): v for k, v in scope["headers"] if k.lower() in (b"content-length", b"authorization")}
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        early = None
+        length = headers.get(b"content-length")
+        if path in _ADMIN_ROUTES and method == "POST" and not _token_ok(headers.get(b"authorization", b"").decode()):
+            # Before the body is read or validated: an unauthenticated client learns nothing and costs little.
+            early = _error(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
+        elif length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _drain(receive, 0)
+            early = _too_large()
+        elif length is None and method == "POST":  # chunked upload: read it here, measure, replay
+            body, over, done = await _read_body(receive)
+            if over:
+                if not done:
+                    await _drain(receive, len(body))
+                early = _too_large()
+            else:
+                receive = _replay(body)
+        try:
+            await (early or self.app)(scope, receive, send_status)
+        finally:
+            route = path if path in _ROUTES else "other"  # bounded label values
+            m = _http_metrics()
+            m["requests"].inc(tags={"route": route, "code": str(status)})
+            m["latency"].observe((time.perf_counter() - t0) * 1000, tags={"route": route})
+            if status >= 500:
+                log.warning("%s %s -> %d", method, path, status)
+
+
+def _too_large() -> JSONResponse:
+    return _error(413, "payload_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+
+
+async def _read_body(receive) -> tuple[bytes, bool, bool]:
+    """The body of a request without ``Content-Length``, read until it ends or passes ``MAX_BODY_BYTES``:
+    ``(body, over the limit, the body has ended)``."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), False, True
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        done = not message.get("more_body", False)
+        if size > MAX_BODY_BYTES or done:
+            return b"".join(chunks), size > MAX_BODY_BYTES, done
+
+
+def _replay(body: bytes):
+    """An ASGI ``receive`` that gives ``body`` once, then waits for the disconnect like the server's."""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the server's receive blocks until the client goes away
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _drain(receive, seen: int) -> None:
+    """Read and drop the rest of the body, up to ``DRAIN_LIMIT_BYTES`` in all."""
     try:
-        return int(length) > MAX_BODY_BYTES
-    except ValueError:
-        return True
-
-
-@app.middleware("http")
-async def _count(request: Request, call_next):
-    t0 = time.perf_counter()
-    if request.url.path in _ADMIN_ROUTES and request.method == "POST" and not _admin_ok(request):
-        # Before the body is read or validated: an unauthenticated client learns nothing and costs little.
-        response = _error(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
-    elif _too_large(request):
-        await _drain(request)
-        response = _error(413, "payload_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-    elif request.method == "POST" and "content-length" not in request.headers and \
-            len(await request.body()) > MAX_BODY_BYTES:  # chunked upload: read (once, cached) and measure
-        response = _error(413, "payload_too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-    else:
-        response = await call_next(request)
-    route = request.url.path if request.url.path in _ROUTES else "other"  # bounded label values
-    m = _http_metrics()
-    m["requests"].inc(tags={"route": route, "code": str(response.status_code)})
-    m["latency"].observe((time.perf_counter() - t0) * 1000, tags={"route": route})
-    if response.status_code >= 500:
-        log.warning("%s %s -> %d", request.method, request.url.path, response.status_code)
-    return response
-
-
-async def _drain(request: Request) -> None:
-    """Read and drop the body (up to ``DRAIN_LIMIT_BYTES``): a client that sends a whole oversized body
-    before it reads would otherwise see the connection reset instead of the 413."""
-    seen = 0
-    try:
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > DRAIN_LIMIT_BYTES:
-                break
+        while seen <= DRAIN_LIMIT_BYTES:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            seen += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
     except Exception:  # noqa: BLE001 - the client went away: nothing to answer
         pass
+
+
+app.add_middleware(_Guard)
 
 
 _ADMIN_ROUTES = {"/v1/items", "/v1/model/reload"}
 _UNAUTHORIZED = "this endpoint needs Authorization: Bearer <admin token>"
 
 
-def _admin_ok(request: Request) -> bool:
+def _token_ok(authorization: str) -> bool:
     """``Authorization: Bearer <token>`` when ``$DISTILREC_ADMIN_TOKEN`` is set (constant-time compare)."""
     token = os.environ.get(ADMIN_TOKEN_ENV)
     if not token:
         return True
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    scheme, _, value = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
 
 
 def _check_admin(request: Request) -> None:
-    if not _admin_ok(request):
+    if not _token_ok(request.headers.get("authorization", "")):
         raise ApiError(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -474,7 +532,7 @@ class Ingress:
     # -------------------------------------------------------------------------------- endpoints
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
-    async def recommend(self, req: RecommendRequest) -> RecommendResponse:
+    async def recommend(self, req: RecommendRequest) -> JSONResponse:
         """Top-k unseen items for a user (stored history + events + the request's ``history``), or the
         popular items for a cold start; with ``query``, blended with the query's similarity to the items'
         text. ``degraded`` marks an answer given by a fallback."""
@@ -506,8 +564,8 @@ class Ingress:
             items = (rank_with_query(cat, qvec, req.query, None, None, [], req.exclude, k, filters, div,
                                      self.query_weight) if qvec is not None else popular(cat, req.exclude, k, filters))
             return self._answer(items, b.version, reasons, cold_start=True)
-        n = candidates_wanted(self.candidates, k, len(history) + len(req.exclude), bool(filters))
-        score_req = ScoreRequest(tuple(history), tuple(feats.timestamps), n, sync)
+        n = candidates_wanted(self.candidates, k, bool(filters))
+        score_req = ScoreRequest(tuple(history), tuple(feats.timestamps), n, sync, tuple(req.exclude))
         try:
             result: ScoreResult = await self._timed("score", self._score(score_req))
         except Exception as e:  # noqa: BLE001 - any scoring failure falls back to the cheap ranking
@@ -524,7 +582,7 @@ class Ingress:
             items = rank(cat, result.item_ids, result.scores, history, req.exclude, k, filters, div)
         return self._answer(items, result.model_version, reasons, cold_start=False)
 
-    async def _query_vector(self, query: str, b: ServingBundle, reasons: list[str]):
+    async def _query_vector(self, query: str, b: ServingBundle, reasons: list[str]) -> np.ndarray | None:
         """The query's text embedding ``(text_dim,)``, or ``None`` (with a degraded reason) when the
         text encoder fails or is too slow. A model without text features refuses queries (409)."""
         if not b.text_dim or not b.encoder_uri:
@@ -543,9 +601,12 @@ class Ingress:
             return None
         return emb[0]
 
-    def _answer(self, items: list[dict], version: str, reasons: list[str], cold_start: bool) -> RecommendResponse:
+    def _answer(self, items: list[dict], version: str, reasons: list[str], cold_start: bool) -> JSONResponse:
+        """The ``RecommendResponse`` body, serialised once here: its fields are built by this module, so
+        FastAPI's second validation pass over them (``response_model``, kept for the OpenAPI schema) is skipped."""
         self._degrade(reasons)
-        return RecommendResponse(items=items, model_version=version, degraded=bool(reasons), cold_start=cold_start)
+        return JSONResponse({"items": items, "model_version": version, "degraded": bool(reasons),
+                             "cold_start": cold_start})
 
     def _append(self, batch: list[dict]) -> dict:
         """Runs on a store thread: ``{"stored", "new"}``, ``{"unknown_items"}`` or ``{"error", "message"}``."""

@@ -1,6 +1,7 @@
-"""Per-replica serving state without a cluster: the scorer's and ranker's bundles built from a real
-artifact (student and teacher), new items from the store, a version swap, a refused artifact, an
-artifact written before the ``attributes`` column existed, and a text encoder loaded from a URI."""
+"""Per-replica serving state without a cluster: the model scorer and the ingress's bundle built from a
+real artifact (student and teacher), a request scored and ranked in process, new items from the store,
+a version swap, a refused artifact, an artifact written before the ``attributes`` column existed, and a
+text encoder loaded from a URI."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import torch
 
 from distilrec.artifacts import ItemTable, load_artifact, write_artifact
 from distilrec.stores import NewItem, open_event_store
-from services.ranker import RankerBundle
-from services.scorer import ScorerBundle
+from distilrec.serving import ModelScorer, ScoreRequest, ServingBundle, rank, rank_with_query, user_features
 from services.state import ServingState
 
 N_ITEMS = 12  # the conftest fixtures' catalogue
@@ -44,7 +44,7 @@ def _new(item_id: str, emb: np.ndarray) -> NewItem:
     return NewItem(item_id, item_id.upper(), "text", {"genres": ["red"]}, emb.astype(np.float32), "enc")
 
 
-def _search(bundle: ScorerBundle, history: list[str], n: int = N_ITEMS + 5) -> list[str]:
+def _search(bundle: ModelScorer, history: list[str], n: int = N_ITEMS + 5) -> list[str]:
     from distilrec.models import pad_histories
 
     rows = [bundle.index[i] for i in history]
@@ -56,7 +56,7 @@ def _search(bundle: ScorerBundle, history: list[str], n: int = N_ITEMS + 5) -> l
 
 @pytest.mark.parametrize("which", ["student", "teacher"])
 def test_scorer_serves_either_model_and_new_items_join(out, store, which, text_emb):
-    state = ServingState(str(out), lambda art: ScorerBundle.build(art, which, "exact"), store, poll_s=0,
+    state = ServingState(str(out), lambda art: ModelScorer.build(art, which, "exact"), store, poll_s=0,
                          with_teacher=which == "teacher")
     assert state.bundle.version == "v1" and len(_search(state.bundle, ["m0"])) == N_ITEMS
     # A new item with the text of m5 gets (about) m5's vector: it ranks right next to it.
@@ -68,8 +68,25 @@ def test_scorer_serves_either_model_and_new_items_join(out, store, which, text_e
     assert _search(state.bundle, ["m0"]).count("fresh") == 1
 
 
+def test_a_request_scored_and_ranked_in_process_never_returns_seen_or_excluded_items(out, store, text_emb):
+    state = ServingState(str(out), ServingBundle.build, store, poll_s=0)
+    b = state.bundle
+    feats = user_features(b, store, "u1", ["m5"])
+    assert feats.items == ["m0", "m1", "m2", "m3", "m5"] and feats.known_user and feats.store_ok
+    reqs = [ScoreRequest(tuple(feats.items), tuple(feats.timestamps), 3, exclude=("m6",)),
+            ScoreRequest(("m1",), None, N_ITEMS)]
+    first, second = b.scorer.score(reqs)
+    assert len(first.item_ids) == 3 and not set(first.item_ids) & {"m0", "m1", "m2", "m3", "m5", "m6"}
+    assert first.scores == sorted(first.scores, reverse=True) and first.batch == 2
+    assert len(second.item_ids) == N_ITEMS - 1 and "m1" not in second.item_ids  # all but the history
+    items = rank(b.catalog, first.item_ids, first.scores, feats.items, ["m6"], k=2)
+    assert [it["item_id"] for it in items] == first.item_ids[:2] and all(it["explanation"] for it in items)
+    q = rank_with_query(b.catalog, text_emb[7].numpy(), "like m7", None, None, [], [], k=3)
+    assert q[0]["item_id"] == "m7" and "like m7" in q[0]["explanation"]  # the query's own text comes first
+
+
 def test_swap_to_a_newer_version_and_refuse_a_broken_one(out, store, student, teacher, text_emb):
-    state = ServingState(str(out), RankerBundle.build, store, poll_s=0)
+    state = ServingState(str(out), ServingBundle.build, store, poll_s=0)
     store.add_items([_new("fresh", text_emb[0].numpy())])
     assert state.check() is False  # nothing newer
     old = state.bundle
@@ -112,7 +129,7 @@ def test_the_loaded_bundle_is_out_of_the_collectors_view_and_a_swapped_out_one_i
     monkeypatch.setenv("DISTILREC_FREEZE_HEAP", "1")  # opt-in (services.run.local_serve_env)
     gc.unfreeze()
     try:
-        state = ServingState(str(out), RankerBundle.build, store, poll_s=0)
+        state = ServingState(str(out), ServingBundle.build, store, poll_s=0)
         assert gc.get_freeze_count() > 0
         old = weakref.ref(state.bundle)
         art = load_artifact(str(out))
@@ -135,7 +152,7 @@ def test_an_encoder_at_a_uri_loads_through_a_copy_that_is_removed(tiny_encoder, 
 
     import fsspec
 
-    from services.feature_encoder import load_text_encoder
+    from services.text_encoder import load_text_encoder
 
     fs, root = fsspec.core.url_to_fs(f"{memory_uri}/models/v1/encoder")
     for f in Path(tiny_encoder).iterdir():
