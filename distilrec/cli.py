@@ -130,15 +130,18 @@ def demo(output: str) -> int:
                 {"user_id": "u0", "k": 5},
                 {"user_id": "u1", "history": ["i10", "i11"], "k": 5, "exclude": ["i12"]},
                 {"user_id": "a-new-user", "k": 3},
+                {"query": "a haunted castle at midnight", "k": 3},
                 {"user_id": "u0", "k": 0},
             ):
                 r = c.post("/v1/recommend", json=body)
                 _print(f"POST /v1/recommend {json.dumps(body)} -> {r.status_code}", r.json())
             # A live event: the user watches the top recommendation; the next answer reflects it.
             before = c.post("/v1/recommend", json={"user_id": "u0", "k": 3}).json()["items"]
-            event = {"events": [{"user_id": "u0", "item_id": before[0]["item_id"]}]}
+            event = {"events": [{"user_id": "u0", "item_id": before[0]["item_id"], "event_id": "demo-1"}]}
             r = c.post("/v1/events", json=event)
             _print(f"POST /v1/events {json.dumps(event)} -> {r.status_code}", r.json())
+            r = c.post("/v1/events", json=event)  # a client's retry: the same event_id is stored once
+            _print(f"POST /v1/events, the same again -> {r.status_code}", r.json())
             after = c.post("/v1/recommend", json={"user_id": "u0", "k": 3}).json()["items"]
             _print("POST /v1/recommend {\"user_id\": \"u0\", \"k\": 3} before -> after the event",
                    {"before": [i["item_id"] for i in before], "after": [i["item_id"] for i in after]})

@@ -1,6 +1,6 @@
 """Ranking after scoring: drop seen and excluded items, keep the top k, and the popularity fallback.
 
-Pure functions over item rows, used by the Ranker deployment.
+Pure functions over item rows, called by the ingress (:mod:`distilrec.serving`).
 
 >>> rank_candidates([3, 1, 2, 0], [0.9, 0.8, 0.7, 0.1], drop={1}, k=2)
 [(3, 0.9), (2, 0.7)]

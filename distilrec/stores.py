@@ -1,5 +1,5 @@
 """The event store: interactions posted at serving time (``POST /v1/events``), read back as the user's
-recent history by the feature encoder. Plain Python, no Ray.
+recent history by the ingress. Plain Python, no Ray.
 
 A store is opened from a URI, so that other backends can join later under their own scheme:
 
@@ -305,7 +305,7 @@ class SQLiteEventStore(EventStore):
     writer waiting for the lock never holds up readers, and WAL lets readers run beside one writer.
     Connections are pooled rather than kept per thread because Ray Serve (2.60) runs every call of a
     sync method on a new anyio worker thread: one connection per thread ever started, each with its own
-    page cache, grew the FeatureEncoder's memory by about 120 KB per request (docs/reliability.md).
+    page cache, grew a replica's memory by about 120 KB per request (docs/reliability.md).
     At most ``IDLE_CONNECTIONS`` idle connections are kept; a connection that saw an error is closed.
     """
 

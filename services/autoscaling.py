@@ -1,23 +1,22 @@
 """Scaling the ingress by its own CPU, not by the requests it holds.
 
 Serve's default policy scales a deployment on the requests it holds (running and queued) against
-``target_ongoing_requests``. That is right for the scorer, whose requests are its own work. The ingress
-mostly *waits*, on the encoder, the scorer and the ranker. When a stage below it is slow or restarting,
-every request piles up in it, the default policy counts the pile as its load and starts more ingress
-replicas (seen: 4 while the encoder restarted, docs/reliability.md). More replicas of a stage that waits
-do not make the stage below any faster, and on a small node their start-ups take the CPU from the
-replica that is recovering.
+``target_ongoing_requests``. That is right for a Scorer deployment, whose requests are its own work. The
+ingress's requests also wait: on the event store, on the text encoder, on a Scorer deployment. When
+one of those is slow or restarting, every request piles up in the ingress, the default policy counts the
+pile as its load and starts more ingress replicas. More replicas of a stage that waits do not make what
+it waits on any faster, and on a small node their start-ups take the CPU from the replica that is
+recovering. With in-process scoring, the ingress's CPU is its load.
 
 So each ingress replica reports the share of one CPU its process used (``CpuMeter``, from
 ``Ingress.record_autoscaling_stats``, which Serve calls on each replica every few seconds), and
 ``CpuBusyPolicy`` asks for as many replicas as keep that share near ``target_cpu``, like a Kubernetes
-HPA on CPU. A replica that holds 200 requests waiting on a restarting encoder uses almost no CPU and adds
+HPA on CPU. A replica that holds 200 requests waiting on a slow store uses almost no CPU and adds
 nothing; one whose event loop is saturated by HTTP parsing and JSON uses about one CPU and asks for more.
 Bounds, ``upscale_delay_s`` and ``downscale_delay_s`` of the deployment's ``autoscaling_config`` apply as
 for Serve's own policy.
 
-The feature encoder keeps Serve's policy: it waits on the event store itself, and when a remote store
-(Redis) is slow but alive, more encoders do raise throughput, which its CPU would not show.
+The TextEncoder and the Scorer deployments keep Serve's policy: their requests are their own work.
 
 In ``services/serve_config.yaml``::
 

@@ -23,7 +23,7 @@ def request_latency() -> metrics.Histogram:
 
 
 def stage_latency() -> metrics.Histogram:
-    return metrics.Histogram("distilrec_stage_latency_ms", "Latency of one stage (encode, score, rank, store) in ms.",
+    return metrics.Histogram("distilrec_stage_latency_ms", "Latency of one step of a request (features, score, query, store, items, info) in ms.",
                              boundaries=LATENCY_MS_BUCKETS, tag_keys=("stage",))
 
 
@@ -47,7 +47,7 @@ def degraded_total() -> metrics.Counter:
 
 
 def candidates_per_request() -> metrics.Histogram:
-    return metrics.Histogram("distilrec_candidates_per_request", "Candidates the ranker received per request.",
+    return metrics.Histogram("distilrec_candidates_per_request", "Candidates retrieval gave the ranking per request.",
                              boundaries=[10, 25, 50, 100, 200, 500, 1000, 2500, 5000, 10000])
 
 

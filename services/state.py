@@ -1,15 +1,16 @@
 """Per-replica model state with hot reload: :class:`ServingState` (shared by every deployment).
 
-Each replica of each stage builds what it needs from the artifact (a *bundle*: the scorer's model and
-item vectors, the ranker's catalogue, the encoder's id index) and keeps it in one attribute. A new
+Each replica builds what it needs from the artifact (a *bundle*: the ingress's catalogue, histories and
+in-process model, :class:`distilrec.serving.ServingBundle`; a Scorer deployment's model and item vectors,
+:class:`distilrec.serving.ModelScorer`) and keeps it in one attribute. A new
 model version is loaded and built in a background thread while the old bundle keeps serving, then
 swapped in with one assignment, so
 
 * a request reads ``state.bundle`` once and uses that bundle to the end: it never sees half of a
   version, and a swap never fails a request;
-* stages exchange item **ids**, never model rows, so when two stages of one request are on different
-  versions for the moment of a swap the answer is still valid (an id that one stage does not know is
-  left out; ``model_version`` is the scorer's);
+* the ingress and a Scorer deployment exchange item **ids**, never model rows, so when they are on
+  different versions for the moment of a swap the answer is still valid (an id that one side does not
+  know is left out; ``model_version`` is the scorer's);
 * an artifact that fails to load or to build (missing files, weights that do not fit, non-finite
   scores) is refused: the old bundle stays, the reason is logged and kept in :meth:`status`
   (``GET /v1/model``), and that version is not tried again by polling (a ``POST /v1/model/reload``
