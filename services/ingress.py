@@ -373,10 +373,6 @@ def _check_admin(request: Request) -> None:
         raise ApiError(401, "unauthorized", _UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
 
 
-async def _awaitable(response):
-    return await response
-
-
 def _refusal(what: str, e: EventStoreError, on_retry: str) -> str:
     """The client's message for a write the store refused: whether anything was stored."""
     if e.outcome_unknown:
@@ -461,12 +457,13 @@ class Ingress:
     # ------------------------------------------------------------------------------------ helpers
 
     async def _timed(self, stage: str, awaitable):
-        """Await one step within its deadline (``asyncio.TimeoutError`` past it; a handle call is
+        """Await one step within its deadline (``TimeoutError`` past it; a handle call is
         cancelled)."""
         t0 = time.perf_counter()
         try:
-            return await asyncio.wait_for(_awaitable(awaitable), self.deadlines_ms.get(stage, 1000) / 1000)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.deadlines_ms.get(stage, 1000) / 1000):  # no extra task, unlike wait_for
+                return await awaitable
+        except TimeoutError:
             cancel = getattr(awaitable, "cancel", None)
             if cancel is not None:
                 cancel()
@@ -489,17 +486,27 @@ class Ingress:
         self.state.sync(sync)
         return True, sync
 
-    def _features(self, user_id: str | None, history: list[str]) -> tuple[ServingBundle, Features, tuple | None]:
-        """Runs on a store thread: sync, then the user's history, all from one bundle."""
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, max_concurrent_batches=STORE_THREADS)
+    async def features(self, requests: list[tuple[str | None, list[str]]]
+                       ) -> list[tuple[ServingBundle, Features, tuple | None]]:
+        """``(user_id, request history)`` → ``(bundle, features, sync state)``: the requests that reached
+        this replica together share one trip to a store thread and one sync read (off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, self._features, requests)
+
+    def _features(self, requests: list[tuple[str | None, list[str]]]) -> list[tuple[ServingBundle, Features, tuple | None]]:
+        """Runs on a store thread: sync once, then each user's history, all from one bundle."""
         ok, sync = self._sync()
         b = self.state.bundle
-        feats = user_features(b, self.store, user_id, history, store_ok=ok)
-        if ok and not feats.store_ok:
-            log.warning("event store read failed; answering without stored events")
-            self.store_errors.inc(tags={"op": "read"})
-        if user_id is not None and feats.stored:
-            self._observe_effect(user_id, feats.stored)
-        return b, feats, sync
+        out = []
+        for user_id, history in requests:
+            feats = user_features(b, self.store, user_id, history, store_ok=ok)
+            if ok and not feats.store_ok:
+                log.warning("event store read failed; answering without stored events")
+                self.store_errors.inc(tags={"op": "read"})
+            if user_id is not None and feats.stored:
+                self._observe_effect(user_id, feats.stored)
+            out.append((b, feats, sync))
+        return out
 
     def _observe_effect(self, user_id: str, stored) -> None:
         """``distilrec_event_to_effect_seconds`` for events no earlier recommendation here reflected."""
@@ -538,7 +545,7 @@ class Ingress:
         text. ``degraded`` marks an answer given by a fallback."""
         reasons: list[str] = []
         try:
-            b, feats, sync = await self._in_thread("features", self._features, req.user_id, list(req.history))
+            b, feats, sync = await self._timed("features", self.features((req.user_id, list(req.history))))
         except asyncio.TimeoutError:
             reasons.append("store_read")
             log.warning("reading the user's history took too long; answering from the request's history")
