@@ -73,13 +73,47 @@ def fixed_replicas(serve_config: dict, deployment: str, n: int, app_index: int =
                          autoscaling_config={"min_replicas": n, "max_replicas": n, "initial_replicas": n})
 
 
+SCORER_MODE_APP, SCORER_MODE_PREFIX = "scorer-mode", "/scorer-mode"
+
+
+def scorer_mode_config(serve_config: dict, model_uri: str, scorers: int = 1, scorer: dict | None = None,
+                       ingress_user_config: dict | None = None) -> dict:
+    """The session's config plus a ``scorer: deployment`` application, ``SCORER_MODE_APP`` on route
+    ``SCORER_MODE_PREFIX``: the serve config file loaded again with that app arg (``services.run.load_config``
+    adds the Scorer's entry), the session's event store, model polling and admin token, the model at
+    ``model_uri``, ``scorers`` Scorer replicas (an autoscaling range ``n..n``: changing it is a lightweight
+    update, see :func:`fixed_replicas`), and ``scorer`` (Scorer options) / ``ingress_user_config`` on top.
+    Deploying the session's config alone afterwards deletes the application."""
+    from services.run import load_config
+
+    session = serve_config["applications"][0]
+    http = serve_config["http_options"]
+    args = {"scorer": "deployment", "event_store": session["args"]["event_store"],
+            "model_poll_s": session["args"]["model_poll_s"]}
+    options = {"autoscaling_config": {"min_replicas": scorers, "max_replicas": scorers,
+                                      "initial_replicas": scorers}, **(scorer or {})}
+    cfg = load_config(model_uri=model_uri, host=http["host"], port=http["port"], app_args=args,
+                      overrides={"Scorer": options})
+    app = cfg["applications"][0]
+    assert {d["name"] for d in app["deployments"]} == {"Ingress", "Scorer", "TextEncoder"}, app["deployments"]
+    app.update(name=SCORER_MODE_APP, route_prefix=SCORER_MODE_PREFIX,
+               runtime_env=copy.deepcopy(session["runtime_env"]))
+    if ingress_user_config:
+        for dep in app["deployments"]:
+            if dep["name"] == "Ingress":
+                dep["user_config"] = {**dep.get("user_config", {}), **ingress_user_config}
+    both = copy.deepcopy(serve_config)
+    both["applications"].append(app)
+    return both
+
+
 def _order(item) -> tuple:
     """Sort key: tests without the Serve app first (the local cluster has ``num_workers + 1`` logical
-    CPUs and the app's replicas hold 1.25 of them from their deployment to the end of the session, so
-    training tests must run before it is deployed); then the integration suite's Serve tests; then the
-    Prometheus test (test_observability.py: its alert checks see no fault injected by another test);
-    then the reliability suite's Serve tests, whose deliberate faults (killed replicas, a stopped
-    Redis, restarts) come last and are repaired by each test before the next."""
+    CPUs and the app's replicas hold 0.75 of them (Ingress 0.5, TextEncoder 0.25) from their deployment to
+    the end of the session, so training tests must run before it is deployed); then the integration
+    suite's Serve tests; then the Prometheus test (test_observability.py: its alert checks see no fault
+    injected by another test); then the reliability suite's Serve tests, whose deliberate faults (killed
+    replicas, a stopped Redis, restarts) come last and are repaired by each test before the next."""
     serve = "serve_url" in getattr(item, "fixturenames", ())
     reliability = item.path.parent.name == "reliability"
     observability = item.path.name == "test_observability.py"
@@ -231,6 +265,16 @@ def s3_endpoint():
     server.stop()
 
 
+# With the fast request path an Ingress replica that Serve stops keeps taking connections for at least
+# RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (Ray's default: 30 s, for an external load balancer such
+# as an ALB to deregister it) before it finishes its requests in flight and exits. The session's only
+# balancer is Serve's own HAProxy, which Serve reconfigures at once and which retries a refused
+# connection on another replica, so the session's cluster drains for 5 s: 30 s cost every Ingress stop of
+# the suite (each roll, downscale, application deletion and the final shutdown) 25 s more, minutes in all.
+# A shorter drain is no easier on the graceful-shutdown tests: HAProxy has less time to stop routing.
+LOCAL_DRAIN_ENV = {"RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster(metrics_port, s3_endpoint):
     import ray
@@ -241,7 +285,7 @@ def ray_cluster(metrics_port, s3_endpoint):
     s3_env = s3_endpoint if isinstance(s3_endpoint, dict) else {}
     if not os.environ.get("RAY_ADDRESS"):
         clean_stale_haproxy()  # HAProxy processes a killed earlier session left behind (the ports here are free ones)
-    ensure_ray(2, metrics_export_port=metrics_port, env={**local_serve_env(), **s3_env})
+    ensure_ray(2, metrics_export_port=metrics_port, env={**local_serve_env(), **LOCAL_DRAIN_ENV, **s3_env})
     yield ray
     from ray import serve
 

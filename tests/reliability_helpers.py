@@ -207,6 +207,27 @@ def replica_actors(app: str = "distilrec") -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda a: a["actor_id"]) for k, v in sorted(out.items())}
 
 
+def kill_and_wait(pid: int, timeout_s: float = 10.0) -> tuple[float, float]:
+    """SIGKILL ``pid`` and wait until its process is gone (no longer in ``/proc``, or a zombie: the kernel
+    has closed its sockets by then); ``(time.monotonic() of the kill, of the end)``. Between the two the
+    kernel tears the process down (tens of ms for a replica's heap) while its listening socket still
+    accepts connections that nothing will answer."""
+    import signal
+
+    t_kill = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while time.monotonic() - t_kill < timeout_s:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state in ("Z", "X"):
+            break
+        time.sleep(0.001)
+    return t_kill, time.monotonic()
+
+
 def rss_mib(pid: int) -> float:
     import psutil
 

@@ -35,9 +35,10 @@ def test_bench_train_smoke(ray_cluster, tmp_path):
     assert "| 2 |" in md and "GPU: not measured" in md
 
 
-# Two of the four applications: the other two are the shipped config with one change each
-# (tests/unit/test_bench_report.py), and the teacher-served one with batching off is deployed beside the
-# session's application by tests/integration/test_service_scaling.py. Each application costs ~40 s here.
+# Two of the benchmark's applications: the others are the shipped config with app args or knobs changed
+# (tests/unit/test_bench_report.py); the teacher in the ingress with batching off is deployed beside the
+# session's application by tests/integration/test_service_scaling.py, and ``scorer: deployment`` by
+# tests/integration/test_scorer_deployment.py. Each application costs ~40 s here.
 SMOKE_APPS = ("distilrec", "floor")
 
 
@@ -67,12 +68,14 @@ def test_bench_serve_smoke_beside_the_session_app(ray_cluster, pipeline_output, 
             (name, a["fixed"], a["closed"])
         assert sum(s["ok"] for s in a["fixed"]) > 0 and a["fixed"][0]["p50_ms"] > 0, name
     assert written["body_bytes"] > 100 and written["fixed_rates"]
-    verdicts = [t["verdict"] for t in written["targets"]]
-    assert len(verdicts) == 4 and verdicts[0] != "not measured", verdicts
-    assert verdicts[1:3] == ["not measured"] * 2, verdicts  # no teacher, no no-batching in the smoke
+    # The targets of the applications that ran (the floor's share, the half-load p99), measured; the
+    # ones of the applications left out of the smoke (batching off, the teacher, scorer: deployment) absent.
+    targets = {t["target"]: t["verdict"] for t in written["targets"]}
+    assert len(targets) == 2 and "not measured" not in targets.values(), targets
+    assert any("floor" in t for t in targets), targets
     md = (out / "serve.md").read_text()
-    for title in [TITLES[name] for name in SMOKE_APPS] + ["≥ 50 % of the floor"]:
-        assert title in md
+    for title in [TITLES[name] for name in SMOKE_APPS] + list(targets):
+        assert title in md, title
     assert (out / "serve_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert res["apps"].keys() == written["apps"].keys()
 

@@ -74,7 +74,7 @@ def test_an_event_warms_up_a_new_user(client, store):
 
     r = _post_events(client, [{"user_id": user, "item_id": item}])
     assert r.status_code == 200, r.text
-    assert r.json() == {"stored": 1}
+    assert r.json() == {"stored": 1, "new": 1}
     assert store.history(user) == [item]  # committed before the 2xx
 
     warm = _recommend(client, user_id=user, k=5)
@@ -91,7 +91,7 @@ def test_events_of_a_known_user_are_excluded_and_change_the_ranking(client, arti
     now = int(time.time())
     events = [{"user_id": user, "item_id": it, "timestamp": now + i, "type": "click"} for i, it in enumerate(posted)]
     r = _post_events(client, events)
-    assert r.status_code == 200 and r.json() == {"stored": 3}, r.text
+    assert r.status_code == 200 and r.json() == {"stored": 3, "new": 3}, r.text
 
     after = _recommend(client, user_id=user, k=10)
     assert after["cold_start"] is False
@@ -142,6 +142,9 @@ def _bad_payloads(item: str, user: str) -> list[tuple[object, str]]:
         ({"events": [ok, {"user_id": user}]}, "invalid_request"),
         ({"events": [ok, {**ok, "type": ""}]}, "invalid_request"),
         ({"events": [ok, {**ok, "type": None}]}, "invalid_request"),
+        ({"events": [ok, {**ok, "event_id": ""}]}, "invalid_request"),
+        ({"events": [ok, {**ok, "event_id": "e" * 129}]}, "invalid_request"),
+        ({"events": [ok, {**ok, "event_id": 7}]}, "invalid_request"),
         ([ok], "invalid_request"),
     ]
 
@@ -163,7 +166,8 @@ def test_bad_events_are_a_json_4xx_and_store_nothing(client, artifact, store):
     r = _post_events(client, [{"user_id": user, "item_id": "no-such-item"}])
     assert "no-such-item" in r.json()["error"]["message"]
     assert _recommend(client, user_id=user, k=3)["cold_start"] is True
-    assert _post_events(client, [{"user_id": user, "item_id": artifact.items.item_ids[0]}]).json() == {"stored": 1}
+    assert _post_events(client, [{"user_id": user, "item_id": artifact.items.item_ids[0]}]).json() == \
+        {"stored": 1, "new": 1}
 
 
 def test_a_locked_store_is_503_with_retry_after_and_stores_nothing(client, artifact, store, event_store_path):
@@ -185,7 +189,7 @@ def test_a_locked_store_is_503_with_retry_after_and_stores_nothing(client, artif
     assert during["cold_start"] is True and during["degraded"] is False
     assert store.history(user) == []
     # The retry the client was told to make succeeds.
-    assert _post_events(client, [{"user_id": user, "item_id": item}]).json() == {"stored": 1}
+    assert _post_events(client, [{"user_id": user, "item_id": item}]).json() == {"stored": 1, "new": 1}
     assert store.history(user) == [item]
 
 
@@ -209,7 +213,7 @@ def test_events_and_new_items_survive_a_redeploy(client, artifact, serve_config,
     user = _new_user()
     items = artifact.items.item_ids[5:8]
     r = _post_events(client, [{"user_id": user, "item_id": it, "timestamp": 1000 + i} for i, it in enumerate(items)])
-    assert r.json() == {"stored": 3}
+    assert r.json() == {"stored": 3, "new": 3}
     new_id = f"kept-{uuid.uuid4().hex[:8]}"
     r = client.post("/v1/items", headers=admin, json={"items": [{"item_id": new_id, "title": "Kept Across Restarts",
                                                                  "attributes": {"genres": ["drama"]}}]})
@@ -228,29 +232,59 @@ def test_events_and_new_items_survive_a_redeploy(client, artifact, serve_config,
     assert not set(_ids(body)) & set(items)
     assert _ids(body) == expected
     # The new item is still known: an event can name it and it is recommendable.
-    assert _post_events(client, [{"user_id": _new_user(), "item_id": new_id}]).json() == {"stored": 1}
+    assert _post_events(client, [{"user_id": _new_user(), "item_id": new_id}]).json() == {"stored": 1, "new": 1}
     assert new_id in _ids(_recommend(client, history=[artifact.items.item_ids[0]], k=100))
 
 
-def test_every_encoder_replica_sees_the_same_store(client, artifact, serve_config):
+def test_every_ingress_replica_sees_the_same_store(client, artifact, serve_config):
+    """Two Ingress replicas (each reads and writes the store itself): whichever replica answers a
+    recommendation reflects the event the other one stored just before."""
     from ray import serve
 
     from services.run import APP_NAME, deploy
 
-    deploy(fixed_replicas(serve_config, "FeatureEncoder", 2))
+    deploy(fixed_replicas(serve_config, "Ingress", 2))
     try:
-        states = serve.status().applications[APP_NAME].deployments["FeatureEncoder"].replica_states
+        states = serve.status().applications[APP_NAME].deployments["Ingress"].replica_states
         assert states.get("RUNNING") == 2, states
         # Writes and reads are routed to either replica: each read reflects the write before it.
         for n in range(12):
             user = _new_user()
             item = artifact.items.item_ids[n]
-            assert _post_events(client, [{"user_id": user, "item_id": item}]).json() == {"stored": 1}
+            assert _post_events(client, [{"user_id": user, "item_id": item}]).json() == {"stored": 1, "new": 1}
             body = _recommend(client, user_id=user, k=3)
             assert body["cold_start"] is False and item not in _ids(body)
     finally:
-        deploy(fixed_replicas(serve_config, "FeatureEncoder", 1))  # one replica now, not after the downscale delay
+        deploy(fixed_replicas(serve_config, "Ingress", 1))  # one replica now, not after the downscale delay
         deploy(serve_config)
+
+
+def test_an_event_retried_with_its_event_id_is_stored_once(client, artifact, store):
+    """A client that retries an event with the same ``event_id`` (it did not see the first answer) gets a
+    2xx with ``new: 0``; the user's history holds the event once, in the store and in what the model reads."""
+    user = _new_user()
+    item, other = artifact.items.item_ids[11], artifact.items.item_ids[12]
+    event = {"user_id": user, "item_id": item, "timestamp": 1_700_000_000, "event_id": f"ev-{uuid.uuid4().hex}"}
+    first = _post_events(client, [event])
+    assert first.status_code == 200 and first.json() == {"stored": 1, "new": 1}, first.text
+    retry = _post_events(client, [event])
+    assert retry.status_code == 200 and retry.json() == {"stored": 1, "new": 0}, retry.text
+    assert [e.item_id for e in store.events(user)] == [item]
+    # The model read the history [item] (not [item, item]): the same answer as for that history sent
+    # with the request, the item itself excluded.
+    body = _recommend(client, user_id=user, k=5)
+    assert body["cold_start"] is False and item not in _ids(body)
+    assert _ids(body) == _ids(_recommend(client, history=[item], k=5))
+    # A batch that repeats a stored event and adds a new one stores only the new one.
+    both = _post_events(client, [event, {"user_id": user, "item_id": other, "timestamp": 1_700_000_001,
+                                         "event_id": f"ev-{uuid.uuid4().hex}"}])
+    assert both.status_code == 200 and both.json() == {"stored": 2, "new": 1}, both.text
+    assert [e.item_id for e in store.events(user)] == [item, other]
+    # Events without an id are each stored, as before.
+    plain = {"user_id": user, "item_id": other, "timestamp": 1_700_000_002}
+    assert _post_events(client, [plain]).json() == {"stored": 1, "new": 1}
+    assert _post_events(client, [plain]).json() == {"stored": 1, "new": 1}
+    assert [e.item_id for e in store.events(user)] == [item, other, other, other]
 
 
 def test_readiness_checks_the_store_and_openapi_lists_events(client):
@@ -274,9 +308,11 @@ def test_events_metric_is_exported(client, artifact, metrics_port):
     user = _new_user()
     # A first post makes sure the counter exists, then the increase of a second one is measured per
     # series (replicas of earlier tests may have come and gone).
-    assert _post_events(client, [{"user_id": user, "item_id": artifact.items.item_ids[2]}]).json() == {"stored": 1}
+    assert _post_events(client, [{"user_id": user, "item_id": artifact.items.item_ids[2]}]).json() == \
+        {"stored": 1, "new": 1}
     base = _series(read_metrics(metrics_port, names, timeout_s=60), names[0])
-    assert _post_events(client, [{"user_id": user, "item_id": artifact.items.item_ids[3]}] * 2).json() == {"stored": 2}
+    assert _post_events(client, [{"user_id": user, "item_id": artifact.items.item_ids[3]}] * 2).json() == \
+        {"stored": 2, "new": 2}
     deadline = time.monotonic() + 60  # Ray exports metrics every few seconds
     while True:
         lines = read_metrics(metrics_port, names, timeout_s=60)

@@ -37,11 +37,10 @@ def test_the_pipeline_writes_resumes_and_serves_from_s3(s3_out, tmp_path):
     import fsspec
 
     from distilrec.artifacts import load_artifact
+    from distilrec.serving import ModelScorer, ScoreRequest, ServingBundle
     from distilrec.stores import open_event_store
-    from services.feature_encoder import EncoderBundle
-    from services.ranker import RankerBundle
-    from services.scorer import ScorerBundle
     from services.state import ServingState
+    from services.text_encoder import load_text_encoder
     from training.pipeline import run_pipeline
 
     fs, root = fsspec.core.url_to_fs(s3_out)
@@ -64,17 +63,21 @@ def test_the_pipeline_writes_resumes_and_serves_from_s3(s3_out, tmp_path):
     first = teacher_history()
     assert [h["epoch"] for h in first] == [0, 1]
 
-    # A replica of each kind builds its state from the URI alone, the text encoder copied from the bucket.
+    # A replica of each kind builds its state from the URI alone: the ingress (catalogue, histories and the
+    # in-process student), the Scorer deployment's model, and the TextEncoder's encoder copied from the bucket.
     with open_event_store(f"sqlite://{tmp_path / 'events.db'}") as store:
-        encoder = ServingState(s3_out, EncoderBundle.build, store, poll_s=0)
-        scorer = ServingState(s3_out, lambda art: ScorerBundle.build(art, "student", "exact"), store, poll_s=0)
-        ranker = ServingState(s3_out, RankerBundle.build, store, poll_s=0)
+        ingress = ServingState(s3_out, lambda art: ServingBundle.build(art, "student", "exact"), store, poll_s=0)
+        scorer = ServingState(s3_out, lambda art: ModelScorer.build(art, "student", "exact"), store, poll_s=0,
+                              with_histories=False)
         version = report["artifact"].rsplit("/", 1)[1]
-        assert encoder.bundle.version == scorer.bundle.version == ranker.bundle.version == version
-        assert encoder.bundle.encoder_uri.startswith(s3_out)
-        emb = encoder.bundle.text_encoder().encode(["a new film about the sea"])
-        assert emb.shape == (1, encoder.bundle.text_dim)
-        assert len(scorer.bundle.item_ids) == report["dataset"]["items"]
+        assert ingress.bundle.version == scorer.bundle.version == version
+        assert ingress.bundle.encoder_uri.startswith(s3_out)
+        emb = load_text_encoder(ingress.bundle.encoder_uri).encode(["a new film about the sea"])
+        assert emb.shape == (1, ingress.bundle.text_dim)
+        assert len(scorer.bundle.item_ids) == report["dataset"]["items"] == len(ingress.bundle.catalog)
+        watched = next(iter(ingress.bundle.histories.values()))
+        [result] = ingress.bundle.scorer.score([ScoreRequest(tuple(watched), None, 5)])
+        assert len(result.item_ids) == 5 and result.model_version == version
 
         # --resume continues the same run from the bucket's checkpoints and writes a new model version,
         # which a polling replica finds and swaps in.
@@ -84,9 +87,9 @@ def test_the_pipeline_writes_resumes_and_serves_from_s3(s3_out, tmp_path):
         assert [h["epoch"] for h in history] == [0, 1, 2]
         assert history[:2] == first  # the first two epochs were not trained again
         assert resumed["artifact"] != report["artifact"] and resumed["run"]["resumed"] is True
-        assert scorer.check() is True
-        assert scorer.bundle.version == resumed["artifact"].rsplit("/", 1)[1]
-        for state in (encoder, scorer, ranker):  # their gauge threads stop: the load tests share this process
+        assert scorer.check() is True and ingress.check() is True
+        assert scorer.bundle.version == ingress.bundle.version == resumed["artifact"].rsplit("/", 1)[1]
+        for state in (ingress, scorer):  # their gauge threads stop: the load tests share this process
             state.close()
 
     art = load_artifact(s3_out, with_teacher=True)

@@ -14,9 +14,10 @@ loads the chart's PrometheusRule as rendered by ``helm template``. The test then
    and evaluate without error (DistilrecNoModelLoaded is checked more than 30 s after the last model
    swap: Ray drops a gauge that is not set again within ~20 s, so the replicas must keep setting it);
 3. then makes the service degrade on purpose (a scorer deadline of 1 µs; a locked event store) so
-   that the counters that exist only from their first increment exist too, and checks that every
-   query of every panel returns data, every dashboard variable has values and every metric name a
-   panel or an alert uses is one Prometheus has.
+   that the counters that exist only from their first increment exist too, deploys a ``scorer:
+   deployment`` application beside the session's (the Scorer deployment's panel has data only then)
+   and sends it a few requests, and checks that every query of every panel returns data, every
+   dashboard variable has values and every metric name a panel or an alert uses is one Prometheus has.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster_fixtures import IDLE_SCRAPE_S
+from cluster_fixtures import IDLE_SCRAPE_S, SCORER_MODE_PREFIX, scorer_mode_config
 from prom_server import IN_CI, NAMESPACE, RELEASE
+from reliability_helpers import wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -256,9 +258,30 @@ def test_dashboards_and_alerts_against_a_real_prometheus(prom, client, artifact,
     _wait(prom, "the degraded and write-error counters", lambda: prom.query(
         'ray_distilrec_degraded_total{reason="scorer_timeout"}') and prom.query(
         'ray_distilrec_event_store_errors_total{op="write"}'), 60)
-    time.sleep(2)  # two more scrapes: rate() needs two samples
 
-    # ------------------------------------------------------------------ every panel, variable and name
+    # ------------------------------------------------------------------ scorer: deployment beside
+    # The Scorer deployment's panel (and the "info" stage) has data only with scorer: deployment: such an
+    # application runs beside the session's for the rest of the test and answers a few requests.
+    deploy(scorer_mode_config(serve_config, str(pipeline_output)))
+    try:
+        wait_ready(client, path=f"{SCORER_MODE_PREFIX}/readyz")
+        for u in users[:20]:
+            r = client.post(f"{SCORER_MODE_PREFIX}/v1/recommend", json={"user_id": u, "k": 5})
+            assert r.status_code == 200 and not r.json()["degraded"], r.text
+        assert client.get(f"{SCORER_MODE_PREFIX}/v1/model").json()["scorer"]["mode"] == "deployment"
+        scorer_series = [f'ray_serve_{m}{{deployment="Scorer"}}' for m in (
+            "deployment_replica_healthy", "replica_processing_queries", "deployment_queued_queries")]
+        _wait(prom, "the Scorer deployment's series", lambda: all(prom.query(q) for q in scorer_series), 60)
+        time.sleep(2)  # two more scrapes: rate() needs two samples
+        _check_every_panel(prom, rules, t_start)
+    finally:
+        deploy(serve_config)  # the declarative config without it: the application is deleted
+
+
+def _check_every_panel(prom, rules: list[dict], t_start: float) -> None:
+    """Every query of every panel (but the training dashboard's, checked over the training) returns data
+    over the test's window, every dashboard variable has values, and every metric name a panel or an
+    alert uses is one Prometheus has."""
     window = int(time.time() - t_start) + 2
     names = prom.metric_names()
     used = set()

@@ -1,80 +1,28 @@
 """Autoscaling shown, not just configured; the application on the Redis event store; benchmark
 variants side by side. Each deploys a changed config (the session's application changed, or a second
-application beside it) and puts the session's config back after."""
+application beside it) and puts the session's config back after.
+
+The Ingress scales on its CPU (services/autoscaling.py): shown here not to scale on requests that merely
+wait. Its scale-up is not driven here: with 16 clients in this process (httpx) on the same 2 vCPUs, the
+ingress's process took 0.26-0.35 of a CPU at 240-440 light requests/s and 0.62 with the largest valid
+requests (1,000-item history and exclusions), the client about as much (measured while a benchmark shared
+the machine), near its 0.6 target plus 10 % tolerance: such a test would pass or fail with the machine's
+other load. A deployment that scales on the requests it holds is shown to scale up and back down under
+load in tests/integration/test_scorer_deployment.py (the Scorer of ``scorer: deployment``)."""
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import threading
 import time
 import uuid
 
-import httpx
 import pytest
 
 from cluster_fixtures import fixed_replicas, with_replicas
 from reliability_helpers import load_result, recommend_request, record, run_load_in_thread
 
 pytestmark = pytest.mark.integration
-
-
-def _scorer_replicas() -> int:
-    from ray import serve
-
-    from services.run import APP_NAME
-
-    dep = serve.status().applications[APP_NAME].deployments["StudentScorer"]
-    return int(dep.replica_states.get("RUNNING", 0))
-
-
-def test_the_scorer_scales_up_under_sustained_load_and_back_down(client, serve_config, serve_url, artifact):
-    """A test config with short delays (the production one waits 10 s up, 120 s down): 16 clients
-    without pause keep more than one request per scorer replica in flight, so Serve adds the second
-    replica; when the load stops it goes back to one."""
-    from services.run import deploy
-
-    scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
-               "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    deploy(with_replicas(serve_config, "StudentScorer", autoscaling_config=scaling))
-    users = list(artifact.histories)
-    stop = threading.Event()
-    codes: list[int] = []
-
-    async def worker(c: httpx.AsyncClient, n: int) -> None:
-        while not stop.is_set():
-            r = await c.post("/v1/recommend", json={"user_id": users[n % len(users)], "k": 10})
-            codes.append(r.status_code)
-            if r.status_code == 503:  # back-pressure on an overloaded machine: what a client sees
-                assert r.json()["error"]["code"] == "unavailable" and r.headers["retry-after"]
-            n += 16
-
-    async def load() -> None:
-        async with httpx.AsyncClient(base_url=serve_url, timeout=60) as c:
-            await asyncio.gather(*(worker(c, i) for i in range(16)))
-
-    thread = threading.Thread(target=lambda: asyncio.run(load()), daemon=True)
-    try:
-        assert _scorer_replicas() == 1
-        thread.start()
-        deadline, peak = time.monotonic() + 120, 1
-        while peak < 2 and time.monotonic() < deadline:
-            peak = max(peak, _scorer_replicas())
-            time.sleep(0.5)
-        stop.set()
-        thread.join(timeout=60)
-        assert peak == 2, "the scorer did not scale up under load"
-        # Every request is answered: 200, or (while a replica starts on a saturated machine) a 503 with
-        # Retry-After from a stage deadline; never a 500.
-        assert codes and set(codes) <= {200, 503}, set(codes)
-        assert codes.count(200) >= 0.95 * len(codes), f"{codes.count(503)} of {len(codes)} were 503"
-        deadline = time.monotonic() + 120
-        while _scorer_replicas() != 1 and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert _scorer_replicas() == 1, "the scorer did not scale back down after the load"
-    finally:
-        stop.set()
-        deploy(serve_config)
 
 
 def _controller_view(deployment: str) -> tuple[float, list[float]]:
@@ -98,13 +46,12 @@ def _controller_view(deployment: str) -> tuple[float, list[float]]:
 
 def test_the_ingress_does_not_scale_on_requests_that_wait_for_a_slow_stage(client, serve_config, serve_url,
                                                                           artifact):
-    """The scorer waits up to 3 s to fill its batches, so every recommendation waits in the ingress. The
-    ingress's ``target_ongoing_requests`` is 16 here: Serve's default policy would scale it on the
-    requests it holds, as it did while the encoder restarted in CI (docs/reliability.md); it scales on
-    its CPU instead (``services.autoscaling.CpuBusyPolicy``, which ignores that target), and waiting uses
-    none. Short delays (the production config waits 30 s to scale up): the default policy would act
-    within seconds. The scorer keeps its own limit of 64 requests (a batch of up to 60 at 20 requests a
-    second), so the load stays within what it serves."""
+    """The ingress waits up to 3 s to fill its in-process scoring batches, so every recommendation
+    waits in it. Its ``target_ongoing_requests`` is 16 here: Serve's default policy would scale it on the
+    requests it holds, as it did while a stage below it restarted in CI (docs/reliability.md); it scales
+    on its CPU instead (``services.autoscaling.CpuBusyPolicy``, which ignores that target), and waiting
+    uses none. Short delays (the production config waits 30 s to scale up): the default policy would act
+    within seconds. Batches of up to 64 at 20 requests a second: about 60 requests wait at a time."""
     from ray import serve
 
     from services.run import APP_NAME, deploy
@@ -112,14 +59,14 @@ def test_the_ingress_does_not_scale_on_requests_that_wait_for_a_slow_stage(clien
     target, rate = 16, 20
     scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": target, "upscale_delay_s": 1,
                "look_back_period_s": 12}
-    cfg = fixed_replicas(with_replicas(serve_config, "Ingress", autoscaling_config=scaling), "StudentScorer", 1)
+    cfg = with_replicas(serve_config, "Ingress", autoscaling_config=scaling)
     for dep in cfg["applications"][0]["deployments"]:
         if dep["name"] == "Ingress":
             assert dep["autoscaling_config"]["policy"]["policy_function"] == "services.autoscaling:CpuBusyPolicy"
-            dep["user_config"] = {"deadline_ms": {"encode": 30000, "score": 30000, "rank": 30000}}
-        if dep["name"] == "StudentScorer":
             assert dep["max_ongoing_requests"] >= 64, dep
-            dep["user_config"] = {**dep["user_config"], "max_batch_size": 64, "batch_wait_timeout_s": 3.0}
+            uc = dep["user_config"]
+            dep["user_config"] = {**uc, "max_batch_size": 64, "batch_wait_timeout_s": 3.0,
+                                  "deadline_ms": {**uc["deadline_ms"], "features": 30000, "score": 30000}}
     deploy(cfg)
     held, shares, ingress = [], [], []
     stop = threading.Event()
@@ -158,14 +105,15 @@ def test_the_ingress_does_not_scale_on_requests_that_wait_for_a_slow_stage(clien
 def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, serve_config, redis_server, artifact,
                                                                      admin):
     """A second application beside the session's (route ``/redis``) on a Redis event store, with two
-    encoder replicas; the password comes from the environment, as the chart passes it from a Secret."""
+    Ingress replicas (each reads and writes the store); the password comes from the environment, as the
+    chart passes it from a Secret."""
     from ray import serve
 
     from distilrec.stores import open_event_store
     from services.run import deploy
 
     prefix = f"app{uuid.uuid4().hex[:6]}"
-    app = fixed_replicas(serve_config, "FeatureEncoder", 2)["applications"][0]
+    app = fixed_replicas(serve_config, "Ingress", 2)["applications"][0]
     app.update(name="distilrec-redis", route_prefix="/redis")
     app["args"]["event_store"] = redis_server.url(with_password=False) + f"?prefix={prefix}"
     app["runtime_env"]["env_vars"]["DISTILREC_REDIS_PASSWORD"] = redis_server.password
@@ -175,7 +123,7 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
     try:
         user, item = f"u-{uuid.uuid4().hex[:8]}", artifact.items.item_ids[7]
         r = client.post("/redis/v1/events", json={"events": [{"user_id": user, "item_id": item}]})
-        assert r.json() == {"stored": 1}, r.text
+        assert r.json() == {"stored": 1, "new": 1}, r.text
         with open_event_store(redis_server.url() + f"?prefix={prefix}") as store:
             assert store.history(user) == [item]  # in Redis before the 2xx
         assert client.post("/v1/recommend", json={"user_id": user, "k": 3}).json()["cold_start"] is True  # not in SQLite
@@ -183,7 +131,7 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
         r = client.post("/redis/v1/items", headers=admin, json={"items": [{
             "item_id": new_id, "title": "Redis Item", "text": artifact.items.texts[7]}]})
         assert r.status_code == 200, r.text
-        for _ in range(6):  # either encoder replica reads the same store
+        for _ in range(6):  # either ingress replica reads the same store
             body = client.post("/redis/v1/recommend", json={"user_id": user, "k": 60}).json()
             assert body["cold_start"] is False and item not in [i["item_id"] for i in body["items"]]
             assert new_id in [i["item_id"] for i in body["items"]]
@@ -205,8 +153,9 @@ def test_the_app_on_redis_shares_events_and_new_items_and_keeps_them(client, ser
 
 
 def test_benchmark_variants_run_side_by_side(client, serve_config, artifact):
-    """The benchmark deploys variants beside each other: here the teacher served with faiss retrieval
-    and batching off (``max_batch_size: 1``), on route ``/teacher``, next to the session's student."""
+    """The benchmark deploys variants beside each other: here the teacher scored in its ingress with
+    faiss retrieval and batching off (``max_batch_size: 1``), on route ``/teacher``, next to the session's
+    student."""
     from ray import serve
 
     from services.run import deploy
@@ -215,7 +164,7 @@ def test_benchmark_variants_run_side_by_side(client, serve_config, artifact):
     app.update(name="distilrec-teacher", route_prefix="/teacher")
     app["args"].update(scorer_model="teacher", retrieval="faiss")
     for dep in app["deployments"]:
-        if dep["name"] == "StudentScorer":
+        if dep["name"] == "Ingress":
             dep["user_config"] = {**dep.get("user_config", {}), "max_batch_size": 1}
     both = copy.deepcopy(serve_config)
     both["applications"].append(app)
@@ -228,7 +177,9 @@ def test_benchmark_variants_run_side_by_side(client, serve_config, artifact):
             assert len(body["items"]) == 10 and not body["degraded"]
             assert not {i["item_id"] for i in body["items"]} & set(seen)
         assert [i["score"] for i in teacher["items"]] != [i["score"] for i in student["items"]]
-        assert client.get("/teacher/v1/model").json()["scorer"]["max_batch_size"] == 1
+        info = client.get("/teacher/v1/model").json()
+        assert info["scorer"]["mode"] == "inline" and info["scorer"]["max_batch_size"] == 1, info["scorer"]
+        assert client.get("/v1/model").json()["scorer"]["max_batch_size"] == 32  # the session's app untouched
     finally:
         deploy(serve_config)
     deadline = time.monotonic() + 60

@@ -1,20 +1,19 @@
-"""Replica loss: the scorer replica's process is killed (SIGKILL to its PID, as the kernel's OOM killer or
-a lost node would) during a steady open-loop load. No request gets a 5xx or a transport error: while
-the scorer is gone the ingress answers from the co-occurrence fallback (``degraded: true``); Serve
-starts a new scorer replica, and full (undegraded) answers are back within 30 s of the kill and stay.
-(tests/integration/test_service.py keeps the simpler ``ray.kill`` test whose degraded counter the
-metrics test there reads.)
+"""Replica loss, on the session's (inline) application: a replica's process is killed (SIGKILL to its PID,
+as the kernel's OOM killer or a lost node would) during a steady open-loop load.
 
-The ingress's rank deadline is raised from 1 s to 10 s for this test (the score deadline, the one the
-fallback hangs on, stays 1 s). On a 2-vCPU CI machine the scorer's successor starts beside the ranker
-and starves it for a second or more: a few fallback answers then missed the 1 s rank deadline and
-became 503s (1 of 665 and 10 of 678 requests in two slow runs, in bursts within milliseconds), the
-machine's contention and not the scorer's loss under test. A node of a real cluster does not share its
-cores so; the production deadline stays 1 s."""
+1. One of two Ingress replicas (each holds the model and scores in process; HAProxy in front of them):
+   only the requests that the killed replica held fail (a 5xx or a dropped connection: a client retries
+   them): the ones in flight at the kill, and the ones sent to it while the kernel tore its process down;
+   every request sent once the process is gone is a full 200 (HAProxy retries a refused connection on
+   the other replica), and Serve replaces the replica within ``RECOVERY_S``.
+2. The TextEncoder (the one handle call left in inline mode; it embeds a request's ``query``): no request
+   gets an error; while it is gone a query is answered without it (``degraded: true``, still k items),
+   and full answers are back within ``RECOVERY_S`` of the kill and stay.
+
+The Scorer deployment's loss (``scorer: deployment``) is tests/integration/test_scorer_deployment.py's."""
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import threading
@@ -22,64 +21,112 @@ import time
 
 import pytest
 
-from reliability_helpers import ACTOR_POLL_S, load_result, record, replica_actors, run_load_in_thread
+from cluster_fixtures import fixed_replicas
+from reliability_helpers import (ACTOR_POLL_S, kill_and_wait, load_result, record, replica_actors,
+                                 run_load_in_thread, wait_app_running)
 
 pytestmark = pytest.mark.integration
 
 RECOVERY_S = 30.0
+RATE = 20.0
 
 
-def _rank_deadline(cfg: dict, ms: int) -> dict:
-    cfg = copy.deepcopy(cfg)
-    for dep in cfg["applications"][0]["deployments"]:
-        if dep["name"] == "Ingress":
-            deadlines = {**dep.get("user_config", {}).get("deadline_ms", {}), "rank": ms}
-            dep["user_config"] = {**dep.get("user_config", {}), "deadline_ms": deadlines}
-    return cfg
-
-
-def test_killing_the_scorer_process_under_load_gives_degraded_answers_then_full_ones_within_30s(
-        client, serve_url, serve_config, artifact):
+def test_killing_one_of_two_ingress_replicas_fails_only_the_requests_it_held(client, serve_url, serve_config,
+                                                                           artifact):
     from services.run import deploy
 
     users = list(artifact.histories)
-    deploy(_rank_deadline(serve_config, 10000))  # user_config only: the same replicas, reconfigured
-    scorers = replica_actors()["StudentScorer"]
-    assert len(scorers) == 1 and scorers[0]["pid"]
+    deploy(fixed_replicas(serve_config, "Ingress", 2))
+    ingress = replica_actors()["Ingress"]
+    assert len(ingress) == 2 and all(a["pid"] for a in ingress), ingress
+    victim = ingress[0]
     stop = threading.Event()
-    th, out = run_load_in_thread(serve_url, 20.0, 600.0,
+    th, out = run_load_in_thread(serve_url, RATE, 600.0,
                                  lambda i: ("POST", "/v1/recommend", {"user_id": users[i % len(users)], "k": 5}),
                                  keep_body=True, stop=stop)
     try:
         time.sleep(3)
+        t_kill, t_dead = kill_and_wait(victim["pid"])
+        deadline = t_kill + RECOVERY_S
+        while time.monotonic() < deadline:
+            now = replica_actors().get("Ingress", [])
+            if len(now) == 2 and victim["actor_id"] not in {a["actor_id"] for a in now}:
+                break
+            time.sleep(ACTOR_POLL_S)
+        t_back = time.monotonic()
+        wait_app_running()
+        time.sleep(5)  # the successor takes its share of the load
+    finally:
+        stop.set()
+        th.join(timeout=120)
+        deploy(fixed_replicas(serve_config, "Ingress", 1))  # one replica now, not after the downscale delay
+        deploy(serve_config)
+    load = load_result(out)
+    kill_t = t_kill - load.t0  # the kill on the load's time axis
+    codes = load.codes()
+    dead_t = t_dead - load.t0
+    failed = [s for s in load.samples if s.status != 200]
+    # Held by the killed replica: sent before its process was gone and not answered before the kill.
+    held = [s for s in load.samples if s.t <= dead_t and s.t + s.latency_ms / 1000 >= kill_t]
+    degraded = [s for s in load.ok() if s.body["degraded"]]
+    record("replica_loss_ingress", requests=len(load.samples), codes=codes, held_by_the_killed_replica=len(held),
+           process_gone_after_ms=(t_dead - t_kill) * 1000,
+           failed=[(round(s.t - kill_t, 3), s.status, s.error or str(s.body)[:80]) for s in failed][:10],
+           degraded=len(degraded), replaced_after_s=t_back - t_kill, p99_ms=load.p(0.99),
+           p99_after_kill_ms=load.p(0.99, since=kill_t))
+    assert t_back - t_kill < RECOVERY_S, "Serve did not replace the killed Ingress replica"
+    # Failed: only requests the killed replica held (sent before the kill, not answered before it).
+    assert {id(s) for s in failed} <= {id(s) for s in held}, \
+        [(round(s.t - kill_t, 3), s.status, s.error) for s in failed][:5]
+    assert all(s.status == 0 or s.status >= 500 for s in failed), [(s.status, s.body) for s in failed][:5]
+    assert not degraded, "the surviving replica degraded its answers"
+    assert len(load.ok()) >= len(load.samples) - len(held) > 0
+    assert all(len(s.body["items"]) == 5 for s in load.ok())
+
+
+def test_killing_the_text_encoder_degrades_queries_then_they_are_full_again(client, serve_url, serve_config,
+                                                                          artifact):
+    users = list(artifact.histories)
+    encoders = replica_actors()["TextEncoder"]
+    assert len(encoders) == 1 and encoders[0]["pid"], encoders
+    queries = ("a ghost story", "a comedy about a road trip", "space opera with robots", "a quiet drama")
+
+    def request(i: int):  # every other request a known user's query, the rest a cold start's query
+        body = {"query": queries[i % len(queries)], "k": 5}
+        return "POST", "/v1/recommend", ({**body, "user_id": users[i % len(users)]} if i % 2 else body)
+
+    stop = threading.Event()
+    th, out = run_load_in_thread(serve_url, RATE, 600.0, request, keep_body=True, stop=stop)
+    try:
+        time.sleep(3)
         t_kill = time.monotonic()
-        os.kill(scorers[0]["pid"], signal.SIGKILL)
-        # Keep the load on until full answers have been back for 5 s, or RECOVERY_S + 15 s.
+        os.kill(encoders[0]["pid"], signal.SIGKILL)
         deadline = t_kill + RECOVERY_S + 15
         while time.monotonic() < deadline:
-            now = replica_actors().get("StudentScorer", [])
-            if now and now[0]["actor_id"] != scorers[0]["actor_id"]:
+            now = replica_actors().get("TextEncoder", [])
+            if now and now[0]["actor_id"] != encoders[0]["actor_id"]:
                 break
             time.sleep(ACTOR_POLL_S)
         time.sleep(8)
     finally:
         stop.set()
         th.join(timeout=120)
-        deploy(serve_config)
+    wait_app_running()
     load = load_result(out)
-    kill_t = t_kill - load.t0  # the kill on the load's time axis
+    kill_t = t_kill - load.t0
     codes = load.codes()
     after = [s for s in load.samples if s.t >= kill_t]
     degraded = [s for s in after if s.status == 200 and s.body["degraded"]]
     last_degraded = max((s.t for s in degraded), default=kill_t)
-    recovered_s = last_degraded - kill_t
     tail = [s for s in after if s.t > last_degraded]
-    record("replica_loss", requests=len(load.samples), codes=codes, degraded=len(degraded),
-           full_again_after_s=recovered_s, p99_ms=load.p(0.99), p99_after_kill_ms=load.p(0.99, since=kill_t))
-    assert codes == {200: len(load.samples)}, [(s.status, s.body, s.error) for s in load.samples if s.status != 200][:5]
-    assert degraded, "no degraded answer: the kill did not take the scorer away"
-    assert recovered_s <= RECOVERY_S, f"degraded answers until {recovered_s:.1f} s after the kill"
+    record("replica_loss_text_encoder", requests=len(load.samples), codes=codes, degraded=len(degraded),
+           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(0.99),
+           p99_after_kill_ms=load.p(0.99, since=kill_t))
+    assert codes == {200: len(load.samples)}, \
+        [(s.status, s.body, s.error) for s in load.samples if s.status != 200][:5]
+    assert degraded, "no degraded answer: the kill did not take the text encoder away"
+    assert last_degraded - kill_t <= RECOVERY_S, \
+        f"degraded answers until {last_degraded - kill_t:.1f} s after the kill"
     assert len(tail) >= 20 and not any(s.body["degraded"] for s in tail)
-    for s in load.ok():
-        assert len(s.body["items"]) == 5
-    assert replica_actors()["StudentScorer"][0]["actor_id"] != scorers[0]["actor_id"]
+    assert all(len(s.body["items"]) == 5 for s in load.ok())
+    assert replica_actors()["TextEncoder"][0]["actor_id"] != encoders[0]["actor_id"]
