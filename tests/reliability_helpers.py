@@ -228,6 +228,20 @@ def kill_and_wait(pid: int, timeout_s: float = 10.0) -> tuple[float, float]:
     return t_kill, time.monotonic()
 
 
+# How long after a killed Ingress replica's process is gone a request may still be routed to it: HAProxy
+# learns of the loss from Serve (which hears of the actor's death from Ray) and from its own connection
+# errors. Measured: failures up to 0.15 s after the process was gone (a dropped connection, no answer).
+LOSS_WINDOW_S = 1.0
+
+
+def lost_to_a_kill(load: LoadResult, t_kill: float, t_dead: float) -> set[int]:
+    """The samples (their ``id()``) that a killed Ingress replica may have cost (``t_kill`` / ``t_dead`` from
+    :func:`kill_and_wait`): not answered before the kill, and sent before its process had been gone for
+    ``LOSS_WINDOW_S``. Any other request must get its answer."""
+    kill_t, end_t = t_kill - load.t0, t_dead - load.t0 + LOSS_WINDOW_S
+    return {id(s) for s in load.samples if s.t <= end_t and s.t + s.latency_ms / 1000 >= kill_t}
+
+
 def rss_mib(pid: int) -> float:
     import psutil
 

@@ -8,8 +8,8 @@ type and ``event_id``, so each can be found again) while the store or its writer
   silent write).
 * SQLite (the embedded store): the ingress replicas read and write the file themselves; one of two is
   killed (SIGKILL) mid-stream and Serve starts a new one. Every 2xx event is in the file afterwards with
-  its content; the requests the killed replica held got an error (a 5xx or a dropped connection), and
-  the other replica took the rest.
+  its content; only requests that the killed replica held or was still routed got an error (a 5xx or a
+  dropped connection: ``reliability_helpers.lost_to_a_kill``), and the other replica took the rest.
 
 In both, the client then does what it is told to: it retries every event that did not get a 2xx, with
 the same ``event_id``; each retry gets a 2xx, and every event of the stream is then stored exactly once
@@ -26,8 +26,8 @@ import uuid
 import pytest
 
 from cluster_fixtures import fixed_replicas
-from reliability_helpers import (ACTOR_POLL_S, kill_and_wait, load_result, record, replica_actors,
-                                 run_load_in_thread, wait_app_running, wait_ready)
+from reliability_helpers import (ACTOR_POLL_S, kill_and_wait, load_result, lost_to_a_kill, record,
+                                 replica_actors, run_load_in_thread, wait_app_running, wait_ready)
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +63,9 @@ def _retry_until_stored(client, route: str, load, store, prefix: str, items: lis
 def _check_stream(load, store, prefix: str, items: list[str], held: set[int] = frozenset()) -> dict:
     """Every 2xx event is stored with its content; every other answer is a 503 with Retry-After, and its
     event is not stored when the 503 says "nothing was stored" (it may be when the store's answer went
-    missing, and the 503 says so); ``held``: ids (``id()``) of the samples that a killed replica held,
-    which may end as any 5xx or a dropped connection instead. Returns counts."""
+    missing, and the 503 says so); ``held``: ids (``id()``) of the samples that a killed replica held or
+    was still routed (``lost_to_a_kill``), which may end as any 5xx or a dropped connection instead.
+    Returns counts."""
     acked, refused, maybe, lost = [], [], [], []
     for s in load.samples:
         i = int(round(s.t * RATE))
@@ -180,9 +181,7 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_a_writer_process_dies(
         th.join(timeout=120)
     wait_app_running()  # Serve itself reports the replacement HEALTHY, not only the HTTP path
     load = load_result(out)
-    # Held by the killed replica: sent before its process was gone and not answered before the kill.
-    kill_t, dead_t = t_kill - load.t0, t_dead - load.t0
-    held = {id(s) for s in load.samples if s.t <= dead_t and s.t + s.latency_ms / 1000 >= kill_t}
+    held = lost_to_a_kill(load, t_kill, t_dead)  # in flight at the kill, or sent just after it
     try:
         with open_event_store(str(event_store_path)) as store:
             counts = _check_stream(load, store, prefix, items, held)
@@ -194,5 +193,5 @@ def test_sqlite_store_keeps_every_acknowledged_event_when_a_writer_process_dies(
     finally:
         deploy(fixed_replicas(serve_config, "Ingress", 1))  # one replica now, not after the downscale delay
         deploy(serve_config)
-    record("event_store_loss_sqlite", restart_s=t_back - t_kill, held_by_the_killed_replica=len(held),
+    record("event_store_loss_sqlite", restart_s=t_back - t_kill, exposed_to_the_kill=len(held),
            **counts, **retries)
