@@ -61,7 +61,7 @@ from distilrec.serving import (DEFAULT_CANDIDATES, DEFAULT_K, Features, ScoreReq
 from distilrec.stores import EventStoreError, NewItem, open_event_store
 from services import metrics
 from services.autoscaling import CPU_METRIC, CpuMeter
-from services.state import ServingState, freeze_heap
+from services.state import ServingState, close_replica, freeze_heap
 
 log = logging.getLogger("ray.serve")
 MAX_HISTORY = 1000
@@ -794,9 +794,4 @@ class Ingress:
         return {"status": "ready", "model_version": info["version"]}
 
     def __del__(self):
-        state = getattr(self, "state", None)
-        if state is not None:
-            state.close()
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+        close_replica(self)

@@ -18,7 +18,7 @@ from distilrec.models import native_cpu_kernels
 from distilrec.serving import ModelScorer, ScoreRequest, ScoreResult
 from distilrec.stores import open_event_store
 from services import metrics
-from services.state import ServingState
+from services.state import ServingState, close_replica
 
 
 @serve.deployment(
@@ -63,9 +63,4 @@ class Scorer:
         return self.state.bundle.score(requests)
 
     def __del__(self):
-        state = getattr(self, "state", None)
-        if state is not None:
-            state.close()
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+        close_replica(self)

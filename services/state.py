@@ -206,3 +206,14 @@ class ServingState(Generic[B]):
 
     def close(self) -> None:
         self._stop.set()
+
+
+def close_replica(replica: object) -> None:
+    """Stop a replica's ``state`` threads and close its ``store`` (``__del__`` of the deployments that
+    hold both); attributes that were never set (a failed ``__init__``) are skipped."""
+    state = getattr(replica, "state", None)
+    if state is not None:
+        state.close()
+    store = getattr(replica, "store", None)
+    if store is not None:
+        store.close()
