@@ -12,6 +12,7 @@ of Ray.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -38,12 +39,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _print(title: str, payload) -> None:
-    from rich.console import Console
+def _answer_lines(payload) -> list[str]:
+    """A ``/v1/recommend`` answer as one line per item (id, score, title, explanation); any other JSON
+    answer as one compact line."""
+    if isinstance(payload, dict) and isinstance(payload.get("items"), list):
+        flags = ", ".join(f"{k} {str(payload[k]).lower()}" for k in ("degraded", "cold_start") if k in payload)
+        lines = [f"  model {payload.get('model_version')}, {flags}"]
+        lines += [f"  {i['item_id']:>6}  {i['score']:7.3f}  {i['title'][:30]:<30}  {i.get('explanation', '')[:50]}"
+                  for i in payload["items"]]
+        return lines
+    return ["  " + json.dumps(payload, ensure_ascii=False)[:200]]
 
-    console = Console()
-    console.print(f"[bold cyan]{title}[/]")
-    console.print_json(json.dumps(payload))
+
+def _print(title: str, payload) -> None:
+    print(f"\n{title}")
+    print("\n".join(_answer_lines(payload)), flush=True)
+
+
+@contextlib.contextmanager
+def ray_output_to(path: Path):
+    """Send this process's standard error (file descriptor 2) to ``path`` for the block; yield a stream
+    on the original standard error for messages the user must see.
+
+    Ray prints what its processes write to stderr on the driver's stderr (its own INFO lines, those of
+    Ray Train's controller and workers, Serve's controller and proxy, and the C++ core's), and what they
+    write to stdout on the driver's stdout (the training loop's epoch lines), so this keeps the terminal
+    to the stages, their progress and the answers. Ray's processes started inside the block inherit the
+    descriptor, so their own output lands in the same file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    user = os.fdopen(os.dup(saved), "w", buffering=1)
+    with open(path, "ab", buffering=0) as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield user
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            user.close()
 
 
 def read_metrics(port: int, names: tuple[str, ...], timeout_s: float = 45.0) -> list[str]:
@@ -99,6 +135,23 @@ def clean_local_start(cmd: str, port: int, host: str | None) -> bool:
 
 
 def demo(output: str) -> int:
+    """Train, distil and evaluate on the demo dataset, serve the artifact locally, send a few requests.
+    The terminal shows the stages, the training progress and the answers; Ray's own output goes to
+    ``OUTPUT/ray.log``."""
+    ray_log = Path(output) / "ray.log"
+    ray_log.parent.mkdir(parents=True, exist_ok=True)
+    ray_log.write_bytes(b"")
+    print(f"distilrec demo: Ray's own logs go to {ray_log}", flush=True)
+    with ray_output_to(ray_log) as user_err:
+        try:
+            return _demo(output)
+        except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt):
+                print(f"distilrec demo failed: {type(e).__name__}: {e}\nRay's logs: {ray_log}", file=user_err)
+            raise
+
+
+def _demo(output: str) -> int:
     import httpx
     import ray
     from ray import serve
@@ -109,10 +162,11 @@ def demo(output: str) -> int:
     metrics_port, http_port = free_port(), free_port()
     if not clean_local_start("demo", http_port, "127.0.0.1"):
         return 1
+    print("\n== 1/3 train, distil, evaluate (Ray Train, 2 workers each) ==", flush=True)
     ensure_ray(2, metrics_export_port=metrics_port, env=local_serve_env())
     try:
         report = run_pipeline(DEMO_DATASET, output, DEMO_CONFIG)
-        print(f"\nstarting the Serve application from services/serve_config.yaml on 127.0.0.1:{http_port} ...")
+        print(f"\n== 2/3 serve: services/serve_config.yaml on http://127.0.0.1:{http_port} ==", flush=True)
         events_db = Path(output) / "events.db"  # a fresh event store for every demo run
         for f in events_db.parent.glob("events.db*"):
             f.unlink()
@@ -120,12 +174,13 @@ def demo(output: str) -> int:
                                 app_args={"event_store": f"sqlite://{events_db}"})
         for app in serve_cfg["applications"]:  # keep the demo's output readable: no per-request logs
             app["logging_config"] = {"log_level": "WARNING"}
+        t0 = time.monotonic()
         deploy(serve_cfg)
+        print(f"application RUNNING after {time.monotonic() - t0:.0f} s", flush=True)
+        print("\n== 3/3 requests ==", flush=True)
         base = f"http://127.0.0.1:{http_port}"
         with httpx.Client(base_url=base, timeout=30) as c:
             _print("GET /readyz", c.get("/readyz").json())
-            model = c.get("/v1/model").json()
-            _print("GET /v1/model (version)", {"version": model["version"], "created_at": model["created_at"]})
             for body in (
                 {"user_id": "u0", "k": 5},
                 {"user_id": "u1", "history": ["i10", "i11"], "k": 5, "exclude": ["i12"]},
@@ -153,7 +208,7 @@ def demo(output: str) -> int:
             print("  " + _short_metric_line(ln))
         t, s = report["models"]["teacher"], report["models"]["student"]
         print(f"\nteacher NDCG@10 {t['ndcg@10']:.4f}, student {s['ndcg@10']:.4f}, "
-              f"popularity {report['models']['popularity']['ndcg@10']:.4f}; artifacts in {output}")
+              f"popularity {report['models']['popularity']['ndcg@10']:.4f}; artifacts in {output}", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
