@@ -264,7 +264,8 @@ def serve_cmd(model: str, host: str, port: int, config: str | None, metrics_port
 
 
 def bench_cost(model: str, output: str, runs: int, block: int = 20) -> int:
-    """``distilrec bench cost``: the cost columns of the report, measured again on an idle moment."""
+    """``distilrec bench cost``: the report's cost columns (parameters, MACs, scoring times) for an
+    artifact's teacher and student, timed again; writes ``cost.json`` and ``cost.md``."""
     from distilrec.artifacts import ArtifactError, load_artifact
     from distilrec.bench.report import write_tables
     from distilrec.evaluate import BATCH, scoring_costs
@@ -510,10 +511,9 @@ def huge_pages_default() -> None:
     """Let PyTorch back its buffers of 2 MB and more with transparent huge pages, in this process and
     in the local Ray instance's processes, which inherit its environment (``THP_MEM_ALLOC_ENABLE``, read
     at PyTorch's first large allocation; ``THP_MEM_ALLOC_ENABLE=0`` in the environment keeps it off).
-    A training step's softmax over the catalogue allocates several buffers of tens of megabytes; with
-    4 kB pages every one of them costs thousands of page faults, and huge pages take 16 to 25 % off a
-    step on the CPU (docs/benchmarks.md, "Seventh round"). Buffers under 2 MB, a served request's, are not
-    affected. The image sets the same variable for the cluster's processes."""
+    Why: a training step's softmax over the catalogue allocates buffers of tens of megabytes, each of
+    which costs thousands of page faults with 4 kB pages. Buffers under 2 MB (a served request's) are
+    not affected. The image sets the same variable for the cluster's processes."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 

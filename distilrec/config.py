@@ -55,9 +55,7 @@ class StudentConfig(_SequenceConfig):
     """The student: the same kind of model, one layer over the last 100 items (half the teacher's
     reach), so that scoring a request costs a small fraction of the teacher's; a candidate is one
     ``d_model``-wide dot product. Its width matches the teacher's by default, so that it can start in
-    the teacher's item space (``DistillConfig.init_from_teacher``). The reach of 100 rather than 50
-    (2026-12-02) gained on validation and costs about 15 % more time per request (docs/benchmarks.md,
-    "Fifth round" and "Sixth round")."""
+    the teacher's item space (``DistillConfig.init_from_teacher``)."""
 
     kind: Literal["student"] = "student"
     d_model: int = Field(64, gt=0)
@@ -81,10 +79,9 @@ class TrainConfig(_Strict):
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
     bf16: bool | None = Field(None, description="bf16 autocast of the training steps. None: with GPUs, and on "
-                              "CPUs with AVX-512 BF16 (1.3 to 1.5 × faster steps there, the same figures on "
-                              "validation: docs/benchmarks.md, \"Tenth round\"), each worker deciding on its own "
-                              "machine; True: on every CPU too (one without bf16 instructions emulates it); "
-                              "False: float32")
+                              "CPUs with AVX-512 BF16 (faster steps, the same validation figures), each worker "
+                              "deciding on its own machine; True: on every CPU too (one without bf16 instructions "
+                              "emulates it); False: float32")
     seed: int = 0
 
 
@@ -93,8 +90,8 @@ class DistillConfig(TrainConfig):
 
     lr: float = Field(2e-3, gt=0)
     patience: int = Field(16, ge=1, description="epochs without a better validation NDCG@10 before stopping: "
-                          "twice the teacher's, as the distilled student's validation figure is noisy and still "
-                          "rises after 8 flat epochs (docs/benchmarks.md, \"Seventh round\")")
+                          "twice the teacher's, as the distilled student's validation figure is noisy and can "
+                          "still rise after 8 flat epochs")
     init_from_teacher: bool = Field(True, description="start the student's item tower (id embeddings, text "
                                     "projection) from the teacher's when their widths match")
     temperature: float = Field(2.0, gt=0)

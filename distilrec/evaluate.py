@@ -20,7 +20,7 @@ from distilrec.models import count_params, native_cpu_kernels
 
 MODEL_ORDER = ("popularity", "ease", "teacher", "student", "student_no_distill")
 
-# The report's paired comparisons (model a, model b): the targets read a's NDCG@10 over b's.
+# The report's paired comparisons (model a, model b): a's NDCG@10 over b's, with a paired bootstrap interval.
 COMPARISONS = (("teacher", "ease"), ("student", "teacher"), ("student", "student_no_distill"))
 
 

@@ -111,10 +111,9 @@ class _SoftmaxLoss(torch.autograd.Function):
     (``t`` gets none, and is overwritten).
 
     The value and gradient of ``F.cross_entropy`` (plus ``F.kl_div`` on the two log-softmaxes), in
-    fewer passes over the logits and at most two buffers, which matters because these passes are most of
-    a training step's time on a CPU: autograd keeps every intermediate (each as large as the logits),
-    zero-fills a gradient to scatter the targets into, and walks back through all of them
-    (docs/benchmarks.md, "Seventh round")."""
+    fewer passes over the logits and at most two buffers. Why: these passes are most of a CPU training
+    step, and autograd would keep every intermediate (each as large as the logits) and walk back
+    through all of them."""
 
     @staticmethod
     def forward(ctx, s: torch.Tensor, target: torch.Tensor, t: torch.Tensor | None = None,

@@ -32,10 +32,9 @@ def native_cpu_kernels(enabled: bool = True) -> bool:
     """Score with PyTorch's own CPU kernels instead of oneDNN's (``enabled=True``) or go back to oneDNN
     (``False``), for this whole process; returns whether PyTorch's were in use before.
 
-    For these models the choice only changes the GELU: oneDNN's costs about 6 µs of set-up per call,
-    PyTorch's 1 µs, which is a tenth of a single request's scoring time for the student; oneDNN's is
-    faster on large inputs (a batch of 32 full teacher histories: 0.63 against 0.98 ms), which makes
-    such a batch about 5 % slower (docs/benchmarks.md, "Scoring cost"). Scores agree to float rounding.
+    For these models the choice only changes the GELU: oneDNN's has a fixed set-up cost per call that
+    dominates a single request's small inputs, and is faster on large batches. Scores agree to float
+    rounding.
     The scorer deployment, which mostly scores one or a few requests at a time, calls this when it
     starts; :func:`distilrec.evaluate.scoring_costs` measures under the same setting. Training keeps
     PyTorch's default.
@@ -59,7 +58,7 @@ def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) ->
 
 def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; for one vector ``x`` (one request's last position) a matrix-vector
-    product, about 1 µs (a third) cheaper a call on one CPU thread than ``linear``'s matrix product.
+    product, cheaper per call on one CPU thread than ``linear``'s matrix product.
     Under autocast ``x`` may be bf16 while the weights are not: ``linear`` casts them, ``addmv`` would
     refuse (the CPU's autocast does not cover it), so mixed dtypes go to ``linear``."""
     return torch.addmv(bias, weight, x) if x.dim() == 1 and x.dtype == weight.dtype else F.linear(x, weight, bias)
@@ -363,8 +362,7 @@ class _Block(_EvalCache):
 
         The sub-modules hold the weights (and name them in the state dict); the computation calls the
         functional ops on them directly, and dropout only in training, because on the scoring path (one
-        request, one thread) each module call's and each attribute lookup's fixed cost counts
-        (docs/benchmarks.md)."""
+        request, one thread) each module call's and each attribute lookup's fixed cost counts."""
         b, length, d = x.shape
         frozen = self._frozen()
         ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, wup, bup, wdown, bdown, eps = (

@@ -8,7 +8,7 @@ cosine similarity of the query to each item's text::
 
     score = (1 - weight) * base01 + weight * cosine(query, item)
 
-Numpy only (no torch, no Ray). ``docs/benchmarks.md`` ("Free-text query (cold start)") measures it.
+Numpy only (no torch, no Ray). Offline figures: ``docs/benchmarks.md``, "Free-text query".
 
 >>> base = np.array([10.0, 0.0, 5.0])                  # the model's scores over three candidates
 >>> sims = np.array([0.0, 0.9, 0.2])                   # cosine of the query to each item's text
@@ -24,9 +24,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-#: Default weight of the query's cosine similarity in :func:`blend_query`, fixed before any
-#: measurement: an equal say for the (rescaled) model score and the text match, as neither is known
-#: to matter more.
+#: Default weight of the query's cosine similarity in :func:`blend_query`: an equal say for the
+#: (rescaled) model score and the text match, as neither is known to matter more.
 QUERY_WEIGHT: float = 0.5
 
 #: Attribute values that stand for "no value" in the datasets' item text (MovieLens writes

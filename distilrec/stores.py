@@ -303,9 +303,9 @@ class SQLiteEventStore(EventStore):
     Every call takes a connection from a small pool for its duration and gives it back, so calls on
     different threads (Ray Serve runs sync methods in a thread pool) each have their own connection: a
     writer waiting for the lock never holds up readers, and WAL lets readers run beside one writer.
-    Connections are pooled rather than kept per thread because Ray Serve (2.60) runs every call of a
-    sync method on a new anyio worker thread: one connection per thread ever started, each with its own
-    page cache, grew a replica's memory by about 120 KB per request (docs/reliability.md).
+    Connections are pooled rather than kept per thread because Ray Serve runs every call of a sync
+    method on a new worker thread: a connection per thread, each with its own page cache, would grow a
+    replica's memory with every request.
     At most ``IDLE_CONNECTIONS`` idle connections are kept; a connection that saw an error is closed.
     """
 

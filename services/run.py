@@ -88,11 +88,9 @@ def request_path() -> str:
     return value
 
 
-# A local instance has one node and so one HTTP proxy. Serve's controller kills a proxy that leaves three
-# health checks in a row unanswered for RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S each (10 s by default) and
-# starts another: right on a cluster, where other nodes' proxies take the traffic, but on one busy 2-vCPU
-# machine (a burst of replica start-ups) it closed the only HTTP port for about a minute while the proxy
-# was merely slow (docs/reliability.md, 2026-12-02). 30 s each: about 90 s before a local proxy is replaced.
+# Seconds per proxy health check on a local instance (RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S; Ray's default
+# is 10). Serve replaces a proxy after three missed checks; a local instance has one node and so one proxy,
+# so replacing a proxy that is merely slow (a burst of replica start-ups) would close the only HTTP port.
 LOCAL_PROXY_HEALTH_CHECK_TIMEOUT_S = "30"
 
 

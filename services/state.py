@@ -44,11 +44,11 @@ log = logging.getLogger("ray.serve")
 def freeze_heap(after_swap: bool = False) -> None:
     """Take every object alive now (the libraries, the model, the catalogue, the histories) out of the
     cyclic garbage collector's view (``gc.freeze``), so that its full collections, which the interpreter
-    runs every so often under load, scan only what requests allocate. Over a replica's whole heap
-    (about 300,000 objects with torch, transformers and Ray imported) one full collection holds the GIL
-    for 100-170 ms on a 2-core machine, and lands on whichever requests are in flight: it was the
-    latency tail of the soak test. ``after_swap=True`` (a new bundle replaced the old one) first lets
-    the collector free the old bundle's cycles, one full pause per model swap instead of many.
+    runs every so often under load, scan only what requests allocate. Why: a full collection over a
+    replica's whole heap (hundreds of thousands of objects with torch, transformers and Ray imported)
+    holds the GIL long enough to show in the latency of the requests in flight. ``after_swap=True`` (a
+    new bundle replaced the old one) first lets the collector free the old bundle's cycles, one full
+    pause per model swap instead of many.
     """
     if os.environ.get("DISTILREC_FREEZE_HEAP") != "1":  # opt-in with the fast path (services.run.local_serve_env)
         return

@@ -50,7 +50,7 @@ console = Console()
 
 class StageClock:
     """Wall-clock seconds of each stage of one pipeline call, for ``report["run"]``: where a run's time
-    goes (the issue's budget is for the whole command), without timestamps to dig out of the logs."""
+    goes, without timestamps to dig out of the logs."""
 
     def __init__(self) -> None:
         self.started = datetime.now(timezone.utc)
