@@ -61,6 +61,7 @@ from distilrec.serving import (DEFAULT_CANDIDATES, DEFAULT_K, Features, ScoreReq
 from distilrec.stores import EventStoreError, NewItem, open_event_store
 from services import metrics
 from services.autoscaling import CPU_METRIC, CpuMeter
+from services.security import admin_token
 from services.state import ServingState, close_replica, freeze_heap
 
 log = logging.getLogger("ray.serve")
@@ -361,7 +362,7 @@ _UNAUTHORIZED = "this endpoint needs Authorization: Bearer <admin token>"
 
 def _token_ok(authorization: str) -> bool:
     """``Authorization: Bearer <token>`` when ``$DISTILREC_ADMIN_TOKEN`` is set (constant-time compare)."""
-    token = os.environ.get(ADMIN_TOKEN_ENV)
+    token = admin_token()
     if not token:
         return True
     scheme, _, value = authorization.partition(" ")
