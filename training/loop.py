@@ -120,6 +120,33 @@ def step_autocast(tc: TrainConfig, device: torch.device) -> contextlib.AbstractC
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if uses_bf16(tc) else contextlib.nullcontext()
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars turned into Python numbers, containers rebuilt as dicts and lists."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def save_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int,
+                     history: list[dict[str, Any]], best: float, stale: int) -> None:
+    """Write the resumable training state to ``path``: the model's and the optimizer's state dicts (tensors
+    and plain values), ``epoch``, ``history`` (a list of metric dicts), ``best`` and ``stale``; nothing that
+    :func:`load_train_state` would refuse."""
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": int(epoch),
+                "history": _plain(history), "best": float(best), "stale": int(stale)}, path)
+
+
+def load_train_state(path: str | Path) -> dict[str, Any]:
+    """Read what :func:`save_train_state` wrote, onto the CPU, with ``weights_only=True``: tensors, numbers,
+    strings and containers only, so a checkpoint on shared storage cannot run code in the workers that resume
+    from it. A file that names any other object raises ``pickle.UnpicklingError``."""
+    return torch.load(path, weights_only=True, map_location="cpu")
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for ``TorchTrainer``. ``config`` keys: see :func:`fit`."""
     import ray.train
@@ -152,7 +179,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:  # resume after a failure or from a previous run
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / "train_state.pt", weights_only=False)
+            state = load_train_state(Path(d) / "train_state.pt")
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             start_epoch, history, best, stale = state["epoch"] + 1, state["history"], state["best"], state["stale"]
@@ -201,8 +228,7 @@ def worker_loop(config: dict[str, Any]) -> None:
                   f"val NDCG@10 {val_ndcg:.4f}{' *' if improved else ''}  ({epoch_s:.1f}s, "
                   f"{metrics['samples_per_s']:.0f} users/s/worker)", flush=True)
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                            "history": history, "best": best, "stale": stale}, Path(d) / "train_state.pt")
+                save_train_state(Path(d) / "train_state.pt", model, opt, epoch, history, best, stale)
                 cfg_bytes, weights = model_to_bytes(model)
                 (Path(d) / "config.json").write_bytes(cfg_bytes)
                 (Path(d) / "model.safetensors").write_bytes(weights)
