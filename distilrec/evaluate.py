@@ -1,4 +1,4 @@
-"""Evaluation: Popularity, EASE, teacher and student in one table (``EVALUATION.md``).
+"""Evaluation: Popularity, EASE, teacher and student in one table (``docs/evaluation.md``).
 
 Quality is full-ranking NDCG@10 / HR@10 on the test targets; cost is parameters, multiply-accumulates
 per scored candidate, and the time to score one request of 1,000 candidates on one CPU thread, alone

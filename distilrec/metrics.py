@@ -1,4 +1,4 @@
-"""Full-ranking NDCG@k and HR@k with the user's history removed (``EVALUATION.md``).
+"""Full-ranking NDCG@k and HR@k with the user's history removed (``docs/evaluation.md``).
 
 Ranks follow a stable sort by descending score: among equal scores the lower item row ranks first.
 
@@ -84,7 +84,7 @@ def paired_ratio(ranks_a: np.ndarray, ranks_b: np.ndarray, k: int = 10, resample
     Each resample draws the users with replacement and takes the same users for both models, so the
     interval reflects how the two models differ user by user; it is much narrower than two separate
     intervals would suggest (one NDCG@10 figure over 610 users carries a standard error of about
-    0.005, ``EVALUATION.md``). Returns ``{"ratio", "low", "high", "level", "users", "resamples"}``;
+    0.005, ``docs/evaluation.md``). Returns ``{"ratio", "low", "high", "level", "users", "resamples"}``;
     the bounds are the percentile interval, ``None`` where model b scores zero in over 1 % of the
     resamples (a test set of a handful of users). A ratio whose ``low`` bound is above a target clears
     it beyond the test set's noise.

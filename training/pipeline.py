@@ -3,7 +3,7 @@
 Launch (locally, or as a RayJob entrypoint on a cluster)::
 
     distilrec pipeline --dataset synthetic --output out
-    python -m training.pipeline --dataset movielens:../shared/datasets/ml-latest-small --output out
+    python -m training.pipeline --dataset movielens:ml-latest-small --output out
     distilrec pipeline --dataset movielens:PATH --output out --use-gpu --workers 1   # one GPU, bf16 autocast
 
 Writes ``OUT/report.json`` (layout in DESIGN.md), ``training_curves.png``, ``quality_cost.png``,

@@ -1,10 +1,10 @@
 """``distilrec bench query``: a free-text query for a user without history, against popularity.
 
-    distilrec bench query --dataset movielens:../shared/datasets/ml-latest-small --encoder minilm \
+    distilrec bench query --dataset movielens:ml-latest-small --encoder minilm \
         --output bench-out
     # → bench-out/query.json, query.md
 
-On the leave-one-out split of ``EVALUATION.md`` (:func:`training.pipeline.load_split`, the pipeline's),
+On the leave-one-out split of ``docs/evaluation.md`` (:func:`training.pipeline.load_split`, the pipeline's),
 every user is treated as a cold start: no history is given, so nothing is removed and every item of
 the catalogue is ranked. The user's query is the genres of their held-out item (``"Comedy Drama"``,
 from the item text by :func:`distilrec.catalog.parse_attributes`); users whose held-out item has no
@@ -16,7 +16,7 @@ genre are skipped and counted. Two rankings are compared on the same users:
   counts and :func:`~distilrec.query.query_sims` of the query's embedding to the items' text
   embeddings, at the default weight :data:`~distilrec.query.QUERY_WEIGHT` and a few others.
 
-HR@10 and NDCG@10 follow ``EVALUATION.md``; each query row carries the paired bootstrap interval of its
+HR@10 and NDCG@10 follow ``docs/evaluation.md``; each query row carries the paired bootstrap interval of its
 difference to popularity (users resampled with replacement, the same users for both rankings). The
 query is made from the held-out item's own genres, so the figures say how well the blend finds an
 item that matches a stated taste, an optimistic stand-in for a user's own words.
@@ -194,7 +194,7 @@ def run_query_bench(dataset: str, encoder: str, output: str, weights: Sequence[f
         "dataset": {"name": ds.name, "users": ds.n_users, "items": ds.n_items, "interactions": ds.n_interactions},
         "encoder": {"name": encoder, "path": encoder_path, "dim": int(item_emb.shape[1]),
                     "item_embedding_s": round(item_s, 1), "load_s": round(load_s, 1)},
-        "protocol": "leave-one-out by time (EVALUATION.md); no history given, every item ranked; the query is the "
+        "protocol": "leave-one-out by time (docs/evaluation.md); no history given, every item ranked; the query is the "
                     "genres of the user's held-out item; popularity counts from the stage's histories "
                     "(train + validation for the test, train for the validation)",
         "k": K, "default_weight": QUERY_WEIGHT, "weights": weights,

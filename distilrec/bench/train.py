@@ -1,7 +1,7 @@
 """``distilrec bench train``: teacher training samples/s with 1 and 2 Ray Train workers (and on a GPU).
 
     distilrec bench train --output bench-out                       # synthetic data, CPU, 1 and 2 workers
-    distilrec bench train --dataset movielens:../shared/datasets/ml-latest-small --encoder minilm \
+    distilrec bench train --dataset movielens:ml-latest-small --encoder minilm \
         --output bench-out
     distilrec bench train --use-gpu --output bench-out             # on a machine with a GPU
     # → bench-out/train.json, train.md

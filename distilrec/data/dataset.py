@@ -1,4 +1,4 @@
-"""In-memory interaction datasets and the leave-one-out split of ``EVALUATION.md``.
+"""In-memory interaction datasets and the leave-one-out split of ``docs/evaluation.md``.
 
 A :class:`Dataset` holds the item catalogue (ids, titles, text) and, per user, the item rows they
 interacted with in time order. Item rows index the catalogue: row ``i`` is ``item_ids[i]``.

@@ -16,7 +16,7 @@ A malformed row raises :class:`~distilrec.data.tables.BadRowError` naming the fi
 problem; ``on_bad_rows="skip"`` drops such rows instead, logs their number and stores it in
 ``Dataset.skipped_rows``. Tag rows without a tag are ignored (ml-25m has a few).
 
-    ds = load("../shared/datasets/ml-latest-small")
+    ds = load("data/ml-latest-small")
 """
 
 from __future__ import annotations
