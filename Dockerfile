@@ -1,5 +1,6 @@
-# The distilrec image: the rayproject/ray 2.60 image (Python 3.11) with the project installed, running as
-# the base image's non-root `ray` user (uid 1000, gid 100). One file, two variants:
+# The distilrec image: the rayproject/ray 2.60 image (Python 3.11) with the project installed by the base
+# image's `ray` user (uid 1000, the owner of its Python environment), running as the non-root `distilrec`
+# user (uid 10001, gid 100 `users`: a uid of 10000 and more is no user of the node's). One file, two variants:
 #
 #   docker build -t distilrec:0.1.0 .                                  # CPU (CPU-only torch wheels)
 #   docker build -t distilrec:0.1.0-gpu --build-arg VARIANT=gpu .      # GPU (CUDA torch wheels)
@@ -29,6 +30,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+USER 0:0
+# The runtime user: no home of its own (HOME stays /home/ray, read-only to it), no login shell.
+RUN useradd --uid 10001 --gid 100 --no-create-home --home-dir /home/ray --shell /usr/sbin/nologin distilrec
+
 USER 1000:100
 WORKDIR /home/ray/distilrec
 
@@ -47,6 +52,9 @@ RUN index="${TORCH_INDEX_URL}"; \
     && python -c "import ray, torch, distilrec, services.app, training.pipeline; assert ray.__version__ == '${RAY_VERSION}', ray.__version__" \
     && python -c "from services.run import haproxy_binary; assert haproxy_binary(), 'no HAProxy for RAY_SERVE_ENABLE_HA_PROXY'" \
     && distilrec --help > /dev/null
+
+# Installed files stay owned by uid 1000: the runtime user reads them and writes only to /tmp and /dev/shm.
+USER 10001:100
 
 # Ray's ports (GCS, dashboard, client, Serve HTTP, metrics); KubeRay starts Ray itself.
 EXPOSE 6379 8265 10001 8000 8080

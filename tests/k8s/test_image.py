@@ -44,9 +44,11 @@ def test_runs_as_the_non_root_user_the_chart_expects():
     users = re.findall(r"^USER (\d+):(\d+)$", DOCKERFILE, re.M)
     assert users, "USER must be numeric (runAsNonRoot cannot check a user name)"
     uid, gid = users[-1]
-    assert uid != "0"
+    assert int(uid) >= 10000, "a uid of 10000 and more (no user of the node's; checkov CKV_K8S_40)"
     psc = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]
     assert (psc["runAsUser"], psc["runAsGroup"]) == (int(uid), int(gid))
+    # The runtime user exists in the image's /etc/passwd (getpass.getuser() and Ray look it up).
+    assert re.search(rf"^RUN useradd --uid {uid} --gid {gid} ", DOCKERFILE, re.M), "no useradd for the runtime user"
 
 
 def test_the_python_packages_are_copied_and_nothing_else():

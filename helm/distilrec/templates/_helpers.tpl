@@ -53,12 +53,48 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* An image reference: repository@digest when a digest is given (the tag is then ignored), else
+     repository:tag. (dict "repository" R "tag" T "digest" D) */}}
+{{- define "distilrec.imageRef" -}}
+{{- if .digest }}
+{{- printf "%s@%s" .repository .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+{{- end }}
+
 {{- define "distilrec.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "distilrec.imageRef" (dict "repository" .Values.image.repository "tag" (default .Chart.AppVersion .Values.image.tag) "digest" .Values.image.digest) }}
 {{- end }}
 
 {{- define "distilrec.gpuImage" -}}
-{{- printf "%s:%s" .Values.image.repository (default (printf "%s-gpu" (default .Chart.AppVersion .Values.image.tag)) .Values.image.gpuTag) }}
+{{- $tag := default (printf "%s-gpu" (default .Chart.AppVersion .Values.image.tag)) .Values.image.gpuTag }}
+{{- include "distilrec.imageRef" (dict "repository" .Values.image.repository "tag" $tag "digest" .Values.image.gpuDigest) }}
+{{- end }}
+
+{{- define "distilrec.redisImage" -}}
+{{- include "distilrec.imageRef" (dict "repository" .Values.redis.image.repository "tag" .Values.redis.image.tag "digest" .Values.redis.image.digest) }}
+{{- end }}
+
+{{/* "true" when the Prometheus Operator resources (PodMonitors, PrometheusRule) are rendered: the cluster
+     serves monitoring.coreos.com/v1 (helm template: --api-versions monitoring.coreos.com/v1), or
+     monitoring.forceOperatorResources says to render them anyway; "" otherwise. */}}
+{{- define "distilrec.operatorApi" -}}
+{{- if or .Values.monitoring.forceOperatorResources (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}
+true
+{{- end }}
+{{- end }}
+
+{{/* The disruption limits of a PodDisruptionBudget spec from a podDisruptionBudget values block:
+     minAvailable when given, else maxUnavailable. */}}
+{{- define "distilrec.pdbLimits" -}}
+{{- if not (eq (toString .minAvailable) "") }}
+minAvailable: {{ .minAvailable }}
+{{- else }}
+maxUnavailable: {{ .maxUnavailable }}
+{{- end }}
+{{- /* Pods that are not ready may always be evicted: a crash-looping pod never blocks a node drain. */}}
+unhealthyPodEvictionPolicy: AlwaysAllow
 {{- end }}
 
 {{- define "distilrec.adminSecretName" -}}
@@ -265,7 +301,8 @@ envFrom:
 {{- end }}
 
 {{/* Environment of the serving containers: Ray Serve's request path (serve.requestPath; the same variables as
-services/run.py:serve_env), the admin token and the Redis password from Secrets. */}}
+services/run.py:serve_env), where the admin token file is (services/security.py), the Redis password from
+a Secret. */}}
 {{- define "distilrec.serveEnv" -}}
 {{- $path := .Values.serve.requestPath }}
 {{- if ne $path "ray-default" }}
@@ -282,11 +319,8 @@ services/run.py:serve_env), the admin token and the Redis password from Secrets.
 - name: DISTILREC_FREEZE_HEAP
   value: "1"
 {{- end }}
-- name: DISTILREC_ADMIN_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "distilrec.adminSecretName" . }}
-      key: {{ .Values.adminToken.key }}
+- name: DISTILREC_ADMIN_TOKEN_FILE
+  value: {{ include "distilrec.adminTokenFile" . }}
 {{- with (include "distilrec.redisPasswordRef" .) }}
 {{- $ref := fromJson . }}
 - name: DISTILREC_REDIS_PASSWORD
@@ -295,6 +329,15 @@ services/run.py:serve_env), the admin token and the Redis password from Secrets.
       name: {{ $ref.name }}
       key: {{ $ref.key }}
 {{- end }}
+{{- end }}
+
+{{/* The admin token inside the serving containers: the admin Secret's key, mounted read-only. */}}
+{{- define "distilrec.adminTokenDir" -}}
+/etc/distilrec/admin
+{{- end }}
+
+{{- define "distilrec.adminTokenFile" -}}
+{{- printf "%s/token" (include "distilrec.adminTokenDir" .) }}
 {{- end }}
 
 {{- define "distilrec.containerSecurityContext" -}}
@@ -372,11 +415,24 @@ spec:
         {{- toYaml $res | nindent 8 }}
       volumeMounts:
         {{- include "distilrec.rayVolumeMounts" $ctx | nindent 8 }}
+        {{- if .serve }}
+        - name: admin-token
+          mountPath: {{ include "distilrec.adminTokenDir" $ctx }}
+          readOnly: true
+        {{- end }}
         {{- with .extraMounts }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
   volumes:
     {{- include "distilrec.rayVolumes" $ctx | nindent 4 }}
+    {{- if .serve }}
+    - name: admin-token
+      secret:
+        secretName: {{ include "distilrec.adminSecretName" $ctx }}
+        items:
+          - {key: {{ $v.adminToken.key }}, path: token}
+        defaultMode: 0444
+    {{- end }}
     {{- with .extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
