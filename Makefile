@@ -16,18 +16,26 @@ TOOLS ?= .tools
 CHECKOV_SPEC ?= checkov>=3.3.30,<3.4
 README_GENERATOR_SPEC ?= @bitnami/readme-generator-for-helm@2.7.2
 
-.PHONY: demo test install tools clean k8s-manifests dashboards chart-readme
+.PHONY: demo test install constraints tools clean k8s-manifests dashboards chart-readme
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# constraints.txt: the tested version of every dependency (see its header); torch's own index may lack
+# them, so the torch line goes without it.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+# Rewrite constraints.txt from the virtualenv (after a deliberate upgrade that the test suite passed with).
+constraints: install
+	{ sed -n '1,4p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | sed -E 's/^(torch==[0-9.]+)\+[A-Za-z0-9.]+$$/\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 $(TOOLS)/checkov/.installed: Makefile
 	$(PYTHON) -m venv $(TOOLS)/checkov

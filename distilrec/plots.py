@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError as e:  # the `plots` extra
+    raise ImportError("distilrec's PNG plots need matplotlib: pip install 'distilrec[plots]'") from e
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402

@@ -876,7 +876,8 @@ def open_event_store(uri: str) -> EventStore:
         try:
             import redis  # noqa: F401
         except ImportError:
-            raise UnsupportedStoreError("the Redis event store needs redis-py: pip install 'distilrec[redis]'") from None
+            raise UnsupportedStoreError("the Redis event store needs redis-py, a dependency of distilrec: "
+                                        "pip install 'redis>=8.2,<9'") from None
         # The query string holds distilrec's options only; redis-py gets the URL without it.
         return RedisEventStore(urlsplit(location)._replace(query="").geturl(), **options)
     return SQLiteEventStore(location, **options)

@@ -6,10 +6,10 @@ Launch (locally, or as a RayJob entrypoint on a cluster)::
     python -m training.pipeline --dataset movielens:ml-latest-small --output out
     distilrec pipeline --dataset movielens:PATH --output out --use-gpu --workers 1   # one GPU, bf16 autocast
 
-Writes ``OUT/report.json`` (layout in DESIGN.md), ``training_curves.png``, ``quality_cost.png``,
-``OUT/models/<version>/`` (the artifact serving
-loads) and ``OUT/models/LATEST``; Ray Train checkpoints go under ``OUT/ray/<run id>/<stage>``, and
-``--resume`` continues the latest run from them (``ray/<run id>/run.json`` records what it must share).
+Writes ``OUT/report.json`` (layout in docs/architecture.md), ``OUT/models/<version>/`` (the artifact
+serving loads), ``OUT/models/LATEST`` and, with the ``plots`` extra, ``training_curves.png`` and
+``quality_cost.png``; Ray Train checkpoints go under ``OUT/ray/<run id>/<stage>``, and ``--resume``
+continues the latest run from them (``ray/<run id>/run.json`` records what it must share).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from distilrec.bench.report import comparison_lines, time_line
 from distilrec.evaluate import (
     build_report, compare_models, evaluate_baselines, evaluate_ranks, format_table, model_ranks, scoring_costs,
 )
-from distilrec.plots import plot_quality_cost, plot_training_curves
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
 from training.loop import VAL_METRIC, TrainOutput
@@ -318,8 +317,13 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
         json.dump(report, f, indent=2)
     with fsspec.open(f"{out}/training_curves.json", "w") as f:
         json.dump(curves, f, indent=2)
-    plot_training_curves(curves, f"{out}/training_curves.png")
-    plot_quality_cost(report, f"{out}/quality_cost.png")
+    try:
+        from distilrec.plots import plot_quality_cost, plot_training_curves
+    except ImportError as e:  # matplotlib is the `plots` extra; the report and the artifact are written already
+        console.print(f"plots skipped: {e}")
+    else:
+        plot_training_curves(curves, f"{out}/training_curves.png")
+        plot_quality_cost(report, f"{out}/quality_cost.png")
     console.print(format_table(report))
     for line in comparison_lines(report):
         console.print(line)
