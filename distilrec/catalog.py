@@ -19,6 +19,8 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import sparse
 
+from distilrec.ranking import attribute_values
+
 _ATTR = re.compile(r"\.\s+([A-Za-z_][\w ]{0,40}?):\s+")
 
 
@@ -104,6 +106,7 @@ class Catalog:
         self.item_ids = list(item_ids)
         self.titles = list(titles)
         self.attributes = [dict(a) for a in attributes]
+        self.values = [attribute_values(a) for a in self.attributes]  # what the explanations compare
         self.n_trained = len(self.item_ids)
         self.index = {it: i for i, it in enumerate(self.item_ids)}
         self.text_emb = _normalise(np.asarray(text_emb, dtype=np.float32))
@@ -130,12 +133,14 @@ class Catalog:
             self.item_ids.append(item_id)
             self.titles.append(title)
             self.attributes.append(dict(attributes))
+            self.values.append(attribute_values(attributes))
             self.text_emb = np.concatenate([self.text_emb, emb])
             self.popularity = np.append(self.popularity, 0.0)
             self.index[item_id] = row
             self.graph.extend(len(self.item_ids))
         else:
             self.titles[row], self.attributes[row] = title, dict(attributes)
+            self.values[row] = attribute_values(attributes)
             self.text_emb[row] = emb[0]
         return row
 

@@ -91,36 +91,43 @@ def mmr(candidates: Sequence[tuple[int, float]], vectors: np.ndarray, k: int, di
     return [cands[j] for j in picked]
 
 
+def attribute_values(attributes: dict[str, list[str]]) -> frozenset[tuple[str, str]]:
+    """An item's ``(attribute, value lower-cased)`` pairs, what :class:`Explainer` compares."""
+    return frozenset((k, v.lower()) for k, vs in attributes.items() for v in vs)
+
+
 class Explainer:
     """Why each item is recommended to a user with ``history`` (rows, oldest first): the history item it
-    is most often watched with (co-occurrence), else the most recent one that shares the most attribute
-    values with it, else a generic reason. The user's recent history (``recent`` items, most recent
-    first, unique) and its attribute values are prepared once for all the items of an answer."""
+    is most often watched with (co-occurrence; ties: the most recent), else the most recent one that
+    shares the most attribute values with it, else a generic reason. The user's recent history
+    (``recent`` items, most recent first, unique) is prepared once for all the items of an answer.
+    ``values``: each row's :func:`attribute_values`, precomputed (the catalogue keeps them), else
+    computed here as needed."""
 
     def __init__(self, history: Sequence[int], graph, attributes: Sequence[dict[str, list[str]]],
-                 titles: Sequence[str], recent: int = 50):
+                 titles: Sequence[str], recent: int = 50, values: Sequence[frozenset] | None = None):
         self.graph, self.attributes, self.titles = graph, attributes, titles
         self.hist = list(dict.fromkeys(reversed(list(history)[-recent:])))  # most recent first, unique
-        self._values: list[set[tuple[str, str]]] | None = None
+        self.pos = {h: i for i, h in enumerate(self.hist)}
+        self.values = values
 
-    def _hist_values(self) -> list[set[tuple[str, str]]]:
-        if self._values is None:
-            self._values = [{(k, v.lower()) for k, vs in self.attributes[h].items() for v in vs} for h in self.hist]
-        return self._values
+    def _values(self, row: int) -> frozenset:
+        return self.values[row] if self.values is not None else attribute_values(self.attributes[row])
 
     def __call__(self, row: int) -> str:
-        best, best_w = None, 0.0
-        for h in self.hist:
-            w = self.graph.weight(row, h)
-            if w > best_w:
-                best, best_w = h, w
+        best, best_w, best_pos = None, 0.0, len(self.hist)
+        neighbours = self.graph.neighbours[row] if row < len(self.graph.neighbours) else {}
+        for h, w in neighbours.items():  # at most the graph's top neighbours, fewer than the history
+            pos = self.pos.get(h)
+            if pos is not None and (w > best_w or (w == best_w and w > 0 and pos < best_pos)):
+                best, best_w, best_pos = h, w, pos
         if best is not None:
             return f"because you watched {self.titles[best]} (often watched together)"
-        mine = {(k, v.lower()) for k, vs in self.attributes[row].items() for v in vs}
-        best, shared = None, set()
+        mine = self._values(row)
+        best, shared = None, frozenset()
         if mine:
-            for h, values in zip(self.hist, self._hist_values()):
-                common = mine & values
+            for h in self.hist:
+                common = mine & self._values(h)
                 if len(common) > len(shared):
                     best, shared = h, common
         if best is not None:

@@ -164,14 +164,21 @@ class ModelScorer:
         the history items it has a row for (items added at serving time have none)."""
         t0 = time.perf_counter()
         rows, stamps, want, drop = [], [], [], []
-        index = self.index
+        index, trained, max_len = self.index, self.n_trained, self.max_len
         for r in requests:
-            drop.append([index[i] for i in set(r.history).union(r.exclude) if i in index])
+            seen = [index.get(i, -1) for i in r.history]  # one lookup per item; -1: not in the catalogue
+            drop.append(list({*seen, *(index.get(i, -1) for i in r.exclude)} - {-1}))
             times = r.timestamps or (0,) * len(r.history)
-            kept = [(self.index[i], t) for i, t in zip(r.history, times)
-                    if self.index.get(i, self.n_trained) < self.n_trained]
-            rows.append([row for row, _ in kept])
-            stamps.append([t for _, t in kept])
+            # The model reads the last max_len trained items: walk back from the end, stop there.
+            kept_rows, kept_times = [], []
+            for j in range(len(seen) - 1, -1, -1):
+                if 0 <= seen[j] < trained:
+                    kept_rows.append(seen[j])
+                    kept_times.append(times[j])
+                    if len(kept_rows) == max_len:
+                        break
+            rows.append(kept_rows[::-1])
+            stamps.append(kept_times[::-1])
             want.append(max(1, min(int(r.n), len(self.retrieval))))
         hist = pad_histories(rows, self.pad, self.max_len).to(self.device)
         times = pad_histories(stamps, 0, self.max_len).to(self.device)
@@ -300,7 +307,7 @@ def user_features(bundle: ServingBundle, store: EventStore | None, user_id: str 
 def _items(cat: Catalog, ranked: list[tuple[int, float]], history: list[int], reason: str | None = None) -> list[dict]:
     """``{"item_id", "title", "score", "explanation"}`` per ranked row; ``reason`` replaces the
     history-based explanation (cold start, query)."""
-    why = None if reason else Explainer(history, cat.graph, cat.attributes, cat.titles)
+    why = None if reason else Explainer(history, cat.graph, cat.attributes, cat.titles, values=cat.values)
     return [{"item_id": cat.item_ids[r], "title": cat.titles[r], "score": round(float(s), 6),
              "explanation": reason or why(r)} for r, s in ranked]
 

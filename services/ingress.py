@@ -40,16 +40,19 @@ import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Annotated, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import to_json
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 import numpy as np
 
@@ -207,8 +210,25 @@ def _errors(*codes: int) -> dict:
             for c in codes}
 
 
+class _App(FastAPI):
+    """FastAPI, but ``POST /v1/recommend``, the hot route, goes straight to the replica's
+    :meth:`Ingress._recommend_asgi` through the same guard as every route (auth, body size, metrics),
+    without FastAPI's middleware stack, routing and dependency solving."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and _route(scope) == "/v1/recommend":
+            return await serve.get_replica_context().servable_object.guarded_recommend(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
+def _route(scope) -> str:
+    """The request's path below the application's route prefix (Serve's ``root_path``)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 # Every route may answer 400/413/422 (the body checks run before routing); the routes add their own.
-app = FastAPI(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.",
+app = _App(title="distilrec", version="0.1.0", description="Recommendations from a distilled student model.",
               responses=_errors(400, 413, 422))
 _STATUS_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
@@ -218,13 +238,18 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return _error(exc.status, exc.code, exc.message, exc.headers)
 
 
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+def _invalid(errors: list[dict]) -> JSONResponse:
+    """The 422 of a body that fails validation: its first five errors, ``"field.path: message"``."""
     parts = []
-    for e in exc.errors()[:5]:
+    for e in errors[:5]:
         where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
         parts.append(f"{where or 'body'}: {e.get('msg')}")
     return _error(422, "invalid_request", "; ".join(parts))
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return _invalid(exc.errors())
 
 
 @app.exception_handler(StarletteHTTPException)
@@ -385,6 +410,30 @@ def _refusal(what: str, e: EventStoreError, on_retry: str) -> str:
 STORE_THREADS = 4  # event store reads and writes run here, off the event loop
 
 
+@dataclass
+class _Job:
+    """One request's part of the replica's batched step: whose history, the request's own history and
+    exclusions, and ``n`` candidates wanted."""
+
+    user_id: str | None
+    history: list[str]
+    exclude: tuple[str, ...]
+    n: int
+
+
+@dataclass
+class _Scored:
+    """A request's history (``feats``, read from ``bundle``) and, scored in process, its candidates
+    (``result``; ``None`` when there was nothing to score or ``failure`` says why: ``scorer_timeout`` |
+    ``scorer_error``). ``sync``: the store's sync state the history was read at (for a Scorer deployment)."""
+
+    bundle: ServingBundle
+    feats: Features
+    result: ScoreResult | None
+    failure: str | None
+    sync: tuple | None = None
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -427,6 +476,7 @@ class Ingress:
         self.started = time.time()
         self.reflected: OrderedDict[str, int] = OrderedDict()  # user -> last event seq reflected here
         self.cpu, self.cpu_busy = CpuMeter(), metrics.ingress_cpu_busy()
+        self.guarded_recommend = _Guard(self._recommend_asgi)  # the direct route of _App
         freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
     def reconfigure(self, config: dict) -> None:
@@ -520,18 +570,63 @@ class Ingress:
         while len(self.reflected) > SEEN_USERS:
             self.reflected.popitem(last=False)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def score_inline(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """In-process scoring: the requests that reached this replica's queue together, as one batch
-        (``max_batch_size`` / ``batch_wait_timeout_s`` in ``user_config``; 1 = no batching)."""
-        scorer = self.state.bundle.scorer
-        if scorer is None:  # cannot happen with scorer: inline; a clear error rather than AttributeError
-            raise RuntimeError("this replica has no in-process model")
-        self.batch_size.observe(len(requests))
-        return scorer.score(requests)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
+    async def score_inline(self, jobs: list[_Job]) -> list[_Scored]:
+        """In-process: the requests that reached this replica's queue together share one trip to a store
+        thread (their histories, one sync read) and one tensor batch of the model (``max_batch_size`` /
+        ``batch_wait_timeout_s`` in ``user_config``; 1 = no batching). A store read past the ``features``
+        deadline is answered without the stored events; a model step past ``score`` from the fallback."""
+        self.batch_size.observe(len(jobs))
+        try:
+            read = await self._in_thread("features", self._features, [(j.user_id, j.history) for j in jobs])
+        except asyncio.TimeoutError:
+            log.warning("reading the users' histories took too long; answering from the artifact's and the "
+                        "requests' histories")
+            b = self.state.bundle
+            read = [(b, user_features(b, None, j.user_id, j.history, store_ok=False), None) for j in jobs]
+        b = read[0][0]
+        todo = [(i, ScoreRequest(tuple(f.items), tuple(f.timestamps), j.n, sync, j.exclude))
+                for i, ((_, f, sync), j) in enumerate(zip(read, jobs)) if f.items and not f.unknown_items]
+        results: list[ScoreResult | None] = [None] * len(jobs)
+        failure = None
+        if todo:
+            t0 = time.perf_counter()
+            try:
+                if b.scorer is None:  # cannot happen with scorer: inline; a clear error, not AttributeError
+                    raise RuntimeError("this replica has no in-process model")
+                for (i, _), res in zip(todo, b.scorer.score([r for _, r in todo])):
+                    results[i] = res
+            except Exception as e:  # noqa: BLE001 - these requests fall back to the co-occurrence ranking
+                log.warning("scoring failed (%s)", type(e).__name__)
+                failure = "scorer_error"
+            ms = (time.perf_counter() - t0) * 1000
+            self.stage.observe(ms, tags={"stage": "score"})
+            if failure is None and ms > self.deadlines_ms["score"]:
+                failure = "scorer_timeout"  # the answers are late: the requests fall back
+        scored = {i for i, _ in todo}
+        return [_Scored(b, f, res, failure if i in scored else None)
+                for i, ((_, f, _), res) in enumerate(zip(read, results))]
 
-    def _score(self, req: ScoreRequest):
-        return self.score_inline(req) if self.inline else self.scorer.score.remote(req)
+    async def _read_and_score(self, req: RecommendRequest, n: int) -> _Scored:
+        """``score_inline`` for one request, its wait bounded by the ``features`` + ``score`` deadlines
+        (an overloaded replica's queue: the fallback answers from the artifact's and the request's history)."""
+        try:
+            async with asyncio.timeout((self.deadlines_ms["features"] + self.deadlines_ms["score"]) / 1000):
+                return await self.score_inline(_Job(req.user_id, list(req.history), tuple(req.exclude), n))
+        except asyncio.TimeoutError:
+            b = self.state.bundle
+            return _Scored(b, user_features(b, None, req.user_id, req.history, store_ok=False), None,
+                           "scorer_timeout")
+
+    async def _read(self, req: RecommendRequest) -> _Scored:
+        """The user's history for a Scorer deployment to score (the ``features`` batch)."""
+        try:
+            b, feats, sync = await self._timed("features", self.features((req.user_id, list(req.history))))
+        except asyncio.TimeoutError:
+            log.warning("reading the user's history took too long; answering from the request's history")
+            b = self.state.bundle
+            feats, sync = user_features(b, None, req.user_id, req.history, store_ok=False), None
+        return _Scored(b, feats, None, None, sync)
 
     def _degrade(self, reasons: list[str]) -> None:
         for r in reasons:
@@ -539,19 +634,51 @@ class Ingress:
 
     # -------------------------------------------------------------------------------- endpoints
 
+    async def _recommend_asgi(self, scope, receive, send) -> None:
+        """``POST /v1/recommend`` without FastAPI's routing, dependency solving and response class:
+        pydantic validates the JSON bytes in one call and the answer is written as bytes; the same errors
+        and codes as the FastAPI route."""
+        body = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before the body ended: nothing to answer
+            body.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            text = b"".join(body).decode("utf-8")
+        except UnicodeDecodeError:
+            return await _error(400, "invalid_request", "the body is not UTF-8")(scope, receive, send)
+        try:
+            req = RecommendRequest.model_validate_json(text)
+            response = Response(to_json(await self._recommend(req)), media_type="application/json")
+        except ValidationError as e:
+            response = _invalid(e.errors(include_url=False, include_context=False))
+        except ApiError as e:
+            response = _error(e.status, e.code, e.message, e.headers)
+        except Exception:  # noqa: BLE001 - a request never crashes the replica; the client gets the JSON 500
+            log.exception("unhandled error on /v1/recommend")
+            response = _error(500, "internal", "internal error; see the service logs")
+        await response(scope, receive, send)
+
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     async def recommend(self, req: RecommendRequest) -> JSONResponse:
         """Top-k unseen items for a user (stored history + events + the request's ``history``), or the
         popular items for a cold start; with ``query``, blended with the query's similarity to the items'
-        text. ``degraded`` marks an answer given by a fallback."""
+        text. ``degraded`` marks an answer given by a fallback. (Served by :class:`_App`'s direct route;
+        this FastAPI route defines the OpenAPI schema.)"""
+        return JSONResponse(await self._recommend(req))
+
+    async def _recommend(self, req: RecommendRequest) -> dict:
+        """The ``RecommendResponse`` body of one request (``ApiError`` for a 4xx)."""
         reasons: list[str] = []
-        try:
-            b, feats, sync = await self._timed("features", self.features((req.user_id, list(req.history))))
-        except asyncio.TimeoutError:
-            reasons.append("store_read")
-            log.warning("reading the user's history took too long; answering from the request's history")
-            b = self.state.bundle
-            feats, sync = user_features(b, None, req.user_id, req.history), None
+        k = req.k or self.default_k
+        div = self.diversity if req.diversity is None else req.diversity
+        filters = req.filters or None
+        n = candidates_wanted(self.candidates, k, bool(filters))
+        step = await (self._read_and_score(req, n) if self.inline else self._read(req))
+        b, feats = step.bundle, step.feats
         cat = b.catalog
         if feats.unknown_items:
             shown = ", ".join(repr(i) for i in feats.unknown_items[:5])
@@ -562,9 +689,6 @@ class Ingress:
             raise ApiError(422, "invalid_request", f"unknown filter attribute(s) {unknown_filters}; known: {known}")
         if not feats.store_ok:
             reasons.append("store_read")
-        k = req.k or self.default_k
-        div = self.diversity if req.diversity is None else req.diversity
-        filters = req.filters or None
         history = feats.items
         qvec = await self._query_vector(req.query, b, reasons) if req.query else None
         if not history:
@@ -572,15 +696,18 @@ class Ingress:
             items = (rank_with_query(cat, qvec, req.query, None, None, [], req.exclude, k, filters, div,
                                      self.query_weight) if qvec is not None else popular(cat, req.exclude, k, filters))
             return self._answer(items, b.version, reasons, cold_start=True)
-        n = candidates_wanted(self.candidates, k, bool(filters))
-        score_req = ScoreRequest(tuple(history), tuple(feats.timestamps), n, sync, tuple(req.exclude))
-        try:
-            result: ScoreResult = await self._timed("score", self._score(score_req))
-        except Exception as e:  # noqa: BLE001 - any scoring failure falls back to the cheap ranking
-            reason = ("scorer_timeout" if isinstance(e, asyncio.TimeoutError) else
-                      "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
-            log.warning("scoring failed (%s: %s); answering with the co-occurrence fallback", reason, type(e).__name__)
-            reasons.append(reason)
+        result, failure = step.result, step.failure
+        if not self.inline:
+            score_req = ScoreRequest(tuple(history), tuple(feats.timestamps), n, step.sync, tuple(req.exclude))
+            try:
+                result = await self._timed("score", self.scorer.score.remote(score_req))
+            except Exception as e:  # noqa: BLE001 - any scoring failure falls back to the cheap ranking
+                failure = ("scorer_timeout" if isinstance(e, asyncio.TimeoutError) else
+                           "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
+                log.warning("scoring failed (%s: %s)", failure, type(e).__name__)
+        if failure or result is None:
+            reasons.append(failure or "scorer_error")
+            log.warning("answering with the co-occurrence fallback (%s)", reasons[-1])
             return self._answer(fallback(cat, history, req.exclude, k, filters), b.version, reasons, cold_start=False)
         self.n_candidates.observe(len(result.item_ids))
         if qvec is not None:
@@ -609,12 +736,11 @@ class Ingress:
             return None
         return emb[0]
 
-    def _answer(self, items: list[dict], version: str, reasons: list[str], cold_start: bool) -> JSONResponse:
-        """The ``RecommendResponse`` body, serialised once here: its fields are built by this module, so
-        FastAPI's second validation pass over them (``response_model``, kept for the OpenAPI schema) is skipped."""
+    def _answer(self, items: list[dict], version: str, reasons: list[str], cold_start: bool) -> dict:
+        """The ``RecommendResponse`` body: its fields are built by this module, so it is not validated
+        again (``response_model`` is kept for the OpenAPI schema)."""
         self._degrade(reasons)
-        return JSONResponse({"items": items, "model_version": version, "degraded": bool(reasons),
-                             "cold_start": cold_start})
+        return {"items": items, "model_version": version, "degraded": bool(reasons), "cold_start": cold_start}
 
     def _append(self, batch: list[dict]) -> dict:
         """Runs on a store thread: ``{"stored", "new"}``, ``{"unknown_items"}`` or ``{"error", "message"}``."""
