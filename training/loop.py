@@ -106,8 +106,8 @@ def cpu_bf16_instructions() -> list[str]:
 
 def uses_bf16(tc: TrainConfig) -> bool:
     """Whether this worker's training steps run under bf16 autocast: as ``tc.bf16`` says; by default
-    (``None``) with GPUs, and on CPUs with AVX-512 BF16 (which CPUs with AMX have too), where the steps
-    are 1.3 to 1.5 × faster and the figures on validation the same (docs/benchmarks.md, "Tenth round").
+    (``None``) with GPUs, and on CPUs with AVX-512 BF16 (which CPUs with AMX have too), where bf16 steps are
+    faster at the same validation quality (``distilrec bench step --compare bf16`` times the step).
     Each worker decides on its own machine, so a cluster's CPU nodes of different kinds each do what pays."""
     if tc.bf16 is not None:
         return tc.bf16
