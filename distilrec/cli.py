@@ -16,13 +16,13 @@ import contextlib
 import json
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
 
 from distilrec.bench.serve import APPS as BENCH_APPS
 from distilrec.config import DistillConfig, PipelineConfig, TrainConfig
+from distilrec.ports import free_port
 
 # Small enough to finish in minutes on 2 CPU cores, large enough to show the ranking.
 DEMO_DATASET = "synthetic:users=1000,items=300,seed=0"
@@ -31,12 +31,6 @@ DEMO_CONFIG = PipelineConfig(
     teacher_train=TrainConfig(epochs=15, patience=3, lr=2e-3),
     distill=DistillConfig(epochs=25, patience=4, lr=5e-3),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answer_lines(payload) -> list[str]:

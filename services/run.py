@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from distilrec.ports import free_port
+
 DEFAULT_CONFIG = Path(__file__).with_name("serve_config.yaml")
 APP_NAME = "distilrec"
 
@@ -67,8 +69,8 @@ def serve_env(haproxy: str | None = None, local: bool = False) -> dict[str, str]
         return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
     env = dict(THROUGHPUT_OPTIMIZED_ENV)
     if local:
-        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(_free_port())
-        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(_free_port())
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(free_port())
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(free_port())
     return env
 
 
@@ -117,12 +119,6 @@ def local_serve_env() -> dict[str, str]:
               "on the PATH): the fast request path runs direct gRPC behind Serve's Python proxy",
               file=sys.stderr)
     return {**env, **serve_env(haproxy=haproxy, local=True), "DISTILREC_FREEZE_HEAP": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- stale HAProxy processes

@@ -13,11 +13,12 @@ import copy
 import json
 import os
 import re
-import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+from distilrec.ports import free_port
 from reliability_helpers import IN_CI
 
 DATASET = "synthetic:users=300,items=60,seed=3"
@@ -224,15 +225,9 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(text)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def metrics_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 S3_BUCKET = "distilrec-test"
@@ -252,7 +247,7 @@ def s3_endpoint():
             pytest.fail(f"moto is missing in CI ({e}); `pip install -e .[dev]` installs it")
         yield f"no S3 endpoint: {e} (pip install -e '.[dev]')"
         return
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "distilrec-test",
@@ -344,7 +339,7 @@ def serve_config(pipeline_output, event_store_path) -> dict:
     look for a new model version every 3 s; admin endpoints need the session's token."""
     from services.run import load_config
 
-    cfg = load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=_free_port(),
+    cfg = load_config(model_uri=str(pipeline_output), host="127.0.0.1", port=free_port(),
                       app_args={"event_store": f"sqlite://{event_store_path}?timeout=2", "model_poll_s": 3})
     for app in cfg["applications"]:
         app["runtime_env"] = {"env_vars": {"DISTILREC_ADMIN_TOKEN": ADMIN_TOKEN}}

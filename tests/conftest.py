@@ -16,15 +16,11 @@ import time
 
 import pytest
 
+from distilrec.ports import free_port
+
 # The session's Ray cluster, trained artifact and Serve application (tests/cluster_fixtures.py), shared
 # by tests/integration and tests/reliability.
 pytest_plugins = ["cluster_fixtures"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
@@ -33,7 +29,7 @@ class RedisServer:
 
     def __init__(self, binary: str, folder: str, password: str | None = None):
         self.binary, self.folder, self.password = binary, folder, password
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
     def url(self, db: int = 0, with_password: bool = True) -> str:

@@ -107,7 +107,7 @@ def run_variant(name: str, requests: int, warmup: int, model: str | None) -> dic
     import ray
     from ray import serve
 
-    from distilrec.cli import free_port
+    from distilrec.ports import free_port
     from services.run import deploy, load_config
 
     port = free_port()

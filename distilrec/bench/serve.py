@@ -240,7 +240,7 @@ def _proxy_options(cfg: ServeBenchConfig) -> dict[str, Any]:
         if http.get("port"):
             return {"host": http.get("host", cfg.host), "port": int(http["port"])}
     if cfg.port is None:
-        from distilrec.cli import free_port
+        from distilrec.ports import free_port
 
         return {"host": cfg.host, "port": free_port()}
     return {"host": cfg.host, "port": int(cfg.port)}

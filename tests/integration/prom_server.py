@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,14 +24,10 @@ from typing import Any
 import httpx
 import yaml
 
+from distilrec.ports import free_port
+
 NAMESPACE, RELEASE = "default", "distilrec"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrometheusServer:
@@ -41,7 +36,7 @@ class PrometheusServer:
     def __init__(self, binary: str, metrics_port: int, workdir: Path):
         self.workdir, self.rules_dir = workdir, workdir / "rules"
         self.rules_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.scrape_interval_s = 1
         config = {

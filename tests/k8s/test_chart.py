@@ -700,18 +700,17 @@ def test_in_chart_redis_command_really_runs(tmp_path):
     required, the probe's `redis-cli ping` (authenticated through REDISCLI_AUTH from the file) answers
     PONG, and writes land in the append-only file."""
     import os
-    import socket
     import subprocess
     import time
 
     from k8s_helpers import tool
 
+    from distilrec.ports import free_port
+
     server = tool("redis-server", "apt-get install redis-server")
     cli = tool("redis-cli", "apt-get install redis-server")
     c = one(render(), "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     secret_dir = tmp_path / "auth"
     secret_dir.mkdir()
     (secret_dir / "password").write_text("s3cret-pw")
