@@ -2,7 +2,7 @@
 
 Used by ``training/pipeline.py``; launch the whole path with::
 
-    python -m training.pipeline --dataset synthetic --output /tmp/out
+    distilrec pipeline --dataset synthetic --output /tmp/out
 
 Every worker rebuilds the frozen teacher from its config and safetensors weights (shipped in the
 train loop config), and computes the teacher's full-catalogue soft targets on the fly.

@@ -1,9 +1,9 @@
 """Teacher → distillation → evaluation → artifact: the whole training path.
 
-Launch (locally, or as a RayJob entrypoint on a cluster)::
+Launch with ``distilrec pipeline`` (locally, or as a RayJob entrypoint on a cluster); its options are
+the command line's (``distilrec pipeline --help``), this module has none of its own::
 
     distilrec pipeline --dataset synthetic --output out
-    python -m training.pipeline --dataset movielens:ml-latest-small --output out
     distilrec pipeline --dataset movielens:PATH --output out --use-gpu --workers 1   # one GPU, bf16 autocast
 
 Writes ``OUT/report.json`` (layout in docs/architecture.md), ``OUT/models/<version>/`` (the artifact
@@ -14,7 +14,6 @@ continues the latest run from them (``ray/<run id>/run.json`` records what it mu
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
@@ -35,9 +34,9 @@ from rich.console import Console
 from distilrec.artifacts import ItemTable, write_artifact
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig, cache_home
 from distilrec.data import Dataset, Split, load_dataset
-from distilrec.bench.report import comparison_lines, time_line
 from distilrec.evaluate import (
-    build_report, compare_models, evaluate_baselines, evaluate_ranks, format_table, model_ranks, scoring_costs,
+    build_report, compare_models, comparison_lines, evaluate_baselines, evaluate_ranks, format_table, model_ranks,
+    scoring_costs, time_line,
 )
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
@@ -373,22 +372,5 @@ def check_gpus(cfg: PipelineConfig) -> None:
         require_gpus(need)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", required=True,
-                   help="synthetic[:k=v,...] | movielens:PATH_OR_NAME | files:interactions=PATH[,items=PATH]")
-    p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--config", help="PipelineConfig YAML")
-    p.add_argument("--resume", action="store_true", help="continue the latest run from its checkpoints")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per Ray Train worker, bf16 autocast")
-    p.add_argument("--workers", type=int, help="Ray Train workers of every stage (default: the config's, 2)")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast of the training steps on every CPU (--no-bf16: float32 everywhere; default: "
-                        "with GPUs and on CPUs with AVX-512 BF16)")
-    args = p.parse_args(argv)
-    run_pipeline(args.dataset, args.output, load_config(args.config, args.use_gpu, args.workers, args.bf16),
-                 resume=args.resume)
-
-
 if __name__ == "__main__":
-    main()
+    raise SystemExit("training.pipeline has no command line of its own: run `distilrec pipeline --help`")

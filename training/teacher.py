@@ -3,7 +3,7 @@
 The full pipeline (teacher → distillation → evaluation → artifact) is ``training/pipeline.py``; this
 module holds the teacher stage and is used by it. Launch the whole path as a RayJob entrypoint with::
 
-    python -m training.pipeline --dataset synthetic --output /tmp/out
+    distilrec pipeline --dataset synthetic --output /tmp/out
 """
 
 from __future__ import annotations

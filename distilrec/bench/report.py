@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from distilrec.evaluate import comparison_lines, time_line
+
 # The serving benchmark's targets.
 FLOOR_SHARE = 0.5          # distilrec's throughput at SLO ≥ 50 % of the no-op floor's
 HOP_FLOOR_SHARE = 0.7      # scorer: deployment's throughput at SLO ≥ 70 % of the one-handle-call floor's
@@ -283,35 +285,11 @@ QUALITY_NAMES = {"popularity": "popularity", "ease": "EASE", "teacher": "teacher
                  "student": "student (distilled)", "student_no_distill": "student without the teacher"}
 
 
-def comparison_lines(report: dict[str, Any]) -> list[str]:
-    """One line per paired comparison of ``report['comparisons']``, e.g.
-    ``student / teacher: 0.96 × NDCG@10 (95% paired bootstrap interval 0.88 to 1.05, 610 users)``."""
-    lines = []
-    for key, c in (report.get("comparisons") or {}).items():
-        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
-        interval = ("no interval (too few users)" if c["low"] is None else
-                    f"{c['level']:.0%} paired bootstrap interval {c['low']:.2f} to {c['high']:.2f}")
-        lines.append(f"{key}: {ratio} × NDCG@10 ({interval}, {c['users']:,} users)")
-    return lines
-
-
-def time_line(run: dict[str, Any]) -> str:
-    """``time: 24.2 min in all: text embeddings 54 s, teacher 8.4 min, …`` from a pipeline report's
-    ``run`` (its wall-clock seconds in all and by stage), and ``; bf16 autocast: teacher, …`` naming
-    the training stages that had epochs under bf16 autocast (the figures of a different arithmetic)."""
-    def fmt(s: float) -> str:
-        return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
-
-    parts = ", ".join(f"{name.replace('_', ' ')} {fmt(s)}" for name, s in run["stage_s"].items())
-    bf16 = [name.replace("_", " ") for name, e in run.get("epochs", {}).items() if e.get("bf16_epochs")]
-    return f"time: {fmt(run['wall_s'])} in all: {parts}" + (f"; bf16 autocast: {', '.join(bf16)}" if bf16 else "")
-
-
 def render_quality_markdown(report: dict[str, Any]) -> str:
     """Quality against cost from a pipeline ``report.json``: NDCG@10, HR@10, params, MACs per candidate,
     scoring ms for 1,000 candidates (p50 / p99), each model's NDCG@10 as a share of the teacher's, the
-    report's paired comparisons with their intervals (:func:`comparison_lines`), and the run's time
-    (:func:`time_line`) when the report has it."""
+    report's paired comparisons with their intervals (:func:`distilrec.evaluate.comparison_lines`), and
+    the run's time (:func:`distilrec.evaluate.time_line`) when the report has it."""
     ds = report["dataset"]
     models = report["models"]
     teacher = models.get("teacher", {}).get("ndcg@10")

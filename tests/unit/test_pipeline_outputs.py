@@ -10,7 +10,7 @@ import fsspec
 import pytest
 import torch
 
-from distilrec.bench.report import time_line
+from distilrec.evaluate import time_line
 from training.loop import TrainOutput
 from training.pipeline import (WRITE_CHECK, OutputLocationError, StageClock, output_locations, run_summary,
                                training_storage)
