@@ -76,6 +76,19 @@ class TrainConfig(_Strict):
     patience: int = Field(8, ge=1, description="epochs without a better validation NDCG@10 before stopping")
     mask_history: bool = Field(True, description="leave the items already in a position's history out of "
                                "the training softmax, as the ranking leaves them out")
+    loss: Literal["full", "sampled", "auto"] = Field("auto", description="'full': a softmax over the whole "
+                                                     "catalogue at every position; 'sampled': over in-batch and "
+                                                     "sampled negatives with the log-Q correction "
+                                                     "(distilrec.losses.NegativeSampler); 'auto': full up to "
+                                                     "full_softmax_max_items items, sampled above")
+    full_softmax_max_items: int = Field(100_000, gt=0, description="largest catalogue that loss: auto trains "
+                                        "with the full softmax (its logits take positions × items × 4 bytes, "
+                                        "several times over, per step)")
+    negatives: int = Field(2048, ge=0, description="sampled softmax: negatives drawn per step and worker, shared "
+                           "by all of its positions, besides the batch's own targets")
+    sampler: Literal["uniform", "popularity"] = Field("uniform", description="sampled softmax: draw the negatives "
+                                                      "uniformly, or in proportion to items' training counts + 1")
+    in_batch_negatives: bool = Field(True, description="sampled softmax: the batch's targets are negatives too")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
     bf16: bool | None = Field(None, description="bf16 autocast of the training steps. None: with GPUs, and on "
@@ -83,6 +96,11 @@ class TrainConfig(_Strict):
                               "deciding on its own machine; True: on every CPU too (one without bf16 instructions "
                               "emulates it); False: float32")
     seed: int = 0
+
+
+    def sampled(self, n_items: int) -> bool:
+        """Whether a catalogue of ``n_items`` trains with the sampled softmax under this config."""
+        return self.loss == "sampled" or (self.loss == "auto" and n_items > self.full_softmax_max_items)
 
 
 class DistillConfig(TrainConfig):

@@ -138,7 +138,17 @@ class _ItemTower(_EvalCache):
         the table is cached, the scaled table is too, so that a request costs one gather."""
         if self._frozen():
             return F.embedding(rows, self._table(scale))  # a gather, faster than table[rows]
-        return F.embedding(rows, self._compute()) * scale
+        return self.rows(rows) * scale
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(...) -> (..., D)``: the vectors of ``rows`` (padding gives zeros), computed for those rows
+        alone, so that a training step costs what its batch reads, not the catalogue's size."""
+        v = self.id_emb(rows)
+        if self.text_proj is not None:
+            real = rows < self.n_items
+            text = F.embedding(rows.clamp(max=self.n_items - 1), self.text_emb)
+            v = v + self.text_proj(text) * real.unsqueeze(-1)
+        return v
 
     def _table(self, scale: float) -> torch.Tensor:
         # a plain tensor, never a Parameter; a scaled table is made from the unscaled one

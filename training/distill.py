@@ -5,7 +5,8 @@ Used by ``training/pipeline.py``; launch the whole path with::
     distilrec pipeline --dataset synthetic --output /tmp/out
 
 Every worker rebuilds the frozen teacher from its config and safetensors weights (shipped in the
-train loop config), and computes the teacher's full-catalogue soft targets on the fly.
+train loop config), and computes the teacher's soft targets on the fly: over the full catalogue, or
+over the student's sampled candidates when the run trains with the sampled softmax.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from distilrec.data import Split
 from distilrec.losses import StudentTrain
 from distilrec.models import Student, Teacher
 from training.loop import TrainOutput, fit
+from training.teacher import negative_sampler
 
 
 def build_student(config: dict[str, Any]) -> Student:
@@ -38,7 +40,8 @@ def student_loss(model: Student, config: dict[str, Any]) -> StudentTrain:
             # The student starts in the teacher's item space (a resumed run loads its checkpoint over it).
             model.items.load_state_dict(teacher.items.state_dict())
     return StudentTrain(model, teacher, temperature=config["temperature"], alpha=config["alpha"],
-                        mask_history=TrainConfig.model_validate(config["train"]).mask_history)
+                        mask_history=TrainConfig.model_validate(config["train"]).mask_history,
+                        sampler=negative_sampler(model, config))
 
 
 def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, cfg: StudentConfig,

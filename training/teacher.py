@@ -15,7 +15,7 @@ import torch
 
 from distilrec.config import TeacherConfig, TrainConfig
 from distilrec.data import Split
-from distilrec.losses import TeacherTrain
+from distilrec.losses import NegativeSampler, TeacherTrain, item_counts
 from distilrec.models import Teacher
 from training.loop import TrainOutput, fit
 
@@ -26,8 +26,20 @@ def build_teacher(config: dict[str, Any]) -> Teacher:
                    torch.from_numpy(emb.copy()) if emb is not None else None)
 
 
+def negative_sampler(model: Teacher, config: dict[str, Any]) -> NegativeSampler | None:
+    """The sampled softmax's sampler for ``model``'s catalogue when the run's ``TrainConfig`` asks for one
+    (:meth:`TrainConfig.sampled`), over the training sequences' item counts; else None (full softmax)."""
+    tc = TrainConfig.model_validate(config["train"])
+    n_items = model.cfg.n_items
+    if not tc.sampled(n_items):
+        return None
+    return NegativeSampler(item_counts(config["train_seqs"], n_items), tc.negatives, tc.sampler,
+                           in_batch=tc.in_batch_negatives)
+
+
 def teacher_loss(model: Teacher, config: dict[str, Any]) -> TeacherTrain:
-    return TeacherTrain(model, mask_history=TrainConfig.model_validate(config["train"]).mask_history)
+    return TeacherTrain(model, mask_history=TrainConfig.model_validate(config["train"]).mask_history,
+                        sampler=negative_sampler(model, config))
 
 
 def train_teacher(split: Split, text_emb: np.ndarray | None, cfg: TeacherConfig, train: TrainConfig,
