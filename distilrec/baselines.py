@@ -42,6 +42,15 @@ class Popularity:
         return np.broadcast_to(self.counts, (len(histories), len(self.counts)))
 
 
+class CatalogueTooLarge(ValueError):
+    """EASE was asked to fit a catalogue above its configured item limit (its ``(N, N)`` matrices)."""
+
+
+def ease_bytes(n_items: int) -> int:
+    """Peak memory of :meth:`EASE.fit` for ``n_items``: about four ``(N, N)`` float64 matrices at once."""
+    return 4 * 8 * n_items * n_items
+
+
 @dataclass
 class EASE:
     """``B = -P / diag(P)`` with ``P = (XᵀX + λI)⁻¹`` and a zero diagonal; scores are ``x_u B``."""
@@ -50,7 +59,12 @@ class EASE:
     lam: float
 
     @classmethod
-    def fit(cls, histories: Sequence[np.ndarray], n_items: int, lam: float) -> "EASE":
+    def fit(cls, histories: Sequence[np.ndarray], n_items: int, lam: float, max_items: int | None = None) -> "EASE":
+        """Fit on ``histories``; :class:`CatalogueTooLarge` when ``n_items > max_items`` (None: no limit)."""
+        if max_items is not None and n_items > max_items:
+            raise CatalogueTooLarge(
+                f"EASE refused: {n_items:,} items is above its limit of {max_items:,} (ease_max_items); its "
+                f"items × items matrices would take about {ease_bytes(n_items) / 2 ** 30:,.1f} GiB")
         x = interaction_matrix(histories, n_items)
         g = torch.from_numpy((x.T @ x).toarray().astype(np.float64))
         g.diagonal().add_(lam)

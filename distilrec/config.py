@@ -132,6 +132,12 @@ class PipelineConfig(_Strict):
     teacher_train: TrainConfig = TrainConfig()
     distill: DistillConfig = DistillConfig()
     student_without_teacher: bool = Field(True, description="also train the student alone, to show the gain")
+    ease_max_items: int = Field(20_000, gt=0, description="largest catalogue that EASE is fitted on (its items × "
+                                "items matrices take about 32 · items² bytes); above it EASE is skipped and the "
+                                "report says so (report['skipped']); Popularity is always reported")
+    val_max_users: int = Field(10_000, ge=5_000, description="validation (early stopping, EASE's λ) reads at most "
+                               "this many users: with more, a fixed random sample of them (seed 0), the same for "
+                               "every epoch and model (report['validation']); the test reads every user")
 
 
 def cache_home() -> Path:

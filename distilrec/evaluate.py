@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from distilrec.baselines import EASE, EASE_LAMBDAS, Popularity
+from distilrec.baselines import EASE, EASE_LAMBDAS, CatalogueTooLarge, Popularity
 from distilrec.data import Dataset, Split
 from distilrec.metrics import evaluate_ranks, evaluate_scores, model_score_fn, paired_ratio, target_ranks
 from distilrec.models import count_params, native_cpu_kernels
@@ -25,16 +25,28 @@ COMPARISONS = (("teacher", "ease"), ("student", "teacher"), ("student", "student
 
 
 def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EASE_LAMBDAS,
-                       ranks: dict[str, np.ndarray] | None = None) -> dict[str, dict]:
-    """Popularity and EASE on the test targets; EASE's λ is chosen on validation. When ``ranks`` is
-    given, each model's per-user test ranks are put in it under the model's name (for
-    :func:`compare_models`)."""
+                       ranks: dict[str, np.ndarray] | None = None, ease_max_items: int | None = None,
+                       val_users: np.ndarray | None = None, skipped: dict[str, str] | None = None) -> dict[str, dict]:
+    """Popularity and EASE on the test targets; EASE's λ is chosen on validation (of the users
+    ``val_users``, :meth:`Split.val_sample`; None: every user). When ``ranks`` is given, each model's
+    per-user test ranks are put in it under the model's name (for :func:`compare_models`).
+
+    Above ``ease_max_items`` items EASE is not fitted (:class:`distilrec.baselines.CatalogueTooLarge`):
+    it is left out of the result and its reason put in ``skipped["ease"]``. Popularity is always there."""
     test_h, test_t = split.histories("test"), split.targets("test")
     ranks = {} if ranks is None else ranks
     ranks["popularity"] = target_ranks(Popularity.fit(test_h, n_items).score, test_h, test_t)
     out = {"popularity": {**evaluate_ranks(ranks["popularity"]), **_no_cost()}}
-    val = {lam: evaluate_scores(EASE.fit(split.train, n_items, lam).score, split.train, split.val_target)["ndcg@10"]
-           for lam in lambdas}
+    val_h, val_t = split.train, split.val_target
+    if val_users is not None:
+        val_h, val_t = [split.train[u] for u in val_users], val_t[val_users]
+    try:
+        val = {lam: evaluate_scores(EASE.fit(split.train, n_items, lam, ease_max_items).score, val_h, val_t)["ndcg@10"]
+               for lam in lambdas}
+    except CatalogueTooLarge as e:
+        if skipped is not None:
+            skipped["ease"] = str(e)
+        return out
     best = max(val, key=val.get)
     ranks["ease"] = target_ranks(EASE.fit(test_h, n_items, best).score, test_h, test_t)
     out["ease"] = {**evaluate_ranks(ranks["ease"]), **_no_cost(), "lambda": best}

@@ -19,16 +19,23 @@ import torch
 
 
 def rank_of_targets(scores: np.ndarray, histories: Sequence[Sequence[int]], targets: np.ndarray) -> np.ndarray:
-    """0-based rank of each target among the items outside its user's history. ``scores (B, N)``."""
-    s = np.array(scores, dtype=np.float64, copy=True)
-    for i, h in enumerate(histories):
-        h = np.asarray(h, dtype=np.int64)
-        s[i, h[h != targets[i]]] = -np.inf
+    """0-based rank of each target among the items outside its user's history. ``scores (B, N)``.
+
+    The scores are read, never copied: the items ahead of the target are counted over the whole row,
+    then those in the history (less the target) are taken off, so a chunk costs a few ``(B, N)``
+    boolean arrays beside its scores."""
+    s = np.asarray(scores)
+    targets = np.asarray(targets, dtype=np.int64)
     rows = np.arange(len(targets))
     t = s[rows, targets][:, None]
-    n = s.shape[1]
-    before = np.arange(n)[None, :] < targets[:, None]
-    return ((s > t) | ((s == t) & before)).sum(1)
+    before = np.arange(s.shape[1])[None, :] < targets[:, None]
+    ahead = s > t
+    ahead |= (s == t) & before
+    ranks = ahead.sum(1)
+    for i, h in enumerate(histories):
+        h = np.unique(np.asarray(h, dtype=np.int64))
+        ranks[i] -= ahead[i, h[h != targets[i]]].sum()
+    return ranks
 
 
 def user_ndcg(ranks: np.ndarray, k: int = 10) -> np.ndarray:
@@ -48,14 +55,21 @@ def target_ranks(
     targets: np.ndarray,
     batch_size: int = 256,
     times: Sequence[np.ndarray] | None = None,
+    chunk_scores: int = 1 << 24,
 ) -> np.ndarray:
-    """Score users in batches with ``score_fn(histories) -> (B, N)`` (``score_fn(histories, times)``
-    when ``times`` aligned with the histories are given); return each user's :func:`rank_of_targets`."""
-    ranks = []
-    for start in range(0, len(histories), batch_size):
-        h = list(histories[start:start + batch_size])
-        scores = score_fn(h) if times is None else score_fn(h, list(times[start:start + batch_size]))
-        ranks.append(rank_of_targets(scores, h, targets[start:start + batch_size]))
+    """Score users in chunks with ``score_fn(histories) -> (B, N)`` (``score_fn(histories, times)``
+    when ``times`` aligned with the histories are given); return each user's :func:`rank_of_targets`.
+
+    A chunk holds at most ``batch_size`` users and at most ``chunk_scores`` scores (the first chunk,
+    one user, tells the catalogue's size), so memory stays bounded whatever the catalogue: about
+    ``chunk_scores × (4 + 3)`` bytes of scores and masks, 117 MiB by default."""
+    ranks, start, size = [], 0, 1
+    while start < len(histories):
+        h = list(histories[start:start + size])
+        scores = score_fn(h) if times is None else score_fn(h, list(times[start:start + size]))
+        ranks.append(rank_of_targets(scores, h, targets[start:start + size]))
+        start += size
+        size = max(1, min(batch_size, chunk_scores // max(1, np.shape(scores)[1])))
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
 
 

@@ -22,7 +22,7 @@ from distilrec.data import Split
 from distilrec.losses import StudentTrain
 from distilrec.models import Student, Teacher
 from training.loop import TrainOutput, fit
-from training.teacher import negative_sampler
+from training.teacher import negative_sampler, validation_subset
 
 
 def build_student(config: dict[str, Any]) -> Student:
@@ -45,8 +45,10 @@ def student_loss(model: Student, config: dict[str, Any]) -> StudentTrain:
 
 
 def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, cfg: StudentConfig,
-            train: DistillConfig, storage_path: str, name: str = "student") -> TrainOutput:
-    """Train the student; with ``teacher=None`` the same student learns from the true next item alone."""
+            train: DistillConfig, storage_path: str, name: str = "student",
+            val_users: np.ndarray | None = None) -> TrainOutput:
+    """Train the student; with ``teacher=None`` the same student learns from the true next item alone.
+    Validation reads the users ``val_users`` (None: every user)."""
     return fit(
         name, build_student, student_loss, TrainConfig.model_validate(
             train.model_dump(exclude={"temperature", "alpha", "init_from_teacher"})),
@@ -56,5 +58,6 @@ def distill(split: Split, text_emb: np.ndarray | None, teacher: Teacher | None, 
                "teacher": model_to_bytes(teacher) if teacher is not None else None,
                # The batch carries the teacher's whole reach, so that it scores the student's positions
                # with all the history it was trained on.
-               "context_len": max(cfg.max_len, teacher.cfg.max_len if teacher is not None else 0)},
+               "context_len": max(cfg.max_len, teacher.cfg.max_len if teacher is not None else 0),
+               **validation_subset(split, val_users)},
     )

@@ -34,6 +34,7 @@ from rich.console import Console
 from distilrec.artifacts import ItemTable, write_artifact
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig, cache_home
 from distilrec.data import Dataset, Split, load_dataset
+from distilrec.resources import PeakMemory
 from distilrec.evaluate import (
     build_report, compare_models, comparison_lines, evaluate_baselines, evaluate_ranks, format_table, model_ranks,
     scoring_costs, time_line,
@@ -54,14 +55,18 @@ class StageClock:
         self.started = datetime.now(timezone.utc)
         self._t0 = time.perf_counter()
         self.stage_s: dict[str, float] = {}
+        self.peak_rss_mib: dict[str, dict] = {}  # per stage: this process's and its process tree's peak
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
+        peak = PeakMemory()
         try:
-            yield
+            with peak:
+                yield
         finally:
             self.stage_s[name] = round(time.perf_counter() - t0, 1)
+            self.peak_rss_mib[name] = peak.result()
 
     def total_s(self) -> float:
         return round(time.perf_counter() - self._t0, 1)
@@ -81,7 +86,7 @@ def run_summary(clock: StageClock, runs: dict[str, TrainOutput], resume: bool) -
     """``report["run"]``: when the call started, its seconds in all and by stage, and each training
     stage's epochs. With ``resume`` the seconds are this call's: a stage found finished takes little."""
     return {"started": clock.started.strftime("%Y-%m-%dT%H:%M:%SZ"), "resumed": resume,
-            "wall_s": clock.total_s(), "stage_s": dict(clock.stage_s),
+            "wall_s": clock.total_s(), "stage_s": dict(clock.stage_s), "peak_rss_mib": dict(clock.peak_rss_mib),
             "epochs": {name: epoch_summary(run) for name, run in runs.items()}}
 
 
@@ -268,10 +273,17 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     # before the baselines and Ray's start, so that a --resume that cannot continue is refused at once
     storage = training_storage(out, resume, run_identity(ds, cfg.encoder, text_dim, tcfg, scfg))
 
+    val_users = split.val_sample(cfg.val_max_users)  # None: validation reads every user
+    validation = {"users": ds.n_users if val_users is None else len(val_users), "of": ds.n_users,
+                  "sample_seed": None if val_users is None else 0}
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
     ranks: dict[str, np.ndarray] = {}  # each model's per-user test ranks, for the paired comparisons
+    skipped: dict[str, str] = {}  # a model left out, and why
     with clock.stage("baselines"):
-        models = evaluate_baselines(split, ds.n_items, ranks=ranks)
+        models = evaluate_baselines(split, ds.n_items, ranks=ranks, ease_max_items=cfg.ease_max_items,
+                                    val_users=val_users, skipped=skipped)
+    for name, why in skipped.items():
+        console.print(f"[bold]{name} skipped[/]: {why}")
 
     def evaluated(name: str, run: TrainOutput) -> None:
         """Test ``run``'s model: its per-user ranks, NDCG@10, HR@10 and best epoch under ``name``."""
@@ -283,19 +295,19 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
         check_gpus(cfg)
     console.print(f"[bold]teacher[/] {cfg.teacher_train.num_workers} Ray Train workers, {tcfg}")
     with clock.stage("teacher"):  # each training stage with its test evaluation
-        teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage)
+        teacher = train_teacher(split, text_emb, tcfg, cfg.teacher_train, storage, val_users=val_users)
         evaluated("teacher", teacher)
 
     console.print(f"[bold]distillation[/] student {scfg}")
     with clock.stage("student"):
-        student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage)
+        student = distill(split, text_emb, teacher.model, scfg, cfg.distill, storage, val_users=val_users)
         evaluated("student", student)
     runs = {"teacher": teacher, "student": student}
     if cfg.student_without_teacher:
         console.print("[bold]student without the teacher[/] (same architecture, true next item only)")
         with clock.stage("student_no_distill"):
             runs["student_no_distill"] = distill(split, text_emb, None, scfg, cfg.distill, storage,
-                                                 name="student_no_distill")
+                                                 name="student_no_distill", val_users=val_users)
             evaluated("student_no_distill", runs["student_no_distill"])
     curves = {name: run.history for name, run in runs.items()}
     console.print("[bold]scoring cost[/] 1,000 candidates on one CPU thread, the models timed in turns")
@@ -303,8 +315,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
         for name, cost in scoring_costs({name: run.model for name, run in runs.items()}).items():
             models[name].update(cost)
 
-    report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json())},
-                          comparisons=compare_models(ranks))
+    report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json()), "validation": validation,
+                                             "skipped": skipped}, comparisons=compare_models(ranks))
     items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
     with clock.stage("artifact"):
         report["artifact"] = write_artifact(

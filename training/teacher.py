@@ -42,8 +42,19 @@ def teacher_loss(model: Teacher, config: dict[str, Any]) -> TeacherTrain:
                         sampler=negative_sampler(model, config))
 
 
+def validation_subset(split: Split, users: np.ndarray | None) -> dict[str, Any]:
+    """The train loop's validation inputs (``val_histories``, ``val_targets``, ``val_times``) for the
+    users ``users`` (:meth:`Split.val_sample`); ``{}`` for every user, the loop's default."""
+    if users is None:
+        return {}
+    times = split.history_times("val")
+    return {"val_histories": [split.train[u] for u in users], "val_targets": split.val_target[users],
+            "val_times": None if times is None else [times[u] for u in users]}
+
+
 def train_teacher(split: Split, text_emb: np.ndarray | None, cfg: TeacherConfig, train: TrainConfig,
-                  storage_path: str, name: str = "teacher") -> TrainOutput:
-    """Train the teacher on ``split.train``; early stopping and checkpoint choice on validation."""
+                  storage_path: str, name: str = "teacher", val_users: np.ndarray | None = None) -> TrainOutput:
+    """Train the teacher on ``split.train``; early stopping and checkpoint choice on validation (of the
+    users ``val_users``; None: every user)."""
     return fit(name, build_teacher, teacher_loss, train, split, storage_path, text_emb,
-               extra={"model": cfg.model_dump()})
+               extra={"model": cfg.model_dump(), **validation_subset(split, val_users)})

@@ -141,6 +141,15 @@ class Split:
             times=list(ds.timestamps),
         )
 
+    def val_sample(self, max_users: int | None, seed: int = 0) -> np.ndarray | None:
+        """The users that validation reads when there are many: ``None`` (every user) when there are at
+        most ``max_users`` (or ``max_users`` is None), else ``max_users`` user indices drawn without
+        replacement, ascending, fixed by ``seed`` alone, so every epoch and every model reads the same."""
+        n = len(self.train)
+        if max_users is None or n <= max_users:
+            return None
+        return np.sort(np.random.default_rng(seed).choice(n, size=max_users, replace=False))
+
     def histories(self, stage: str) -> list[np.ndarray]:
         """The histories a model sees when it is evaluated on ``stage`` ("val" or "test")."""
         if stage == "val":

@@ -67,3 +67,11 @@ def test_ease_scores_are_history_times_b():
 
 def test_ease_lambda_grid_is_the_protocols():
     assert tuple(EASE_LAMBDAS) == (10.0, 50.0, 200.0, 500.0)
+
+
+def test_ease_refuses_a_catalogue_above_its_limit_with_the_reason():
+    from distilrec.baselines import CatalogueTooLarge
+
+    with pytest.raises(CatalogueTooLarge, match=r"EASE refused: 3 items is above its limit of 2 \(ease_max_items\)"):
+        EASE.fit(HIST, n_items=3, lam=1.0, max_items=2)
+    assert EASE.fit(HIST, n_items=3, lam=1.0, max_items=3).weights.shape == (3, 3)

@@ -113,3 +113,12 @@ def test_histories_val_is_train_and_test_is_train_plus_val_target(toy_dataset):
 def test_histories_unknown_stage_is_an_error(toy_dataset):
     with pytest.raises(ValueError, match="unknown stage"):
         Split.leave_one_out(toy_dataset).histories("train")
+
+
+def test_validation_sample_is_fixed_and_only_when_there_are_many_users():
+    split = Split(train=[np.arange(3)] * 50, val_target=np.arange(50), test_target=np.arange(50))
+    assert split.val_sample(None) is None and split.val_sample(50) is None
+    users = split.val_sample(20)
+    assert len(users) == len(set(users.tolist())) == 20 and (np.diff(users) > 0).all()
+    np.testing.assert_array_equal(users, split.val_sample(20))  # the same for every epoch and model
+    assert not np.array_equal(users, split.val_sample(20, seed=1))

@@ -166,3 +166,23 @@ def test_format_table_prints_every_model(small):
     assert "popularity" in text and "student" in text
     assert "0.0123" in text and "0.7500" in text and "12,345" in text
     assert f"{ds.n_users} users" in text
+
+
+def test_ease_above_its_item_limit_is_reported_as_skipped_and_popularity_stays(small):
+    ds, split = small
+    skipped: dict = {}
+    ranks: dict = {}
+    out = evaluate_baselines(split, ds.n_items, lambdas=(10.0,), ranks=ranks, ease_max_items=ds.n_items - 1,
+                             skipped=skipped)
+    assert set(out) == set(ranks) == {"popularity"}
+    assert skipped["ease"].startswith(f"EASE refused: {ds.n_items} items is above its limit")
+    assert out["popularity"] == evaluate_baselines(split, ds.n_items, lambdas=(10.0,))["popularity"]
+
+
+def test_ease_lambda_is_chosen_on_the_validation_sample(small):
+    ds, split = small
+    users = split.val_sample(10, seed=3)
+    out = evaluate_baselines(split, ds.n_items, lambdas=(10.0, 500.0), val_users=users)
+    val = {lam: evaluate_scores(EASE.fit(split.train, ds.n_items, lam).score, [split.train[u] for u in users],
+                                split.val_target[users])["ndcg@10"] for lam in (10.0, 500.0)}
+    assert out["ease"]["lambda"] == max(val, key=val.get)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from distilrec.metrics import evaluate_scores, model_score_fn, ndcg_hr, rank_of_targets
+from distilrec.metrics import evaluate_scores, model_score_fn, ndcg_hr, rank_of_targets, target_ranks
 
 
 SCORES = np.array([[0.5, 0.9, 0.5, 0.1, 0.5]])
@@ -70,7 +70,7 @@ def test_evaluate_scores_batches_and_matches_hand_value():
     # ranks: user0 target 2 -> 0; user1 15 -> 14 (item 5 removed); user2 9 -> 9;
     #        user3 12 -> 11; user4 1 -> 0
     out = evaluate_scores(score_fn, histories, targets, k=10, batch_size=2)
-    assert calls == [2, 2, 1]
+    assert calls == [1, 2, 2]  # the first chunk, one user, tells the catalogue's size
     assert set(out) == {"ndcg@10", "hr@10"}
     expected_ndcg = (1.0 + 0.0 + 1.0 / math.log2(11) + 0.0 + 1.0) / 5
     assert out["ndcg@10"] == pytest.approx(expected_ndcg)
@@ -122,3 +122,36 @@ def test_paired_ratio_refuses_different_users_and_says_when_b_scores_nothing():
         paired_ratio(np.zeros(5, int), np.zeros(6, int))
     out = paired_ratio(np.zeros(4, int), np.full(4, 50))  # b never hits the top 10
     assert out["ratio"] is None and out["low"] is None and out["high"] is None
+
+
+def _ranks_in_memory(scores, histories, targets):
+    """The ranking by its definition, all users at once: history scores set to -inf, then a stable
+    descending sort (the lower row first among equal scores)."""
+    s = np.array(scores, dtype=np.float64, copy=True)
+    for i, h in enumerate(histories):
+        h = np.asarray(h, dtype=np.int64)
+        s[i, h[h != targets[i]]] = -np.inf
+    order = np.argsort(-s, axis=1, kind="stable")
+    return np.argmax(order == np.asarray(targets)[:, None], axis=1)
+
+
+def test_chunked_ranking_equals_the_in_memory_one():
+    rng = np.random.default_rng(0)
+    users, n_items = 37, 50
+    # rounded scores: many ties, which the rows' order must break the same way in both
+    scores = np.round(rng.normal(size=(users, n_items)), 1).astype(np.float32)
+    histories = [rng.choice(n_items, size=rng.integers(0, 12), replace=True) for _ in range(users)]
+    targets = rng.integers(0, n_items, size=users)
+    histories[0] = np.append(histories[0], targets[0])  # a target that recurs in its own history
+    calls = []
+
+    def score_fn(h):
+        start = sum(calls)
+        calls.append(len(h))
+        return scores[start:start + len(h)]
+
+    want = _ranks_in_memory(scores, histories, targets)
+    got = target_ranks(score_fn, histories, targets, chunk_scores=3 * n_items)
+    assert calls == [1] + [3] * 12  # chunks of chunk_scores // n_items users
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(rank_of_targets(scores, histories, targets), want)

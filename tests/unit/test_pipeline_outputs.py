@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import fsspec
 import pytest
@@ -100,6 +101,21 @@ def test_the_run_summary_times_each_stage_and_sums_up_the_epochs():
         "teacher": {"trained": 3, "best": 1, "best_val_ndcg@10": 0.3, "median_epoch_s": 5.0, "bf16_epochs": 0},
         "student": {"trained": 2, "best": 0, "best_val_ndcg@10": 0.2, "median_epoch_s": 2.5, "bf16_epochs": 1}}
     assert run["resumed"] is False and run["started"].endswith("Z")
+    assert list(run["peak_rss_mib"]) == ["baselines", "teacher"]  # each stage's peak memory, failed ones too
+    assert all(m["process_mib"] > 0 for m in run["peak_rss_mib"].values())
+
+
+def test_each_stage_reports_its_own_peak_memory():
+    clock = StageClock()
+    with clock.stage("big"):
+        block = bytearray(96 * 2 ** 20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    del block
+    with clock.stage("small"):
+        pass
+    big, small = clock.peak_rss_mib["big"], clock.peak_rss_mib["small"]
+    assert big["process_mib"] >= small["process_mib"] + 64 or not Path("/proc/self/clear_refs").exists()
+    assert big["tree_mib"] is None or big["tree_mib"] >= big["process_mib"] - 1
 
 
 def test_the_time_line_gives_minutes_for_long_stages_and_seconds_for_short_ones():
