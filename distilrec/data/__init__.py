@@ -3,7 +3,10 @@
 ``load_dataset(spec)`` understands ``KIND:ARGS``, where ARGS is a comma-separated list:
 
 - ``synthetic`` or ``synthetic:users=5000,items=2000,seed=0`` (also ``min_len``, ``max_len``,
-  ``p_series``, ``p_topic``)
+  ``p_series``, ``p_topic``); above 50,000 users or items (or with ``chunked=1``) generated in chunks of
+  users as Parquet under ``$DISTILREC_DATA_DIR/synthetic/`` (once) and read columnar, so
+  ``synthetic:users=200000,items=1000000,min_len=50,max_len=150`` fits in bounded memory. See
+  :mod:`distilrec.data.synthetic`.
 - ``movielens:PATH[,skip_bad_rows=1]``: a MovieLens folder, detected by its files: ml-latest-small /
   ml-25m (``ratings.csv``, ``movies.csv``, ``tags.csv``), ml-1m (``::`` separated ``.dat``, latin-1),
   ml-100k (``u.data`` + ``u.item``, latin-1). See :mod:`distilrec.data.movielens`.
@@ -41,7 +44,7 @@ from distilrec.data.tables import BadRowError, OnBadRows
 __all__ = ["BadRowError", "Dataset", "Split", "load_dataset"]
 
 _SYNTHETIC_KEYS = {"users": int, "items": int, "seed": int, "min_len": int, "max_len": int,
-                   "p_series": float, "p_topic": float}
+                   "p_series": float, "p_topic": float, "chunked": int}
 _FLAGS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 _OPTION = re.compile(r"^([A-Za-z_]+)=(.*)$")
 _KINDS = "'synthetic[:k=v,...]', 'movielens:PATH[,skip_bad_rows=1]' or 'files:interactions=PATH[,items=PATH]'"
@@ -72,7 +75,7 @@ def load_dataset(spec: str) -> Dataset:
                 kwargs[key] = _SYNTHETIC_KEYS[key](value)
             except ValueError:
                 raise ValueError(f"synthetic option {key}={value!r} is not a number") from None
-        return synthetic.generate(**kwargs)
+        return synthetic.load(**kwargs)
     if kind == "movielens":
         return _movielens(spec, rest)
     if kind == "files":

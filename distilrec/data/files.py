@@ -39,6 +39,8 @@ from __future__ import annotations
 import os
 from pathlib import PurePosixPath
 
+import fsspec
+import numpy as np
 import pandas as pd
 
 from distilrec.data import tables
@@ -51,8 +53,19 @@ FIRST_ATTRIBUTES = ("genres", "tags")
 
 def load(interactions: str | os.PathLike, items: str | os.PathLike | None = None,
          on_bad_rows: OnBadRows = "error", name: str | None = None) -> Dataset:
-    """Load the generic format; ``name`` defaults to ``files:<interactions file stem>``."""
+    """Load the generic format; ``name`` defaults to ``files:<interactions file stem>``.
+
+    A Parquet interactions file whose ``user_id`` and ``item_id`` columns are integers is read
+    columnar (:func:`read_integer_interactions`, :meth:`Dataset.from_codes`): no Python object per
+    row, so tens of millions of interactions fit in a few hundred MiB."""
     tables.check_on_bad_rows(on_bad_rows)
+    stem = PurePosixPath(str(interactions)).name.split(".")[0]
+    columns = read_integer_interactions(str(interactions))
+    if columns is not None:
+        item_text, skipped = _item_texts(str(items), on_bad_rows) if items is not None else ({}, 0)
+        ds = Dataset.from_codes(name or f"files:{stem}", *columns, item_text)
+        ds.skipped_rows = skipped
+        return ds
     rows = tables.read_table(str(interactions), required=INTERACTION_COLUMNS, as_text=["user_id", "item_id"],
                              on_bad_rows=on_bad_rows)
     rows.drop_bad([
@@ -66,11 +79,53 @@ def load(interactions: str | os.PathLike, items: str | os.PathLike | None = None
         item_text, skipped_items = _item_texts(str(items), on_bad_rows)
         skipped += skipped_items
     frame = rows.frame
-    stem = PurePosixPath(str(interactions)).name.split(".")[0]
     ds = Dataset.from_interactions(name or f"files:{stem}", frame["user_id"], frame["item_id"],
                                    frame["timestamp"].to_numpy(), item_text)
     ds.skipped_rows = skipped
     return ds
+
+
+def read_integer_interactions(path: str, batch_rows: int = 1 << 20) -> tuple[np.ndarray, ...] | None:
+    """``(user_id (M,) int32|int64, item_id (M,) int32, timestamp (M,) int64)`` of a Parquet file whose id
+    columns are integers (and its timestamps integers or Parquet timestamps, read as Unix seconds), read
+    a batch of ``batch_rows`` rows at a time into arrays allocated once; None for any other file (CSV,
+    text ids), which the row-checked path reads. A missing value or an item id outside 0 .. 2³¹ - 1
+    raises ``ValueError`` naming the file."""
+    if not PurePosixPath(path).name.lower().endswith((".parquet", ".pq")):
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables.require_file(path)
+    with fsspec.open(path, "rb") as f:
+        try:
+            pf = pq.ParquetFile(f)
+        except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+            raise ValueError(f"{path}: cannot read as Parquet ({err})") from None
+        schema = pf.schema_arrow
+        missing = [c for c in INTERACTION_COLUMNS if c not in schema.names]
+        if missing or not all(pa.types.is_integer(schema.field(c).type) for c in ("user_id", "item_id")):
+            return None
+        stamp = schema.field("timestamp").type
+        if not (pa.types.is_integer(stamp) or pa.types.is_timestamp(stamp)):
+            return None
+        n = pf.metadata.num_rows
+        user_type = np.int32 if schema.field("user_id").type.bit_width <= 32 else np.int64
+        out = (np.empty(n, dtype=user_type), np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int64))
+        at = 0
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(INTERACTION_COLUMNS)):
+            k = batch.num_rows
+            for column, array in zip(batch.columns, out):
+                if column.null_count:
+                    raise ValueError(f"{path}: missing values in an integer id or timestamp column")
+                if pa.types.is_timestamp(column.type):  # unix seconds, as the row-checked path reads them
+                    column = column.cast(pa.timestamp("s", tz=column.type.tz)).cast(pa.int64())
+                values = column.to_numpy()
+                if array.dtype == np.int32 and len(values) and (values.min() < 0 or values.max() >= 2 ** 31):
+                    raise ValueError(f"{path}: item ids must lie in 0 .. 2**31 - 1 when they are integers")
+                array[at:at + k] = values
+            at += k
+    return out
 
 
 def _item_texts(path: str, on_bad_rows: OnBadRows) -> tuple[dict[str, tuple[str, str]], int]:

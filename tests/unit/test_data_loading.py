@@ -506,3 +506,25 @@ def test_real_ml_latest_small_has_no_bad_rows(ml_small):
     ds = movielens.load(ml_small)
     assert ds.skipped_rows == 0
     assert np.all([np.all(np.diff(t) >= 0) for t in ds.timestamps])
+
+
+def test_integer_parquet_is_read_columnar_as_the_row_checked_path_reads_it(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"user_id": rng.integers(0, 40, 600).astype(np.int32),
+                          "item_id": rng.integers(0, 90, 600).astype(np.int32),
+                          "timestamp": rng.integers(0, 50, 600)})  # many ties: the file's order must hold
+    frame.to_parquet(tmp_path / "i.parquet", row_group_size=100)
+    pd.DataFrame({"item_id": np.arange(90), "title": [f"t{i}" for i in range(90)],
+                  "genres": ["a|b"] * 90}).to_parquet(tmp_path / "items.parquet")
+    columns = files.read_integer_interactions(str(tmp_path / "i.parquet"), batch_rows=64)
+    assert [c.dtype for c in columns] == [np.int32, np.int32, np.int64]
+    fast = files.load(tmp_path / "i.parquet", tmp_path / "items.parquet")
+    frame.astype({"user_id": str, "item_id": str}).to_csv(tmp_path / "i.csv", index=False)
+    pd.read_parquet(tmp_path / "items.parquet").astype({"item_id": str}).to_csv(tmp_path / "items.csv", index=False)
+    checked = files.load(tmp_path / "i.csv", tmp_path / "items.csv")
+    assert _seqs(fast) == _seqs(checked) and fast.n_items == checked.n_items
+    assert {u: t.tolist() for u, t in zip(fast.user_ids, fast.timestamps)} == \
+        {u: t.tolist() for u, t in zip(checked.user_ids, checked.timestamps)}
+    assert _text(fast, "5") == _text(checked, "5") == "t5. genres: a, b"
+    assert fast.user_ids == sorted(fast.user_ids, key=int)  # users in ascending id order
+    assert files.read_integer_interactions(str(tmp_path / "i.csv")) is None
