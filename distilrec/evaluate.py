@@ -17,6 +17,7 @@ from distilrec.baselines import EASE, EASE_LAMBDAS, CatalogueTooLarge, Popularit
 from distilrec.data import Dataset, Split
 from distilrec.metrics import evaluate_ranks, evaluate_scores, model_score_fn, paired_ratio, target_ranks
 from distilrec.models import count_params, native_cpu_kernels
+from distilrec.stats import percentile
 
 MODEL_ORDER = ("popularity", "ease", "teacher", "student", "student_no_distill")
 
@@ -90,7 +91,8 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     """Parameters, MACs per candidate, and the milliseconds each model takes on one CPU thread to score
     full-length histories (timestamps a minute to an hour apart) against the same ``n_candidates``
     random candidates: p50 and p99 of one request alone (``runs`` timed runs after warm-up), and the
-    p50 time per request when ``batch`` requests are scored together (``runs // 4`` timed runs).
+    p50 time per request when ``batch`` requests are scored together (``runs // 4`` timed runs); the
+    percentiles by nearest rank (:func:`distilrec.stats.percentile`).
 
     Models are timed in turns, ``block`` requests at a time (model a's block, then b's, a's, …), so
     that a slower or busier stretch of a shared machine falls on all of them alike and their ratio
@@ -137,9 +139,9 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     return {name: {
         "params": count_params(model),
         "macs_per_candidate": round(float(model.macs_per_candidate(n_candidates)), 1),
-        "score_ms_p50_1000": round(float(np.percentile(times[name], 50)), 4),
-        "score_ms_p99_1000": round(float(np.percentile(times[name], 99)), 4),
-        "score_ms_per_request_batched": round(float(np.percentile(batched[name], 50)), 4),
+        "score_ms_p50_1000": round(percentile(times[name], 50), 4),
+        "score_ms_p99_1000": round(percentile(times[name], 99), 4),
+        "score_ms_per_request_batched": round(percentile(batched[name], 50), 4),
     } for name, model in models.items()}
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from distilrec.stats import percentile
+
 VARIANTS = ("ray-defaults", "grpc", "haproxy")
 HOPS = (0, 1, 3)
 NO_OP = "bare, 0 handle calls"
@@ -57,8 +59,9 @@ def variant_env(name: str) -> dict[str, str]:
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
-    return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p99_ms": round(float(np.percentile(ms, 99)), 3), "mean_ms": round(float(np.mean(ms)), 3)}
+    """Count, nearest-rank p50 and p99 (:func:`distilrec.stats.percentile`) and mean of ``ms``."""
+    return {"n": len(ms), "p50_ms": round(percentile(ms, 50), 3), "p99_ms": round(percentile(ms, 99), 3),
+            "mean_ms": round(float(np.mean(ms)), 3)}
 
 
 def _time(client, n: int, warmup: int, send) -> dict[str, float]:
