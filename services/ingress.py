@@ -14,12 +14,13 @@
     GET  /healthz       the process is alive
     GET  /readyz        the model is loaded, the scorer answers and the event store can be read
 
-A known user's request makes no handle call: the replica reads the user's history (artifact + event
-store, off the event loop), scores it with the model in process (``@serve.batch`` on
-:meth:`Ingress.score_inline`: concurrent requests on a replica become one tensor batch), ranks and
-answers (:mod:`distilrec.serving`). With ``scorer: deployment`` the scoring step is one typed handle call
-to the Scorer deployment instead (a model that needs hardware or scaling of its own). The TextEncoder
-deployment embeds new items' text and a request's ``query``.
+A known user's request makes no handle call: ``POST /v1/recommend`` skips FastAPI's routing (see
+:class:`_App`); the requests waiting on a replica together (``@serve.batch`` on
+:meth:`Ingress.score_batch`) share one trip to a store thread for their histories (artifact + event
+store, off the event loop) and one tensor batch of the model in process; each is then ranked and
+answered (:mod:`distilrec.serving`). With ``scorer: deployment`` the scoring step of a batch is one typed
+handle call to the Scorer deployment instead (a model that needs hardware or scaling of its own). The
+TextEncoder deployment embeds new items' text and a request's ``query``.
 
 Every step has a deadline (``deadline_ms`` in the ingress's ``user_config``). When scoring fails, is too
 slow or is overloaded, the answer comes from the co-occurrence / popularity ranking with
@@ -36,7 +37,6 @@ which the replicas' JSON logs carry as ``request_id``. Every error is JSON ``{"e
 import asyncio
 import hmac
 import logging
-import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -425,13 +425,12 @@ class _Job:
 class _Scored:
     """A request's history (``feats``, read from ``bundle``) and, scored in process, its candidates
     (``result``; ``None`` when there was nothing to score or ``failure`` says why: ``scorer_timeout`` |
-    ``scorer_error``). ``sync``: the store's sync state the history was read at (for a Scorer deployment)."""
+    ``scorer_overloaded`` | ``scorer_error``)."""
 
     bundle: ServingBundle
     feats: Features
     result: ScoreResult | None
     failure: str | None
-    sync: tuple | None = None
 
 
 @serve.deployment
@@ -485,9 +484,9 @@ class Ingress:
         for stage, ms in (config.get("deadline_ms") or {}).items():
             self.deadlines_ms[stage] = float(ms)
         if "max_batch_size" in config:
-            self.score_inline.set_max_batch_size(max(1, int(config["max_batch_size"])))
+            self.score_batch.set_max_batch_size(max(1, int(config["max_batch_size"])))
         if "batch_wait_timeout_s" in config:
-            self.score_inline.set_batch_wait_timeout_s(max(0.0, float(config["batch_wait_timeout_s"])))
+            self.score_batch.set_batch_wait_timeout_s(max(0.0, float(config["batch_wait_timeout_s"])))
         if "candidates" in config:
             self.candidates = max(1, int(config["candidates"]))
         if "default_k" in config:
@@ -537,13 +536,6 @@ class Ingress:
         self.state.sync(sync)
         return True, sync
 
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.0, max_concurrent_batches=STORE_THREADS)
-    async def features(self, requests: list[tuple[str | None, list[str]]]
-                       ) -> list[tuple[ServingBundle, Features, tuple | None]]:
-        """``(user_id, request history)`` → ``(bundle, features, sync state)``: the requests that reached
-        this replica together share one trip to a store thread and one sync read (off the event loop)."""
-        return await asyncio.get_running_loop().run_in_executor(self.io, self._features, requests)
-
     def _features(self, requests: list[tuple[str | None, list[str]]]) -> list[tuple[ServingBundle, Features, tuple | None]]:
         """Runs on a store thread: sync once, then each user's history, all from one bundle."""
         ok, sync = self._sync()
@@ -571,15 +563,16 @@ class Ingress:
             self.reflected.popitem(last=False)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
-    async def score_inline(self, jobs: list[_Job]) -> list[_Scored]:
-        """In-process: the requests that reached this replica's queue together share one trip to a store
-        thread (their histories, one sync read) and one tensor batch of the model (``max_batch_size`` /
-        ``batch_wait_timeout_s`` in ``user_config``; 1 = no batching). A store read past the ``features``
-        deadline is answered without the stored events; a model step past ``score`` from the fallback."""
+    async def score_batch(self, jobs: list[_Job]) -> list[_Scored]:
+        """The requests that reached this replica's queue together share one trip to a store thread
+        (their histories, one sync read) and one scoring step: one tensor batch of the model in process,
+        or one handle call to the Scorer deployment (``max_batch_size`` / ``batch_wait_timeout_s`` in
+        ``user_config``; 1 = no batching). A store read past the ``features`` deadline is answered without
+        the stored events; a scoring step past ``score``, or failing, from the co-occurrence fallback."""
         self.batch_size.observe(len(jobs))
         try:
             read = await self._in_thread("features", self._features, [(j.user_id, j.history) for j in jobs])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("reading the users' histories took too long; answering from the artifact's and the "
                         "requests' histories")
             b = self.state.bundle
@@ -590,43 +583,43 @@ class Ingress:
         results: list[ScoreResult | None] = [None] * len(jobs)
         failure = None
         if todo:
-            t0 = time.perf_counter()
             try:
-                if b.scorer is None:  # cannot happen with scorer: inline; a clear error, not AttributeError
-                    raise RuntimeError("this replica has no in-process model")
-                for (i, _), res in zip(todo, b.scorer.score([r for _, r in todo])):
+                scored = await self._score([r for _, r in todo], b)
+                for (i, _), res in zip(todo, scored):
                     results[i] = res
             except Exception as e:  # noqa: BLE001 - these requests fall back to the co-occurrence ranking
-                log.warning("scoring failed (%s)", type(e).__name__)
-                failure = "scorer_error"
-            ms = (time.perf_counter() - t0) * 1000
-            self.stage.observe(ms, tags={"stage": "score"})
-            if failure is None and ms > self.deadlines_ms["score"]:
-                failure = "scorer_timeout"  # the answers are late: the requests fall back
-        scored = {i for i, _ in todo}
-        return [_Scored(b, f, res, failure if i in scored else None)
+                failure = ("scorer_timeout" if isinstance(e, TimeoutError) else
+                           "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
+                log.warning("scoring failed (%s: %s)", failure, type(e).__name__)
+        done = {i for i, _ in todo}
+        return [_Scored(b, f, res, failure if i in done else None)
                 for i, ((_, f, _), res) in enumerate(zip(read, results))]
 
+    async def _score(self, requests: list[ScoreRequest], b: ServingBundle) -> list[ScoreResult]:
+        """One scoring step within the ``score`` deadline (``TimeoutError`` past it): in process, a
+        model step that ends late is refused too (it cannot be interrupted)."""
+        if not self.inline:
+            return await self._timed("score", self.scorer.score.remote(requests))
+        if b.scorer is None:  # cannot happen with scorer: inline; a clear error, not AttributeError
+            raise RuntimeError("this replica has no in-process model")
+        t0 = time.perf_counter()
+        out = b.scorer.score(requests)
+        ms = (time.perf_counter() - t0) * 1000
+        self.stage.observe(ms, tags={"stage": "score"})
+        if ms > self.deadlines_ms["score"]:
+            raise TimeoutError(f"the model took {ms:.1f} ms")
+        return out
+
     async def _read_and_score(self, req: RecommendRequest, n: int) -> _Scored:
-        """``score_inline`` for one request, its wait bounded by the ``features`` + ``score`` deadlines
+        """``score_batch`` for one request, its wait bounded by the ``features`` + ``score`` deadlines
         (an overloaded replica's queue: the fallback answers from the artifact's and the request's history)."""
         try:
             async with asyncio.timeout((self.deadlines_ms["features"] + self.deadlines_ms["score"]) / 1000):
-                return await self.score_inline(_Job(req.user_id, list(req.history), tuple(req.exclude), n))
-        except asyncio.TimeoutError:
+                return await self.score_batch(_Job(req.user_id, list(req.history), tuple(req.exclude), n))
+        except TimeoutError:
             b = self.state.bundle
             return _Scored(b, user_features(b, None, req.user_id, req.history, store_ok=False), None,
                            "scorer_timeout")
-
-    async def _read(self, req: RecommendRequest) -> _Scored:
-        """The user's history for a Scorer deployment to score (the ``features`` batch)."""
-        try:
-            b, feats, sync = await self._timed("features", self.features((req.user_id, list(req.history))))
-        except asyncio.TimeoutError:
-            log.warning("reading the user's history took too long; answering from the request's history")
-            b = self.state.bundle
-            feats, sync = user_features(b, None, req.user_id, req.history, store_ok=False), None
-        return _Scored(b, feats, None, None, sync)
 
     def _degrade(self, reasons: list[str]) -> None:
         for r in reasons:
@@ -677,7 +670,7 @@ class Ingress:
         div = self.diversity if req.diversity is None else req.diversity
         filters = req.filters or None
         n = candidates_wanted(self.candidates, k, bool(filters))
-        step = await (self._read_and_score(req, n) if self.inline else self._read(req))
+        step = await self._read_and_score(req, n)
         b, feats = step.bundle, step.feats
         cat = b.catalog
         if feats.unknown_items:
@@ -697,14 +690,6 @@ class Ingress:
                                      self.query_weight) if qvec is not None else popular(cat, req.exclude, k, filters))
             return self._answer(items, b.version, reasons, cold_start=True)
         result, failure = step.result, step.failure
-        if not self.inline:
-            score_req = ScoreRequest(tuple(history), tuple(feats.timestamps), n, step.sync, tuple(req.exclude))
-            try:
-                result = await self._timed("score", self.scorer.score.remote(score_req))
-            except Exception as e:  # noqa: BLE001 - any scoring failure falls back to the cheap ranking
-                failure = ("scorer_timeout" if isinstance(e, asyncio.TimeoutError) else
-                           "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
-                log.warning("scoring failed (%s: %s)", failure, type(e).__name__)
         if failure or result is None:
             reasons.append(failure or "scorer_error")
             log.warning("answering with the co-occurrence fallback (%s)", reasons[-1])

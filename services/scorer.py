@@ -3,9 +3,9 @@ hardware or scaling of its own (the teacher, a GPU). With the default ``scorer: 
 scores in process and this deployment is not built.
 
 It holds a :class:`distilrec.serving.ModelScorer` (the same class the ingress uses in process) and the
-new items; the ingress sends one typed :class:`~distilrec.serving.ScoreRequest` per request and gets a
-:class:`~distilrec.serving.ScoreResult`. Concurrent requests become one tensor batch
-(``@serve.batch``). Runtime knobs through ``user_config`` / :meth:`reconfigure`: ``max_batch_size``
+new items; the ingress sends one handle call per batch of its requests, a list of typed
+:class:`~distilrec.serving.ScoreRequest`, and gets one :class:`~distilrec.serving.ScoreResult` each.
+Concurrent calls become one tensor batch (``@serve.batch``). Runtime knobs through ``user_config`` / :meth:`reconfigure`: ``max_batch_size``
 (1 = no batching), ``batch_wait_timeout_s``. Hot reload and new items: :mod:`services.state`.
 """
 
@@ -54,13 +54,21 @@ class Scorer:
         return {**self.state.status(), "new_items": len(b.item_ids) - b.n_trained, "scorer": dict(self.knobs)}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
-    async def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
-        """One batch: the newest ``sync`` of the batch is applied first, and one model version scores it."""
+    async def score(self, calls: list[list[ScoreRequest]]) -> list[list[ScoreResult]]:
+        """Each call is one ingress replica's batch of requests; the calls that wait together are scored
+        as one tensor batch (``max_batch_size`` counts calls). The newest ``sync`` of the batch is applied
+        first, and one model version scores it."""
+        requests = [r for call in calls for r in call]
         syncs = [r.sync for r in requests if r.sync is not None]
         if syncs:
             self.state.sync(max(syncs))
         self.batch_size.observe(len(requests))
-        return self.state.bundle.score(requests)
+        results = self.state.bundle.score(requests) if requests else []
+        out, start = [], 0
+        for call in calls:
+            out.append(results[start:start + len(call)])
+            start += len(call)
+        return out
 
     def __del__(self):
         close_replica(self)
