@@ -247,7 +247,8 @@ class NegativeSampler:
         log_weight = counts.double().log()  # a distinct item drawn n times stands for its n draws
         if self.logq:
             b = max(len(targets) - 1, 0) if self.in_batch else 0
-            log_weight -= (b * self.p[items] + self.negatives * self.q[items]).log()
+            # floored: an item no other draw could bring is a row's own target, left out of that row
+            log_weight -= (b * self.p[items] + self.negatives * self.q[items]).clamp(min=1e-30).log()
         return Candidates(items.to(device), log_weight.float().to(device))
 
 

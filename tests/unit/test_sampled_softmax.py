@@ -114,6 +114,8 @@ def test_the_sampler_draws_the_batch_targets_and_its_negatives():
     assert torch.equal(c.items, c.items.sort().values) and c.log_weight.shape == c.items.shape
     only_batch = NegativeSampler(np.ones(PAD), negatives=0, sampler="uniform")(targets)
     assert only_batch.items.tolist() == [3, 7]
+    lone = NegativeSampler(np.ones(PAD), negatives=0, sampler="uniform")(torch.tensor([3]))  # no other draw
+    assert lone.items.tolist() == [3] and torch.isfinite(lone.log_weight).all()
     with pytest.raises(ValueError):
         NegativeSampler(np.ones(PAD), negatives=0, in_batch=False)
     assert item_counts([np.array([0, 2]), np.array([2])], 4).tolist() == [1, 0, 2, 0]
