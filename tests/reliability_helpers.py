@@ -2,14 +2,15 @@
 live Serve replicas and their processes, and the figures the tests print (collected by ``pytest -s`` /
 the CI log, copied into docs/reliability.md).
 
-The load driver is open loop: request ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones
-have been answered, and its latency counts from that scheduled time, so a server that falls behind
-shows it in the latency (no coordinated omission). It runs in the pytest process, whose heap (Ray,
-torch, pandas, schemathesis and every earlier test) is large: one full garbage collection of the imports
-alone (337,000 objects) took 150-170 ms on the 2-vCPU machine, holding the GIL, which the driver would
-count as the service's latency (the likely cause of a 455 ms stall in a soak). So the driver
-takes the heap that exists when it starts out of the collector's view (``gc.freeze``, as the replicas
-do) and records its own collection pauses (``LoadResult.client_gc_ms``)."""
+The load driver is the benchmarks' (:class:`distilrec.bench.loadgen.LoadGenerator`), open loop with
+uniform arrivals: request ``i`` is sent at ``t0 + i / rate`` whether or not earlier ones have been
+answered, and its latency counts from that scheduled time, so a server that falls behind shows it in the
+latency (no coordinated omission); every percentile is :func:`distilrec.stats.percentile` (nearest
+rank). Here it runs in the pytest process, whose heap (Ray, torch, pandas, schemathesis and every
+earlier test) is large: one full garbage collection of it holds the GIL for over 100 ms on 2 vCPUs, which
+the driver would count as the service's latency. So :func:`open_loop` takes the heap that exists when it
+starts out of the collector's view (``gc.freeze``, as the replicas do) and records its own collection
+pauses (``LoadResult.client_gc_ms``)."""
 
 from __future__ import annotations
 
@@ -24,50 +25,20 @@ from typing import Any, Callable
 
 import httpx
 
-SLO_P99_MS = 50.0
+from distilrec.bench import loadgen
+from distilrec.bench.loadgen import SLO_P99_MS, LoadGenerator, Request, Sample  # noqa: F401 - the tests' names
+
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# Connections of the driver's pool; requests beyond them wait for one (no cap on the requests in flight).
+CONNECTIONS = 512
 
 
 @dataclass
-class Sample:
-    t: float            # scheduled send time, seconds from the start
-    latency_ms: float   # from the scheduled time to the complete response (or the error)
-    status: int         # HTTP status, or 0 for a transport error (connection refused/reset, timeout)
-    body: Any = None    # parsed JSON body (when kept, and always for a non-200)
-    error: str = ""     # the transport error
-    retry_after: str = ""  # the Retry-After header
+class LoadResult(loadgen.LoadResult):
+    """:class:`distilrec.bench.loadgen.LoadResult` with the driver's own collections of the oldest
+    generation (``client_gc_ms``, milliseconds each)."""
 
-
-@dataclass
-class LoadResult:
-    samples: list[Sample] = field(default_factory=list)
-    duration_s: float = 0.0
-    t0: float = 0.0  # time.monotonic() of the first scheduled send
-    client_gc_ms: list[float] = field(default_factory=list)  # the driver's own collections of the oldest generation
-    sent: int = 0  # requests started so far (``samples`` holds the finished ones)
-
-    def codes(self) -> dict[int, int]:
-        out: dict[int, int] = {}
-        for s in self.samples:
-            out[s.status] = out.get(s.status, 0) + 1
-        return out
-
-    def ok(self) -> list[Sample]:
-        return [s for s in self.samples if s.status == 200]
-
-    def p(self, q: float, since: float = 0.0) -> float:
-        lat = sorted(s.latency_ms for s in self.samples if s.t >= since)
-        if not lat:
-            return float("nan")
-        return lat[min(len(lat) - 1, int(q * len(lat)))]
-
-    def rate(self) -> float:
-        return len(self.samples) / self.duration_s if self.duration_s else 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    v = sorted(values)
-    return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+    client_gc_ms: list[float] = field(default_factory=list)
 
 
 async def open_loop(base_url: str, rate: float, duration_s: float,
@@ -75,10 +46,11 @@ async def open_loop(base_url: str, rate: float, duration_s: float,
                     timeout_s: float = 30.0, stop: threading.Event | None = None,
                     result: LoadResult | None = None) -> LoadResult:
     """Send ``request(i) -> (method, path, json)`` at ``rate`` per second for ``duration_s`` (or until
-    ``stop`` is set); return one :class:`Sample` per request. ``timeout_s`` bounds each request's whole
-    exchange (httpx's own timeout is per phase: connect, pool wait, each read), so the driver ends at most
-    ``timeout_s`` after its last send, and a request left unanswered is a status-0 sample, not a hang.
-    ``result``: the object to fill (a caller in another thread can read its progress)."""
+    ``stop`` is set); return one :class:`Sample` per request, with its parsed body when ``keep_body``
+    (always for a status other than 2xx). ``timeout_s`` bounds each request's whole exchange, so the
+    driver ends at most ``timeout_s`` after its last send, and a request left unanswered is a status-0
+    sample, not a hang. ``result``: the object to fill (a caller in another thread can read its
+    progress)."""
     result = result if result is not None else LoadResult()
     gc.collect()
     gc.freeze()  # not unfrozen: the pytest process's heap only grows, and other drivers may be running
@@ -91,57 +63,18 @@ async def open_loop(base_url: str, rate: float, duration_s: float,
             elif started:
                 result.client_gc_ms.append((time.perf_counter() - started.pop()) * 1000)
 
+    def as_request(i: int) -> Request:
+        method, path, body = request(i)
+        return Request.of_json(body, method, path)
+
     gc.callbacks.append(on_gc)
     try:
-        await _open_loop(result, base_url, rate, duration_s, request, keep_body, timeout_s, stop)
+        async with LoadGenerator(base_url, as_request, max_in_flight=None, connections=CONNECTIONS,
+                                 timeout_s=timeout_s, arrivals="uniform", keep_bodies=keep_body) as driver:
+            await driver.run_open(rate, duration_s, stop=stop, result=result)
     finally:
         gc.callbacks.remove(on_gc)
     return result
-
-
-async def _open_loop(result: LoadResult, base_url: str, rate: float, duration_s: float,
-                     request: Callable[[int], tuple[str, str, Any]], keep_body: bool, timeout_s: float,
-                     stop: threading.Event | None) -> None:
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
-    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as c:
-        loop = asyncio.get_running_loop()
-        t0 = result.t0 = loop.time()  # the loop's clock is time.monotonic()
-        tasks = []
-
-        async def one(i: int, sched: float) -> None:
-            method, path, body = request(i)
-            try:
-                r = await asyncio.wait_for(c.request(method, path, json=body), timeout_s)
-                latency = (loop.time() - sched) * 1000
-                parsed = None
-                if keep_body or r.status_code != 200:
-                    try:
-                        parsed = r.json()
-                    except ValueError:
-                        parsed = r.text[:500]
-                result.samples.append(Sample(sched - t0, latency, r.status_code, parsed,
-                                             retry_after=r.headers.get("retry-after", "")))
-            except httpx.HTTPError as e:
-                result.samples.append(Sample(sched - t0, (loop.time() - sched) * 1000, 0, None,
-                                             f"{type(e).__name__}: {e}"))
-            except asyncio.TimeoutError:
-                result.samples.append(Sample(sched - t0, (loop.time() - sched) * 1000, 0, None,
-                                             f"no answer within {timeout_s:g} s"))
-
-        i = 0
-        while True:
-            sched = t0 + i / rate
-            if sched - t0 >= duration_s or (stop is not None and stop.is_set()):
-                break
-            delay = sched - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, sched)))
-            i += 1
-            result.sent = i
-        result.duration_s = loop.time() - t0
-        await asyncio.gather(*tasks)
-    result.samples.sort(key=lambda s: s.t)
 
 
 def run_load_in_thread(*args, **kwargs) -> tuple[threading.Thread, dict]:

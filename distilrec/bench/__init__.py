@@ -1,7 +1,8 @@
 """Benchmarks behind ``distilrec bench``: each writes JSON, a Markdown table and PNG plots.
 
-- :mod:`distilrec.bench.loadgen`: an open-loop (and closed-loop) HTTP load generator that runs in its own
-  process and reports its own CPU use;
+- :mod:`distilrec.bench.loadgen`: the project's one HTTP load driver, open loop (and closed loop), which
+  reports its own CPU use; the benchmarks run it in its own process, the integration and reliability
+  tests through ``tests/reliability_helpers.py``;
 - :mod:`distilrec.bench.serve`: ``bench serve``, four Serve applications (floor, distilrec, teacher-served,
   no-batching) measured one after the other behind the same proxy, with the same client;
 - :mod:`distilrec.bench.train`: ``bench train``, teacher samples/s with 1 and 2 Ray Train workers;

@@ -1,6 +1,12 @@
-"""An HTTP load generator for the serving benchmarks, run in its own OS process.
+"""The project's one HTTP load driver: the serving benchmarks run it in its own OS process, the
+integration and reliability tests in theirs (``tests/reliability_helpers.py``, ``tests/reliability/flood.py``).
 
     python -m distilrec.bench.loadgen PLAN.json RESULT.json
+
+:class:`LoadGenerator` sends :class:`Request` objects (JSON bodies to one URL, or any method, path, raw
+body and headers) and records one :class:`Sample` per request (:class:`LoadResult`); a latency counts
+from the request's *scheduled* send time, and every percentile is :func:`distilrec.stats.percentile`
+(nearest rank). The benchmarks summarise a step's samples as a :class:`StepResult`; the tests read them.
 
 ``PLAN.json`` (see :func:`run_plan`) names the URL, the request bodies (cycled in order) and the phases:
 
@@ -25,7 +31,7 @@ do not fit are skipped and say so). Requests still unanswered when a step's drai
 Each step reports the client's own CPU use (process CPU seconds / wall seconds, 1.0 = one core busy)
 and how late it sent requests against the schedule (``send_lag_p99_ms``), so that a saturated client is
 seen, never mistaken for a slow server. The client is ``aiohttp`` with one connection pool of
-``max_in_flight`` keep-alive connections.
+``max_in_flight`` keep-alive connections (``connections`` when there is no cap on the requests in flight).
 """
 
 from __future__ import annotations
@@ -40,11 +46,15 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from distilrec.stats import percentile
 
 SLO_P99_MS = 50.0
 # A step whose client used more than this share of one core, or sent late, may be limited by the client.
@@ -62,30 +72,24 @@ def arrival_times(rate: float, duration_s: float, seed: int = 0, process: str = 
     >>> t = arrival_times(100, 10.0, seed=1); 900 < len(t) < 1100 and t == sorted(t)
     True
     """
-    if rate <= 0 or duration_s <= 0:
-        return []
-    if process == "uniform":
-        return [i / rate for i in range(int(math.ceil(rate * duration_s - 1e-9)))]
-    if process != "poisson":
+    return list(_arrivals(rate, duration_s, seed, process))
+
+
+def _arrivals(rate: float, duration_s: float, seed: int = 0, process: str = "poisson") -> Iterator[float]:
+    """:func:`arrival_times`, one at a time."""
+    if process not in ("poisson", "uniform"):
         raise ValueError(f"unknown arrival process {process!r} (poisson | uniform)")
-    rng, t, out = random.Random(seed), 0.0, []
+    if rate <= 0 or duration_s <= 0:
+        return
+    if process == "uniform":
+        yield from (i / rate for i in range(int(math.ceil(rate * duration_s - 1e-9))))
+        return
+    rng, t = random.Random(seed), 0.0
     while True:
         t += rng.expovariate(rate)
         if t >= duration_s:
-            return out
-        out.append(t)
-
-
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile ``q`` (0..100] of ascending values; ``None`` when empty.
-
-    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile([1.0, 2.0, 3.0, 4.0], 99), percentile([], 50)
-    (2.0, 4.0, None)
-    """
-    if not sorted_values:
-        return None
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+            return
+        yield t
 
 
 def geometric_rates(start: float, factor: float, max_rate: float) -> list[float]:
@@ -115,8 +119,9 @@ def step_duration(rate: float, duration_s: float, min_requests: int = 0) -> floa
 
 @dataclass
 class StepResult:
-    """One measured step. Latencies in milliseconds over the successful (2xx, not degraded) answers;
-    rates in requests per second; ``client_cpu`` in cores (CPU seconds / wall seconds)."""
+    """One measured step. Latencies in milliseconds over the successful (2xx, not degraded) answers,
+    percentiles by nearest rank (:func:`distilrec.stats.percentile`); rates in requests per second;
+    ``client_cpu`` in cores (CPU seconds / wall seconds)."""
 
     mode: str                      # "open" | "closed"
     rate: float | None             # offered rate (open loop)
@@ -163,130 +168,259 @@ def _cpu_s() -> float:
     return u.ru_utime + u.ru_stime
 
 
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request of a load: ``method``, ``path`` (appended to the generator's URL), the raw
+    ``body`` (``None``: none) and its ``headers``."""
+
+    method: str = "POST"
+    path: str = ""
+    body: bytes | None = None
+    headers: Mapping[str, str] | None = None
+
+    @classmethod
+    def of_json(cls, value: Any, method: str = "POST", path: str = "") -> "Request":
+        """``value`` as a JSON body (bytes are sent as they are); ``None``: no body."""
+        if value is None:
+            return cls(method, path)
+        return cls(method, path, value if isinstance(value, bytes) else json.dumps(value).encode(), JSON_HEADERS)
+
+
 @dataclass
-class _Tally:
-    latencies_ms: list[float] = field(default_factory=list)
-    errors: Counter = field(default_factory=Counter)
+class Sample:
+    """One request's outcome. ``t``: its scheduled send time, seconds from the start of the step;
+    ``latency_ms``: from that time to the complete answer (or to the error); ``status``: the HTTP
+    status, 0 when no answer came (``error`` then says why, starting with its kind: ``timeout``,
+    ``connection``, ``client_cap``, ``unfinished``); ``body``: the answer's JSON (its first 500
+    characters when it is not JSON), kept for every answer outside 2xx and for all of them when the
+    generator keeps bodies; ``degraded``: a 2xx whose body says ``"degraded":true``; ``i``: the
+    request's number (the argument its request factory got)."""
+
+    t: float
+    latency_ms: float
+    status: int
+    body: Any = None
+    error: str = ""
+    retry_after: str = ""  # the Retry-After header
+    degraded: bool = False
+    i: int = 0
+
+    @property
+    def kind(self) -> str:
+        """``ok`` (a 2xx from the model), or the error's kind as the benchmarks count it:
+        ``status_<code>``, ``degraded``, ``timeout``, ``connection``, ``client_cap``, ``unfinished``."""
+        if self.status == 0:
+            return self.error.split(":", 1)[0] or "connection"
+        if not 200 <= self.status < 300:
+            return f"status_{self.status}"
+        return "degraded" if self.degraded else "ok"
+
+
+@dataclass
+class LoadResult:
+    """The samples of one step, filled while it runs (a caller in another thread can read its progress):
+    ``samples`` the requests answered or failed so far (in scheduled order once the step is over),
+    ``sent`` the requests started so far, ``t0`` the ``time.monotonic()`` of the step's start (the
+    first scheduled send of an open loop), ``duration_s`` from it to the last send, ``wall_s`` to the
+    last answer or the cut-off."""
+
+    samples: list[Sample] = field(default_factory=list)
+    duration_s: float = 0.0
+    t0: float = 0.0
     sent: int = 0
-    last_done: float = 0.0
+    wall_s: float = 0.0
+
+    def codes(self) -> dict[int, int]:
+        """``{HTTP status (0: no answer): count}``."""
+        return dict(Counter(s.status for s in self.samples))
+
+    def ok(self) -> list[Sample]:
+        """The samples with status 200."""
+        return [s for s in self.samples if s.status == 200]
+
+    def p(self, q: float, since: float = 0.0) -> float:
+        """:func:`~distilrec.stats.percentile` ``q`` (0..100] of the latencies of every sample, whatever
+        its outcome, scheduled at ``since`` seconds or later; NaN when there is none (a bound it is
+        compared with fails)."""
+        value = percentile([s.latency_ms for s in self.samples if s.t >= since], q)
+        return float("nan") if value is None else value
+
+    def rate(self) -> float:
+        """Requests answered or failed per second of sending."""
+        return len(self.samples) / self.duration_s if self.duration_s else 0.0
+
+
+def _parsed(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return content[:500].decode("utf-8", "replace")
 
 
 class LoadGenerator:
-    """Sends JSON bodies to one URL with a fixed pool of keep-alive connections (use inside a running
-    event loop: ``async with LoadGenerator(url, bodies) as g: await g.open_loop(50, 5)``)."""
+    """Sends requests to one URL with a fixed pool of keep-alive connections (use inside a running
+    event loop: ``async with LoadGenerator(url, bodies) as g: await g.open_loop(50, 5)``).
 
-    def __init__(self, url: str, bodies: list[Any], max_in_flight: int = 256, timeout_s: float = 2.0,
-                 arrivals: str = "poisson", seed: int = 0):
-        if not bodies:
-            raise ValueError("need at least one request body")
-        self.url, self.max_in_flight, self.timeout_s = url, int(max_in_flight), float(timeout_s)
-        self.arrivals, self.seed = arrivals, seed
-        self.bodies = [b if isinstance(b, bytes) else json.dumps(b).encode() for b in bodies]
+    ``requests``: JSON bodies (values or bytes) POSTed to ``url`` in turn, or a function of the
+    request's number that returns its :class:`Request`. ``max_in_flight``: an arrival beyond that many
+    requests in flight is not sent (a ``client_cap`` sample); ``None``: no cap, and a request beyond the
+    pool's ``connections`` (default ``max_in_flight``, else 512) waits for one, the wait in its latency.
+    ``timeout_s`` bounds each request's whole exchange (connection, sending, the complete answer).
+    ``keep_bodies``: keep every answer's JSON in its sample (else only those outside 2xx)."""
+
+    def __init__(self, url: str, requests: list[Any] | Callable[[int], Request], max_in_flight: int | None = 256,
+                 timeout_s: float = 2.0, arrivals: str = "poisson", seed: int = 0, connections: int | None = None,
+                 keep_bodies: bool = False):
+        if callable(requests):
+            self._request = requests
+        else:
+            if not requests:
+                raise ValueError("need at least one request body")
+            fixed = [Request.of_json(b) for b in requests]
+            self._request = lambda i: fixed[i % len(fixed)]
+        self.url, self.timeout_s = url, float(timeout_s)
+        self.max_in_flight = None if max_in_flight is None else int(max_in_flight)
+        self.connections = int(connections or self.max_in_flight or 512)
+        self.arrivals, self.seed, self.keep_bodies = arrivals, seed, keep_bodies
         self._next = 0
         self._session = None
 
     async def __aenter__(self) -> "LoadGenerator":
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=self.max_in_flight, limit_per_host=self.max_in_flight,
+        connector = aiohttp.TCPConnector(limit=self.connections, limit_per_host=self.connections,
                                          force_close=False, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            headers={"content-type": "application/json"})
+        self._session = aiohttp.ClientSession(connector=connector,
+                                              timeout=aiohttp.ClientTimeout(total=self.timeout_s))
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self._session.close()
 
-    def _body(self) -> bytes:
-        b = self.bodies[self._next % len(self.bodies)]
+    def _take(self) -> tuple[int, Request]:
+        i = self._next
         self._next += 1
-        return b
+        return i, self._request(i)
 
-    async def _one(self, body: bytes, t_ref: float, tally: _Tally) -> None:
-        """One request; its latency counts from ``t_ref`` (the scheduled send time in open loop)."""
+    async def _send(self, i: int, req: Request, sched: float, t: float, result: LoadResult) -> None:
+        """Send ``req``; append its :class:`Sample` (scheduled ``t`` s into the step, latency from ``sched``,
+        a ``loop.time()``) to ``result``."""
         import aiohttp
 
         loop = asyncio.get_running_loop()
+        status, body, error, retry_after, degraded = 0, None, "", "", False
         try:
-            async with self._session.post(self.url, data=body) as r:
+            async with self._session.request(req.method, self.url + req.path, data=req.body, headers=req.headers,
+                                             allow_redirects=False) as r:
                 content = await r.read()
-                status = r.status
+                status, retry_after = r.status, r.headers.get("retry-after", "")
         except asyncio.TimeoutError:
-            tally.errors["timeout"] += 1
-            return
-        except (aiohttp.ClientError, OSError):
-            tally.errors["connection"] += 1
-            return
-        done = loop.time()
-        tally.last_done = max(tally.last_done, done)
-        if not 200 <= status < 300:
-            tally.errors[f"status_{status}"] += 1
-        elif b'"degraded":true' in content:
-            tally.errors["degraded"] += 1
+            error = f"timeout: no answer within {self.timeout_s:g} s"
+        except (aiohttp.ClientError, OSError) as e:
+            error = f"connection: {type(e).__name__}: {e}"
         else:
-            tally.latencies_ms.append((done - t_ref) * 1000.0)
+            ok = 200 <= status < 300
+            degraded = ok and b'"degraded":true' in content
+            if self.keep_bodies or not ok:
+                body = _parsed(content)
+        result.samples.append(Sample(t, (loop.time() - sched) * 1000.0, status, body, error, retry_after, degraded, i))
 
-    def _result(self, mode: str, rate: float | None, conc: int | None, duration_s: float, t0: float,
-                tally: _Tally, lags_ms: list[float], cpu0: float) -> StepResult:
+    async def run_open(self, rate: float, duration_s: float, stop: threading.Event | None = None,
+                       result: LoadResult | None = None, lags_ms: list[float] | None = None) -> LoadResult:
+        """Requests at Poisson (or uniform) arrival times at ``rate`` req/s for ``duration_s`` seconds (or
+        until ``stop`` is set), sent whatever the answers do; then at most ``timeout_s`` for the answers,
+        after which a request still open is an ``unfinished`` sample. ``result``: the object to fill;
+        ``lags_ms``: receives how late each request left against its schedule."""
         loop = asyncio.get_running_loop()
-        wall = max(loop.time() - t0, 1e-9)
-        lat = sorted(tally.latencies_ms)
-        lags = sorted(lags_ms)
+        result = result if result is not None else LoadResult()
+        lags = lags_ms if lags_ms is not None else []
+        pending: dict[asyncio.Task, tuple[int, float, float]] = {}
+        t0 = loop.time() + 0.005
+        result.t0 = t0  # the loop's clock is time.monotonic()
+        for off in _arrivals(rate, duration_s, self.seed + int(rate * 1000), self.arrivals):
+            if stop is not None and stop.is_set():
+                break
+            due = t0 + off
+            delay = due - loop.time()
+            await asyncio.sleep(delay if delay > 0 else 0)
+            i, req = self._take()
+            if self.max_in_flight is not None and len(pending) >= self.max_in_flight:
+                result.samples.append(Sample(off, 0.0, 0, error=f"client_cap: {len(pending)} requests in flight",
+                                             i=i))
+                continue
+            lags.append(max(0.0, loop.time() - due) * 1000.0)
+            task = asyncio.ensure_future(self._send(i, req, due, off, result))
+            result.sent += 1
+            pending[task] = (i, due, off)
+            task.add_done_callback(lambda done: pending.pop(done, None))
+        result.duration_s = loop.time() - t0
+        if pending:
+            cutoff = max(t0 + duration_s, loop.time()) + self.timeout_s
+            _, late = await asyncio.wait(set(pending), timeout=max(0.0, cutoff - loop.time()))
+            unanswered = {task: pending[task] for task in late}
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.gather(*late, return_exceptions=True)
+            for task, (i, due, off) in unanswered.items():
+                if task.cancelled():
+                    result.samples.append(Sample(off, (loop.time() - due) * 1000.0, 0, i=i, error=(
+                        f"unfinished: no answer {self.timeout_s:g} s after the last send")))
+        result.wall_s = loop.time() - t0
+        result.samples.sort(key=lambda s: s.t)
+        return result
+
+    async def run_closed(self, concurrency: int, duration_s: float) -> LoadResult:
+        """``concurrency`` requests always in flight for ``duration_s`` seconds (each worker sends the
+        next request when its answer arrives); a latency counts from the request's own send time."""
+        loop = asyncio.get_running_loop()
+        result = LoadResult()
+        t0 = result.t0 = loop.time()
+        stop = t0 + duration_s
+
+        async def worker() -> None:
+            while loop.time() < stop:
+                i, req = self._take()
+                result.sent += 1
+                now = loop.time()
+                await self._send(i, req, now, now - t0, result)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.duration_s = result.wall_s = loop.time() - t0
+        result.samples.sort(key=lambda s: s.t)
+        return result
+
+    @staticmethod
+    def _step(mode: str, rate: float | None, conc: int | None, duration_s: float, load: LoadResult,
+              lags_ms: list[float], cpu0: float) -> StepResult:
+        """A step's :class:`StepResult` from its samples."""
+        wall = max(load.wall_s, 1e-9)
+        lat = sorted(s.latency_ms for s in load.samples if s.kind == "ok")
+        errors = Counter(s.kind for s in load.samples if s.kind != "ok")
         return StepResult(
             mode=mode, rate=rate, concurrency=conc, duration_s=duration_s, wall_s=round(wall, 3),
-            sent=tally.sent, ok=len(lat), errors=dict(tally.errors),
+            sent=load.sent, ok=len(lat), errors=dict(errors),
             p50_ms=percentile(lat, 50), p95_ms=percentile(lat, 95), p99_ms=percentile(lat, 99),
             max_ms=lat[-1] if lat else None,
             # open loop: answers per scheduled second (compare with the offered rate); closed loop: answers per
             # second from the first send to the last answer (the requests in flight at the stop finish late)
             goodput_rps=len(lat) / (duration_s if mode == "open" else wall),
-            send_lag_p99_ms=percentile(lags, 99) or 0.0, client_cpu=(_cpu_s() - cpu0) / wall)
+            send_lag_p99_ms=percentile(lags_ms, 99) or 0.0, client_cpu=(_cpu_s() - cpu0) / wall)
 
     async def open_loop(self, rate: float, duration_s: float) -> StepResult:
-        """Requests at Poisson (or uniform) arrival times at ``rate`` req/s for ``duration_s`` seconds,
-        sent whatever the answers do; then at most ``timeout_s`` to drain. ``goodput_rps`` is the
-        successful answers over ``duration_s``."""
-        loop = asyncio.get_running_loop()
-        offsets = arrival_times(rate, duration_s, self.seed + int(rate * 1000), self.arrivals)
-        tally, lags, pending = _Tally(), [], set()
-        cpu0, t0 = _cpu_s(), loop.time() + 0.005
-        for off in offsets:
-            due = t0 + off
-            delay = due - loop.time()
-            await asyncio.sleep(delay if delay > 0 else 0)
-            if len(pending) >= self.max_in_flight:
-                tally.errors["client_cap"] += 1
-                continue
-            lags.append(max(0.0, loop.time() - due) * 1000.0)
-            task = asyncio.ensure_future(self._one(self._body(), due, tally))
-            tally.sent += 1
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        if pending:
-            _, late = await asyncio.wait(set(pending), timeout=max(0.0, t0 + duration_s + self.timeout_s - loop.time()))
-            for task in late:
-                task.cancel()
-                tally.errors["unfinished"] += 1
-            if late:
-                await asyncio.gather(*late, return_exceptions=True)
-        return self._result("open", rate, None, duration_s, t0, tally, lags, cpu0)
+        """:meth:`run_open` summarised: ``goodput_rps`` is the successful answers over ``duration_s``."""
+        cpu0, lags = _cpu_s(), []
+        load = await self.run_open(rate, duration_s, lags_ms=lags)
+        return self._step("open", rate, None, duration_s, load, lags, cpu0)
 
     async def closed_loop(self, concurrency: int, duration_s: float) -> StepResult:
-        """``concurrency`` requests always in flight for ``duration_s`` seconds (each worker sends the
-        next request when its answer arrives); latency from each request's own send time."""
-        loop = asyncio.get_running_loop()
-        tally = _Tally()
-        cpu0, t0 = _cpu_s(), loop.time()
-        stop = t0 + duration_s
-
-        async def worker() -> None:
-            while loop.time() < stop:
-                tally.sent += 1
-                await self._one(self._body(), loop.time(), tally)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return self._result("closed", None, concurrency, duration_s, t0, tally, [], cpu0)
+        """:meth:`run_closed` summarised: ``goodput_rps`` is the successful answers over the wall time."""
+        cpu0 = _cpu_s()
+        load = await self.run_closed(concurrency, duration_s)
+        return self._step("closed", None, concurrency, duration_s, load, [], cpu0)
 
 
 async def search_slo(gen: LoadGenerator, start: float, factor: float, max_rate: float, duration_s: float,

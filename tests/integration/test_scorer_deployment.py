@@ -166,7 +166,7 @@ def test_a_model_swap_and_rollback_under_load_fail_no_request(mode, client, serv
     versions = {s.body["model_version"] for s in load.ok()}
     degraded = sum(1 for s in load.ok() if s.body["degraded"])
     record("scorer_mode_model_swap", requests=len(load.samples), codes=codes, degraded=degraded, steps=steps,
-           p99_ms=load.p(0.99), versions_seen=sorted(versions))
+           p99_ms=load.p(99), versions_seen=sorted(versions))
     assert codes == {200: len(load.samples)}, _failures(load)
     assert degraded == 0
     assert versions == {original, newer}
@@ -270,8 +270,8 @@ def test_a_killed_scorer_replica_gives_degraded_answers_then_full_ones(mode, cli
     last_degraded = max((s.t for s in degraded), default=kill_t)
     tail = [s for s in after if s.t > last_degraded]
     record("scorer_mode_replica_loss", requests=len(load.samples), codes=codes, degraded=len(degraded),
-           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(0.99),
-           p99_after_kill_ms=load.p(0.99, since=kill_t))
+           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(99),
+           p99_after_kill_ms=load.p(99, since=kill_t))
     assert codes == {200: len(load.samples)}, _failures(load)
     assert degraded, "no degraded answer: the kill did not take the Scorer away"
     assert last_degraded - kill_t <= RECOVERY_S, \
@@ -325,7 +325,7 @@ def test_the_scorer_rolled_under_load_finishes_its_requests_in_flight(mode, clie
     when = [round(s.t - (t_roll - load.t0), 2) for s in load.ok() if s.body["degraded"]]
     record("scorer_mode_graceful_roll", requests=len(load.samples), codes=codes, degraded=degraded,
            degraded_from_to_s=[when[0], when[-1]] if when else None, roll_s=t_gone - t_roll,
-           p99_ms=load.p(0.99), in_flight_at_stop=len(in_flight))
+           p99_ms=load.p(99), in_flight_at_stop=len(in_flight))
     assert codes == {200: len(load.samples)}, _failures(load)
     assert degraded == 0, ("a request in flight on a stopped Scorer replica was lost (answered by the fallback); "
                            f"the ingress's degraded answers by reason: {_degraded_reasons(metrics_port)}")

@@ -3,8 +3,9 @@ and socket writes must not share the measuring client's interpreter lock).
 
     python tests/reliability/flood.py BASE_URL RATE SECONDS ITEM_ID OUT.json
 
-sends the requests of :func:`bad_requests` in turn at RATE per second (open loop) for SECONDS and
-writes ``[[name, status, error code], ...]`` to OUT.json."""
+sends the requests of :func:`bad_requests` in turn at RATE per second (open loop, the project's load driver
+:class:`distilrec.bench.loadgen.LoadGenerator`) for SECONDS and writes ``[[name, status, error code], ...]``
+to OUT.json."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import asyncio
 import json
 import sys
 
-import httpx
+from distilrec.bench.loadgen import LoadGenerator, Request, Sample
 
 
 def bad_requests(item: str) -> list[tuple[str, str, dict, bytes | None, int, str]]:
@@ -50,32 +51,27 @@ def bad_requests(item: str) -> list[tuple[str, str, dict, bytes | None, int, str
 
 
 async def flood(base_url: str, rate: float, seconds: float, bad: list) -> list[tuple[str, int, str]]:
-    out: list[tuple[str, int, str]] = []
-    async with httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=256)) as c:
-        loop = asyncio.get_running_loop()
-        t0, i, tasks = loop.time(), 0, []
+    """Send ``bad``'s requests in turn, open loop at ``rate`` per second for ``seconds``, with the
+    project's load driver; ``[(name, status (0: no answer), error.code or what came instead)]``."""
+    def request(i: int) -> Request:
+        _, route, headers, body, _, _ = bad[i % len(bad)]
+        method, path = route.split(" ", 1)
+        return Request(method, path, body, headers)
 
-        async def one(n: int) -> None:
-            name, route, headers, body, status, code = bad[n % len(bad)]
-            method, path = route.split(" ", 1)
-            try:
-                r = await c.request(method, path, headers=headers, content=body)
-                try:
-                    got = r.json()["error"]["code"]
-                except (ValueError, KeyError, TypeError):
-                    got = f"not JSON: {r.text[:80]!r}"
-                out.append((name, r.status_code, got))
-            except httpx.HTTPError as e:
-                out.append((name, 0, type(e).__name__))
+    async with LoadGenerator(base_url, request, max_in_flight=None, connections=256, timeout_s=60,
+                             arrivals="uniform") as driver:
+        load = await driver.run_open(rate, seconds)
+    return [(bad[s.i % len(bad)][0], s.status, _code(s)) for s in load.samples]
 
-        while i / rate < seconds:
-            delay = t0 + i / rate - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i)))
-            i += 1
-        await asyncio.gather(*tasks)
-    return out
+
+def _code(s: Sample) -> str:
+    """The answer's ``error.code``; what came instead when there is none."""
+    if s.status == 0:
+        return s.error
+    try:
+        return s.body["error"]["code"]
+    except (KeyError, TypeError):
+        return f"not JSON: {str(s.body)[:80]!r}"
 
 
 def main(argv: list[str]) -> None:

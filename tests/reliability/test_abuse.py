@@ -28,7 +28,9 @@ from pathlib import Path
 import pytest
 
 from flood import bad_requests
-from reliability_helpers import SLO_P99_MS, open_loop, percentile, record, replica_actors
+from reliability_helpers import SLO_P99_MS, open_loop, record, replica_actors
+
+from distilrec.stats import percentile
 
 pytestmark = pytest.mark.integration
 
@@ -71,14 +73,14 @@ def _alone_and_flooded(serve_url, artifact, tmp_path) -> dict:
         finally:
             assert proc.wait(timeout=180) == 0
         flood += [tuple(x) for x in json.loads(out.read_text())]
-    p99_alone = percentile([s.latency_ms for s in alone], 0.99)
-    p99_flood = percentile([s.latency_ms for s in flooded], 0.99)
+    p99_alone = percentile([s.latency_ms for s in alone], 99)
+    p99_flood = percentile([s.latency_ms for s in flooded], 99)
     expected = {name: (status, code) for name, _, _, _, status, code in bad}
     wrong = [(n, s, c) for n, s, c in flood if (s, c) != expected[n]]
     codes_alone, codes_flood = _codes(alone), _codes(flooded)
     record("abuse", seconds=SECONDS, rounds=ROUNDS, good_rps=GOOD_RPS, bad_rps=BAD_RPS, bad_sent=len(flood),
-           good_p50_alone_ms=percentile([s.latency_ms for s in alone], 0.5), good_p99_alone_ms=p99_alone,
-           good_p50_flood_ms=percentile([s.latency_ms for s in flooded], 0.5), good_p99_flood_ms=p99_flood,
+           good_p50_alone_ms=percentile([s.latency_ms for s in alone], 50), good_p99_alone_ms=p99_alone,
+           good_p50_flood_ms=percentile([s.latency_ms for s in flooded], 50), good_p99_flood_ms=p99_flood,
            good_codes_alone=codes_alone, good_codes_flood=codes_flood, bad_wrong=len(wrong))
     return {"before": before, "alone": alone, "flooded": flooded, "flood": flood, "wrong": wrong,
             "p99_alone": p99_alone, "p99_flood": p99_flood}

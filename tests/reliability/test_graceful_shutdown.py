@@ -131,7 +131,7 @@ def test_ingress_replicas_replaced_under_load_finish_their_requests_in_flight(cl
     degraded = sum(1 for s in load.ok() if s.body["degraded"])
     in_flight = [s for s in load.samples if s.t <= t_gone - load.t0 <= s.t + s.latency_ms / 1000]
     record("graceful_replace_ingress", requests=len(load.samples), codes=codes, degraded=degraded,
-           roll_s=t_gone - t_roll, p99_ms=load.p(0.99), in_flight_at_stop=len(in_flight))
+           roll_s=t_gone - t_roll, p99_ms=load.p(99), in_flight_at_stop=len(in_flight))
     assert codes == {200: len(load.samples)}, _failures(load)
     assert degraded == 0, "a request was answered by the fallback while the ingress rolled"
     assert not {a["actor_id"] for a in new} & {a["actor_id"] for a in old}
@@ -169,7 +169,7 @@ def test_an_ingress_replica_removed_under_load_finishes_its_http_requests_in_fli
     degraded = sum(1 for s in load.ok() if s.body["degraded"])
     in_flight = [s for s in load.samples if s.t <= t_stop - load.t0 <= s.t + s.latency_ms / 1000]
     record("graceful_ingress_downscale", requests=len(load.samples), codes=codes, degraded=degraded,
-           stop_s=t_gone - t_stop, in_flight_at_stop=len(in_flight), p99_ms=load.p(0.99),
+           stop_s=t_gone - t_stop, in_flight_at_stop=len(in_flight), p99_ms=load.p(99),
            errors=sorted({f"{s.status} {str(s.body)[:160]}" for s in load.samples if s.status != 200}))
     assert in_flight, "no request was in flight when the replica was told to stop"
     assert codes == {200: len(load.samples)}, _failures(load)

@@ -93,7 +93,7 @@ def test_swaps_and_rollbacks_under_load_fail_no_request_and_bad_artifacts_are_re
     versions = {s.body["model_version"] for s in load.ok()}
     degraded = sum(1 for s in load.ok() if s.body["degraded"])
     record("model_swap", requests=len(load.samples), codes=codes, degraded=degraded, steps=steps,
-           p99_ms=load.p(0.99), versions_seen=len(versions))
+           p99_ms=load.p(99), versions_seen=len(versions))
     assert codes == {200: len(load.samples)}, [s.body for s in load.samples if s.status != 200][:5]
     assert degraded == 0
     assert versions == {original, b}  # never the refused ones

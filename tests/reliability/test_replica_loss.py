@@ -71,8 +71,8 @@ def test_killing_one_of_two_ingress_replicas_fails_only_the_requests_it_held(cli
     record("replica_loss_ingress", requests=len(load.samples), codes=codes, exposed_to_the_kill=len(exposed),
            process_gone_after_ms=(t_dead - t_kill) * 1000,
            failed=[(round(s.t - kill_t, 3), s.status, s.error or str(s.body)[:80]) for s in failed][:10],
-           degraded=len(degraded), replaced_after_s=t_back - t_kill, p99_ms=load.p(0.99),
-           p99_after_kill_ms=load.p(0.99, since=kill_t))
+           degraded=len(degraded), replaced_after_s=t_back - t_kill, p99_ms=load.p(99),
+           p99_after_kill_ms=load.p(99, since=kill_t))
     assert t_back - t_kill < RECOVERY_S, "Serve did not replace the killed Ingress replica"
     # Failed: only requests the killed replica held or was still routed (see LOSS_WINDOW_S).
     assert {id(s) for s in failed} <= exposed, [(round(s.t - kill_t, 3), s.status, s.error) for s in failed][:5]
@@ -118,8 +118,8 @@ def test_killing_the_text_encoder_degrades_queries_then_they_are_full_again(clie
     last_degraded = max((s.t for s in degraded), default=kill_t)
     tail = [s for s in after if s.t > last_degraded]
     record("replica_loss_text_encoder", requests=len(load.samples), codes=codes, degraded=len(degraded),
-           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(0.99),
-           p99_after_kill_ms=load.p(0.99, since=kill_t))
+           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(99),
+           p99_after_kill_ms=load.p(99, since=kill_t))
     assert codes == {200: len(load.samples)}, \
         [(s.status, s.body, s.error) for s in load.samples if s.status != 200][:5]
     assert degraded, "no degraded answer: the kill did not take the text encoder away"

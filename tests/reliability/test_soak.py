@@ -70,8 +70,8 @@ def _throughput_at_slo(serve_url, request) -> tuple[float, list[dict]]:
         # At least 200 requests per step: a p99 over fewer is the slowest one or two.
         r = asyncio.run(open_loop(serve_url, rate, max(STEP_S, 200 / rate), request, keep_body=True))
         ok = r.codes() == {200: len(r.samples)} and not any(s.body["degraded"] for s in r.ok())
-        p99 = r.p(0.99)
-        steps.append({"rate": rate, "p50_ms": round(r.p(0.5), 1), "p99_ms": round(p99, 1), "ok": ok})
+        p99 = r.p(99)
+        steps.append({"rate": rate, "p50_ms": round(r.p(50), 1), "p99_ms": round(p99, 1), "ok": ok})
         if not ok or p99 > SLO_P99_MS:
             break
         at_slo = rate
@@ -133,10 +133,10 @@ def test_soak_at_70_percent_of_the_throughput_at_slo(ray_cluster, serve_url, art
     rss_fig = {name.split("#")[-2]: [round(w), round(e)] for name, (w, e) in rss.items()}
     codes = r.codes()
     degraded = sum(1 for s in r.ok() if s.body["degraded"])
-    p99 = r.p(0.99)
+    p99 = r.p(99)
     record("soak", path=path, ramp=steps, throughput_at_slo_rps=at_slo, soak_rps=rate, soak_s=SOAK_S,
            achieved_rps=len(r.samples) / r.duration_s, requests=len(r.samples), codes=codes, degraded=degraded,
-           p50_ms=r.p(0.5), p99_ms=p99, p99_after_warmup_ms=r.p(0.99, since=warmup_s), max_ms=r.p(1.0),
+           p50_ms=r.p(50), p99_ms=p99, p99_after_warmup_ms=r.p(99, since=warmup_s), max_ms=r.p(100),
            rss_mib_warm_end=rss_fig, rss_growth_pct=growth, client_full_gcs=len(r.client_gc_ms),
            client_full_gc_max_ms=max(r.client_gc_ms, default=0.0))
     assert codes == {200: len(r.samples)}, [s.body for s in r.samples if s.status != 200][:5]

@@ -13,9 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from distilrec.bench.loadgen import (
-    LoadGenerator, arrival_times, geometric_rates, percentile, run_plan, run_plan_subprocess, search_slo,
+    LoadGenerator, Request, arrival_times, geometric_rates, run_plan, run_plan_subprocess, search_slo,
     step_from_dict,
 )
+from distilrec.stats import percentile
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -102,6 +103,49 @@ def test_errors_by_kind_and_degraded_answers_are_not_successes(server):
         assert s["ok"] == 0 and s["errors"] == {kind: 10} and s["p99_ms"] is None and not s["passed"]
     dead = run_plan({**_plan("http://127.0.0.1:9/x", [{"kind": "open", "rates": [5]}], arrivals="uniform")})
     assert dead["phases"][0]["steps"][0]["errors"] == {"connection": 5}
+
+
+def test_requests_of_any_method_path_and_body_each_get_a_sample(server):
+    """A request factory (the tests' use): each request's method, path and body, its number, status and
+    kept body in its sample; the bench's error kinds from the same samples."""
+    import asyncio
+
+    srv, base = server
+    srv.seen.clear()
+
+    def request(i: int) -> Request:
+        if i % 2:
+            return Request("GET", "/get")  # the handler has no GET: 501 with an HTML body
+        return Request.of_json({"n": i}, path="/error" if i == 2 else "/fast")
+
+    async def go():
+        async with LoadGenerator(base, request, max_in_flight=None, arrivals="uniform", keep_bodies=True) as g:
+            return await g.run_open(20, 0.3)
+
+    load = asyncio.run(go())
+    assert load.sent == 6 and [s.i for s in load.samples] == list(range(6))
+    assert [s.kind for s in load.samples] == ["ok", "status_501", "status_503", "status_501", "ok", "status_501"]
+    assert load.codes() == {200: 2, 501: 3, 503: 1} and len(load.ok()) == 2
+    assert load.samples[0].body == {"items": [], "degraded": False} and isinstance(load.samples[1].body, str)
+    assert {"n": 0} in srv.seen and {"n": 4} in srv.seen
+    assert load.p(100) == max(s.latency_ms for s in load.samples)
+
+
+def test_without_a_cap_requests_wait_for_a_connection_and_the_wait_is_latency(server):
+    """No cap on the requests in flight and a pool of one connection: 4 requests 50 ms apart at a server
+    that takes 0.3 s each are all sent and answered, one after the other, the last after about 1.2 s."""
+    import asyncio
+
+    _, base = server
+
+    async def go():
+        async with LoadGenerator(base + "/slow", [{"user_id": "a"}], max_in_flight=None, connections=1,
+                                 timeout_s=10, arrivals="uniform") as g:
+            return await g.run_open(20, 0.2)
+
+    load = asyncio.run(go())
+    assert load.sent == 4 and load.codes() == {200: 4}
+    assert load.samples[-1].latency_ms >= 900
 
 
 def test_in_flight_cap_and_timeouts_bound_the_run(server):

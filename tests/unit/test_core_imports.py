@@ -8,7 +8,8 @@ Every ``import`` statement of every module of ``distilrec/``, ``training/``, ``s
 - ``training/`` and ``services/`` import neither ``distilrec.bench`` nor ``distilrec.cli``, nor each other;
   ``dashboards/`` imports none of the four;
 - the project's modules import each other without a circle (function-level imports count too);
-- the repository holds one ``free_port`` function, and one argument parser per command.
+- the repository holds one ``free_port`` function, one ``percentile`` function, and one argument
+  parser per command.
 
 A fresh interpreter that imports every core module also ends with no Ray, training or services module
 loaded (what the syntax cannot see: an import made by a third-party package).
@@ -216,15 +217,26 @@ def _tracked_python_files() -> list[Path]:
     return [ROOT / n for n in names if (ROOT / n).exists()]
 
 
-def test_one_free_port_function():
-    """Every place that needs a free local TCP port asks :func:`distilrec.ports.free_port`."""
+# Functions that exist once in the repository: their one home.
+ONE_DEFINITION = {
+    "free_port": "distilrec/ports.py",  # a free local TCP port
+    "percentile": "distilrec/stats.py",  # the latency percentile of the benchmarks and the tests (nearest rank)
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONE_DEFINITION))
+def test_one_definition_of_each_shared_helper(name):
+    """Every place that needs a free port or a latency percentile calls :func:`distilrec.ports.free_port`
+    or :func:`distilrec.stats.percentile`, never a copy of its own (a copy drifts: the tests' p99 and the
+    benchmarks' must be the same figure)."""
     found = []
     for path in _tracked_python_files():
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.endswith("free_port") \
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.endswith(name) \
                     and not node.name.startswith("test_"):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
-    assert found == [f"distilrec/ports.py:{_line_of('distilrec/ports.py', 'free_port')} free_port"], found
+    home = ONE_DEFINITION[name]
+    assert found == [f"{home}:{_line_of(home, name)} {name}"], found
 
 
 def _line_of(rel: str, function: str) -> int:

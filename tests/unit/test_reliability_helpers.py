@@ -1,6 +1,6 @@
-"""The reliability tests' load driver (tests/reliability_helpers.py) against a local server that answers
-slowly: its ``timeout_s`` bounds each request's whole exchange, and a driver that has not finished is
-reported with what it still waits on."""
+"""The reliability tests' load driver (tests/reliability_helpers.py, the benchmarks' LoadGenerator in the
+pytest process) against a local server that answers slowly: its ``timeout_s`` bounds each request's whole
+exchange, and a driver that has not finished is reported with what it still waits on."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def test_timeout_bounds_each_whole_request_not_each_read(trickle):
     res = asyncio.run(open_loop(trickle, 10.0, 0.5, lambda i: ("POST", "/", {"i": i}), timeout_s=0.5))
     took = time.monotonic() - t0
     assert res.sent == 5 and len(res.samples) == 5
-    assert all(s.status == 0 and s.error == "no answer within 0.5 s" for s in res.samples), res.samples
+    assert all(s.status == 0 and s.error == "timeout: no answer within 0.5 s" for s in res.samples), res.samples
     assert took < 2.5, f"the driver waited {took:.1f} s for bodies that take about 3 s"
 
 
