@@ -835,14 +835,18 @@ class Ingress:
         b = self.state.bundle
         return {**self.state.status(), "new_items": len(b.catalog) - b.catalog.n_trained,
                 "scorer": {"mode": "inline" if self.inline else "deployment", **self.knobs,
-                           "candidates": self.candidates}}
+                           "candidates": self.candidates, "default_k": self.default_k,
+                           "diversity": self.diversity, "query_weight": self.query_weight}}
 
     async def _info(self) -> dict:
         """The model that scores: this replica's (inline) or the Scorer deployment's."""
         if self.inline:
             return self._status()
         info = await self._timed("info", self.scorer.info.remote())
-        return {**info, "scorer": {**info.get("scorer", {}), "mode": "deployment"}}
+        # The Scorer's batch knobs, with the ingress's own knobs beside them (its batch: ingress_*).
+        mine = {k: v for k, v in self._status()["scorer"].items() if k != "mode"}
+        ingress = {f"ingress_{k}" if k in ("max_batch_size", "batch_wait_timeout_s") else k: v for k, v in mine.items()}
+        return {**info, "scorer": {**ingress, **info.get("scorer", {}), "mode": "deployment"}}
 
     @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
