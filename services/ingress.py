@@ -647,7 +647,12 @@ class Ingress:
             req = RecommendRequest.model_validate_json(text)
             response = Response(to_json(await self._recommend(req)), media_type="application/json")
         except ValidationError as e:
-            response = _invalid(e.errors(include_url=False, include_context=False))
+            errors = e.errors(include_url=False, include_context=False)
+            if errors and errors[0]["type"] == "json_invalid" and "recursion" in errors[0]["msg"]:
+                # As FastAPI's routes answer a body its JSON parser cannot hold: 400, not a validation 422.
+                response = _error(400, "invalid_request", "the body could not be parsed: it nests too deeply")
+            else:
+                response = _invalid(errors)
         except ApiError as e:
             response = _error(e.status, e.code, e.message, e.headers)
         except Exception:  # noqa: BLE001 - a request never crashes the replica; the client gets the JSON 500
