@@ -17,7 +17,8 @@ bodies (real ``POST /v1/recommend`` requests for the artifact's users, some with
 5. ``scorer_deployment``: ``scorer: deployment`` (one handle call to the Scorer deployment, batching on);
 6. ``hop_floor``: ``services/floor.py``'s floor with one handle call to a batched deployment that returns
    at once: the floor of any design with a hop, which ``scorer_deployment`` is measured against;
-7. ``scorer_deployment_no_batching``: ``scorer: deployment`` with the Scorer's ``max_batch_size: 1``.
+7. ``scorer_deployment_no_batching``: ``scorer: deployment`` with ``max_batch_size: 1`` on the Ingress (one
+   request per handle call) and on the Scorer (one call per tensor batch).
 
 Each application's replicas' resident memory (RSS, and PSS, which splits shared pages between the
 processes that share them, so that it adds up) is read from ``/proc`` after its warm-up.
@@ -155,7 +156,8 @@ def app_config(name: str, model: str, event_store: str, floor_body: str | None =
     ingress = next(d for d in shipped["deployments"] if d["name"] == "Ingress")
     if name == "no_batching":
         overrides["Ingress"] = {"user_config": {**ingress.get("user_config", {}), "max_batch_size": 1}}
-    if name == "scorer_deployment_no_batching":
+    if name == "scorer_deployment_no_batching":  # the Ingress's batch is one handle call: both at 1
+        overrides["Ingress"] = {"user_config": {**ingress.get("user_config", {}), "max_batch_size": 1}}
         overrides["Scorer"] = {"user_config": {"max_batch_size": 1}}
     if overrides:
         shipped = load_config(model_uri=model, app_args=app_args, overrides=overrides)["applications"][0]
