@@ -140,6 +140,17 @@ def replica_actors(app: str = "distilrec") -> dict[str, list[dict]]:
     return {k: sorted(v, key=lambda a: a["actor_id"]) for k, v in sorted(out.items())}
 
 
+def wait_replaced(old: list[dict], deployment: str, app: str = "distilrec", timeout_s: float = 120.0) -> float:
+    """Wait until none of ``old`` (``replica_actors`` entries) serves ``deployment`` any more (a rolling
+    replacement ended); the ``time.monotonic()`` when it did."""
+    gone = {o["actor_id"] for o in old}
+    deadline = time.monotonic() + timeout_s
+    while any(a["actor_id"] in gone for a in replica_actors(app).get(deployment, [])):
+        assert time.monotonic() < deadline, f"the old {deployment} replicas were not stopped"
+        time.sleep(ACTOR_POLL_S)
+    return time.monotonic()
+
+
 def kill_and_wait(pid: int, timeout_s: float = 10.0) -> tuple[float, float]:
     """SIGKILL ``pid`` and wait until its process is gone (no longer in ``/proc``, or a zombie: the kernel
     has closed its sockets by then); ``(time.monotonic() of the kill, of the end)``. Between the two the
@@ -173,6 +184,32 @@ def lost_to_a_kill(load: LoadResult, t_kill: float, t_dead: float) -> set[int]:
     ``LOSS_WINDOW_S``. Any other request must get its answer."""
     kill_t, end_t = t_kill - load.t0, t_dead - load.t0 + LOSS_WINDOW_S
     return {id(s) for s in load.samples if s.t <= end_t and s.t + s.latency_ms / 1000 >= kill_t}
+
+
+@dataclass
+class AfterKill:
+    """A load across the kill of a dependency whose loss degrades answers (a Scorer, the TextEncoder):
+    ``kill_t`` on the load's time axis, the degraded 200s after it, ``recovered_s`` from the kill to the
+    last of them, and ``tail``: the samples after that last degraded answer."""
+
+    kill_t: float
+    degraded: list
+    recovered_s: float
+    tail: list
+
+    @classmethod
+    def of(cls, load: LoadResult, t_kill: float) -> "AfterKill":
+        kill_t = t_kill - load.t0
+        after = [s for s in load.samples if s.t >= kill_t]
+        degraded = [s for s in after if s.status == 200 and s.body["degraded"]]
+        last = max((s.t for s in degraded), default=kill_t)
+        return cls(kill_t, degraded, last - kill_t, [s for s in after if s.t > last])
+
+    def figures(self, load: LoadResult) -> dict:
+        """What ``record`` keeps of it."""
+        return {"requests": len(load.samples), "codes": load.codes(), "degraded": len(self.degraded),
+                "full_again_after_s": self.recovered_s, "p99_ms": load.p(99),
+                "p99_after_kill_ms": load.p(99, since=self.kill_t)}
 
 
 def rss_mib(pid: int) -> float:

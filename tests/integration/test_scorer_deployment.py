@@ -31,8 +31,8 @@ import httpx
 import pytest
 
 from cluster_fixtures import SCORER_MODE_APP, SCORER_MODE_PREFIX, scorer_mode_config
-from reliability_helpers import (ACTOR_POLL_S, load_result, record, replica_actors, run_load_in_thread,
-                                 wait_app_running, wait_ready)
+from reliability_helpers import (ACTOR_POLL_S, AfterKill, load_result, record, replica_actors, run_load_in_thread,
+                                 wait_app_running, wait_ready, wait_replaced)
 
 pytestmark = pytest.mark.integration
 
@@ -266,20 +266,12 @@ def test_a_killed_scorer_replica_gives_degraded_answers_then_full_ones(mode, cli
         stop.set()
         th.join(timeout=120)
     load = load_result(out)
-    kill_t = t_kill - load.t0  # the kill on the load's time axis
-    codes = load.codes()
-    after = [s for s in load.samples if s.t >= kill_t]
-    degraded = [s for s in after if s.status == 200 and s.body["degraded"]]
-    last_degraded = max((s.t for s in degraded), default=kill_t)
-    tail = [s for s in after if s.t > last_degraded]
-    record("scorer_mode_replica_loss", requests=len(load.samples), codes=codes, degraded=len(degraded),
-           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(99),
-           p99_after_kill_ms=load.p(99, since=kill_t))
-    assert codes == {200: len(load.samples)}, _failures(load)
-    assert degraded, "no degraded answer: the kill did not take the Scorer away"
-    assert last_degraded - kill_t <= RECOVERY_S, \
-        f"degraded answers until {last_degraded - kill_t:.1f} s after the kill"
-    assert len(tail) >= 20 and not any(s.body["degraded"] for s in tail)
+    k = AfterKill.of(load, t_kill)
+    record("scorer_mode_replica_loss", **k.figures(load))
+    assert load.codes() == {200: len(load.samples)}, _failures(load)
+    assert k.degraded, "no degraded answer: the kill did not take the Scorer away"
+    assert k.recovered_s <= RECOVERY_S, f"degraded answers until {k.recovered_s:.1f} s after the kill"
+    assert len(k.tail) >= 20 and not any(s.body["degraded"] for s in k.tail)
     for s in load.ok():  # degraded or not: k items the user has not seen
         user = users[int(round(s.t * RATE)) % len(users)]
         assert len(s.body["items"]) == 5 and not set(_ids(s.body)) & set(artifact.histories[user]), s.body
@@ -311,11 +303,7 @@ def test_the_scorer_rolled_under_load_finishes_its_requests_in_flight(mode, clie
         t_roll = time.monotonic()
         deploy(scorer_mode_config(serve_config, mode["model_uri"], scorers=2, ingress_user_config=deadlines,
                                   scorer={**slow, "ray_actor_options": {"num_cpus": 0.45}}))
-        deadline = time.monotonic() + 120
-        while any(a["actor_id"] in {o["actor_id"] for o in old} for a in replica_actors(APP).get("Scorer", [])):
-            assert time.monotonic() < deadline, "the old Scorer replicas were not stopped"
-            time.sleep(ACTOR_POLL_S)
-        t_gone = time.monotonic()
+        t_gone = wait_replaced(old, "Scorer", APP)
         time.sleep(3)
     finally:
         stop.set()

@@ -41,7 +41,7 @@ import pytest
 
 from cluster_fixtures import fixed_replicas
 from reliability_helpers import (ACTOR_POLL_S, load_result, record, replica_actors,
-                                 run_load_in_thread, wait_app_running)
+                                 run_load_in_thread, wait_app_running, wait_replaced)
 
 pytestmark = pytest.mark.integration
 
@@ -115,11 +115,7 @@ def test_ingress_replicas_replaced_under_load_finish_their_requests_in_flight(cl
         time.sleep(3)
         t_roll = time.monotonic()
         deploy(_slow_ingress(serve_config, num_cpus=0.45, replicas=2))  # a new version: a rolling replacement
-        deadline = time.monotonic() + 120
-        while any(a["actor_id"] in {o["actor_id"] for o in old} for a in replica_actors().get("Ingress", [])):
-            assert time.monotonic() < deadline, "the old Ingress replicas were not stopped"
-            time.sleep(ACTOR_POLL_S)
-        t_gone = time.monotonic()
+        t_gone = wait_replaced(old, "Ingress")
         time.sleep(3)
     finally:
         stop.set()

@@ -23,7 +23,7 @@ import time
 import pytest
 
 from cluster_fixtures import fixed_replicas
-from reliability_helpers import (ACTOR_POLL_S, kill_and_wait, load_result, lost_to_a_kill, record,
+from reliability_helpers import (ACTOR_POLL_S, AfterKill, kill_and_wait, load_result, lost_to_a_kill, record,
                                  replica_actors, run_load_in_thread, wait_app_running)
 
 pytestmark = pytest.mark.integration
@@ -111,20 +111,12 @@ def test_killing_the_text_encoder_degrades_queries_then_they_are_full_again(clie
         th.join(timeout=120)
     wait_app_running()
     load = load_result(out)
-    kill_t = t_kill - load.t0
-    codes = load.codes()
-    after = [s for s in load.samples if s.t >= kill_t]
-    degraded = [s for s in after if s.status == 200 and s.body["degraded"]]
-    last_degraded = max((s.t for s in degraded), default=kill_t)
-    tail = [s for s in after if s.t > last_degraded]
-    record("replica_loss_text_encoder", requests=len(load.samples), codes=codes, degraded=len(degraded),
-           full_again_after_s=last_degraded - kill_t, p99_ms=load.p(99),
-           p99_after_kill_ms=load.p(99, since=kill_t))
-    assert codes == {200: len(load.samples)}, \
+    k = AfterKill.of(load, t_kill)
+    record("replica_loss_text_encoder", **k.figures(load))
+    assert load.codes() == {200: len(load.samples)}, \
         [(s.status, s.body, s.error) for s in load.samples if s.status != 200][:5]
-    assert degraded, "no degraded answer: the kill did not take the text encoder away"
-    assert last_degraded - kill_t <= RECOVERY_S, \
-        f"degraded answers until {last_degraded - kill_t:.1f} s after the kill"
-    assert len(tail) >= 20 and not any(s.body["degraded"] for s in tail)
+    assert k.degraded, "no degraded answer: the kill did not take the text encoder away"
+    assert k.recovered_s <= RECOVERY_S, f"degraded answers until {k.recovered_s:.1f} s after the kill"
+    assert len(k.tail) >= 20 and not any(s.body["degraded"] for s in k.tail)
     assert all(len(s.body["items"]) == 5 for s in load.ok())
     assert replica_actors()["TextEncoder"][0]["actor_id"] != encoders[0]["actor_id"]
