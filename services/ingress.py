@@ -26,7 +26,8 @@ Every step has a deadline (``deadline_ms`` in the ingress's ``user_config``). Wh
 slow or is overloaded, the answer comes from the co-occurrence / popularity ranking with
 ``"degraded": true``; when the event store cannot be read the answer lacks the stored events and is
 degraded too; a query whose text cannot be embedded is answered without it, degraded. Admin endpoints
-need ``Authorization: Bearer $DISTILREC_ADMIN_TOKEN`` when that variable is set. Request bodies are
+need ``Authorization: Bearer <token>`` when a token is set (``services.security``: the environment variable
+or a mounted file). Request bodies are
 limited to ``MAX_BODY_BYTES`` (a larger body is read and dropped before the 413, so that a client that
 sends it all before reading still gets the answer). Every response carries Serve's ``X-Request-Id``,
 which the replicas' JSON logs carry as ``request_id``. Every error is JSON ``{"error": {"code": ...,
@@ -80,7 +81,6 @@ MAX_TEXT = 5000
 MAX_QUERY = 1000
 DRAIN_LIMIT_BYTES = 64 << 20  # an oversized body is read and dropped up to this much before the 413
 SEEN_USERS = 100_000  # users whose last reflected event this replica remembers (event-to-effect metric)
-ADMIN_TOKEN_ENV = "DISTILREC_ADMIN_TOKEN"
 # Per stage, in milliseconds; the serve config's ingress user_config overrides them.
 DEFAULT_DEADLINES_MS = {"features": 1000, "score": 1000, "query": 1000, "store": 10000, "items": 60000,
                         "info": 5000, "reload": 120000}
