@@ -11,6 +11,8 @@
                         (admin) → {"added": 1}; recommendable by the next request
     GET  /v1/model      version, creation time and offline metrics of the loaded model, reload errors
     POST /v1/model/reload  (admin) load the newest version under the model URI now
+    POST /v1/model/promote {"version": "v…", "force": false}  (admin) move models/LATEST to a version, reload
+    POST /v1/model/rollback  (admin) move models/LATEST back to the version published before, reload
     GET  /healthz       the process is alive
     GET  /readyz        the model is loaded, the scorer answers and the event store can be read
 
@@ -57,6 +59,7 @@ from starlette.responses import Response
 
 import numpy as np
 
+from distilrec import versions
 from distilrec.artifacts import resolve
 from distilrec.catalog import compose_text, parse_attributes
 from distilrec.query import QUERY_WEIGHT
@@ -173,6 +176,14 @@ class ItemsResponse(BaseModel):
     added: int
 
 
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    version: str = Field(max_length=128, pattern=versions.VERSION_NAME.pattern,
+                         description="a version folder's name under the model URI (distilrec model list)")
+    force: bool = Field(False, description="promote a version the offline gate refused")
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str
@@ -194,7 +205,9 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 _ERROR_DOCS = {
     400: "invalid_request: the body is not UTF-8",
     401: "unauthorized: an admin endpoint without the right Bearer token",
-    409: "item_exists / model_refused / text_features_unavailable",
+    404: "unknown_version: promote names no version folder under the model URI",
+    409: "item_exists / model_refused / text_features_unavailable / version_refused (promote without force) / "
+         "version_incomplete / no_previous_version (rollback) / not_a_model_output",
     413: "payload_too_large: the body is over 1 MiB",
     422: "invalid_request (bad JSON, wrong types, values out of range, unknown fields) or unknown_item",
     503: "event_store_unavailable / unavailable / not_ready: retry after Retry-After seconds; nothing was stored "
@@ -274,7 +287,8 @@ def _http_metrics() -> dict:
     return _METRICS
 
 
-_ROUTES = {"/v1/recommend", "/v1/events", "/v1/items", "/v1/model", "/v1/model/reload", "/healthz", "/readyz"}
+_ROUTES = {"/v1/recommend", "/v1/events", "/v1/items", "/v1/model", "/v1/model/reload", "/v1/model/promote",
+           "/v1/model/rollback", "/healthz", "/readyz"}
 
 
 class _Guard:
@@ -381,7 +395,7 @@ async def _drain(receive, seen: int) -> None:
 app.add_middleware(_Guard)
 
 
-_ADMIN_ROUTES = {"/v1/items", "/v1/model/reload"}
+_ADMIN_ROUTES = {"/v1/items", "/v1/model/reload", "/v1/model/promote", "/v1/model/rollback"}
 _UNAUTHORIZED = "this endpoint needs Authorization: Bearer <admin token>"
 
 
@@ -451,10 +465,7 @@ class Ingress:
         if self.inline:
             import torch
 
-            from distilrec.models import native_cpu_kernels
-
             torch.set_num_threads(threads)
-            native_cpu_kernels(True)  # PyTorch's own CPU kernels: a request's small ops pay less set-up
         self.io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
         self.store = open_event_store(event_store)
         which = scorer_model if self.inline else None
@@ -463,6 +474,7 @@ class Ingress:
         self.deadlines_ms = dict(DEFAULT_DEADLINES_MS)
         self.candidates, self.default_k, self.diversity, self.query_weight = DEFAULT_CANDIDATES, DEFAULT_K, 0.0, QUERY_WEIGHT
         self.knobs: dict = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
+        self.batch_wait_s, self.steps = 0.0, 0  # the batch wait; scoring steps running (queued or not)
         self.stage = metrics.stage_latency()
         self.cold_start = metrics.cold_start_total()
         self.degraded = metrics.degraded_total()
@@ -486,7 +498,8 @@ class Ingress:
         if "max_batch_size" in config:
             self.score_batch.set_max_batch_size(max(1, int(config["max_batch_size"])))
         if "batch_wait_timeout_s" in config:
-            self.score_batch.set_batch_wait_timeout_s(max(0.0, float(config["batch_wait_timeout_s"])))
+            self.batch_wait_s = max(0.0, float(config["batch_wait_timeout_s"]))
+            self.score_batch.set_batch_wait_timeout_s(self.batch_wait_s)
         if "candidates" in config:
             self.candidates = max(1, int(config["candidates"]))
         if "default_k" in config:
@@ -564,11 +577,22 @@ class Ingress:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0, max_concurrent_batches=2)
     async def score_batch(self, jobs: list[_Job]) -> list[_Scored]:
-        """The requests that reached this replica's queue together share one trip to a store thread
-        (their histories, one sync read) and one scoring step: one tensor batch of the model in process,
-        or one handle call to the Scorer deployment (``max_batch_size`` / ``batch_wait_timeout_s`` in
-        ``user_config``; 1 = no batching). A store read past the ``features`` deadline is answered without
-        the stored events; a scoring step past ``score``, or failing, from the co-occurrence fallback."""
+        """The requests that reached this replica's queue together share one :meth:`_step`
+        (``max_batch_size`` / ``batch_wait_timeout_s`` in ``user_config``; 1 = no batching)."""
+        return await self._step(jobs)
+
+    async def _step(self, jobs: list[_Job]) -> list[_Scored]:
+        """One trip to a store thread (the jobs' histories, one sync read) and one scoring step: one
+        tensor batch of the model in process, or one handle call to the Scorer deployment. A store read
+        past the ``features`` deadline is answered without the stored events; a scoring step past
+        ``score``, or failing, from the co-occurrence fallback."""
+        self.steps += 1
+        try:
+            return await self._read_then_score(jobs)
+        finally:
+            self.steps -= 1
+
+    async def _read_then_score(self, jobs: list[_Job]) -> list[_Scored]:
         self.batch_size.observe(len(jobs))
         try:
             read = await self._in_thread("features", self._features, [(j.user_id, j.history) for j in jobs])
@@ -611,11 +635,16 @@ class Ingress:
         return out
 
     async def _read_and_score(self, req: RecommendRequest, n: int) -> _Scored:
-        """``score_batch`` for one request, its wait bounded by the ``features`` + ``score`` deadlines
-        (an overloaded replica's queue: the fallback answers from the artifact's and the request's history)."""
+        """One request's part of a :meth:`_step`, its wait bounded by the ``features`` + ``score``
+        deadlines (an overloaded replica's queue: the fallback answers from the artifact's and the
+        request's history). A request that finds no step running and the batch wait at 0 is a batch of
+        one (what the queue would make of it) and takes its step at once, without the queue's task."""
+        job = _Job(req.user_id, list(req.history), tuple(req.exclude), n)
         try:
             async with asyncio.timeout((self.deadlines_ms["features"] + self.deadlines_ms["score"]) / 1000):
-                return await self.score_batch(_Job(req.user_id, list(req.history), tuple(req.exclude), n))
+                if self.steps == 0 and self.batch_wait_s == 0:
+                    return (await self._step([job]))[0]
+                return await self.score_batch(job)
         except TimeoutError:
             b = self.state.bundle
             return _Scored(b, user_features(b, None, req.user_id, req.history, store_ok=False), None,
@@ -855,13 +884,23 @@ class Ingress:
 
     @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
-        """The model that scores: version, creation time, offline metrics, the last refused artifact with
-        its reason (``last_reload_error``), and the scoring knobs."""
+        """The model that scores: version, creation time, offline metrics, the offline gate's verdict on it
+        (``gate``), the last refused artifact with its reason (``last_reload_error``), the newest version
+        the offline gate refused since (``gate_refused``, null when none), and the scoring knobs."""
         try:
-            return await self._info()
+            info = await self._info()
         except Exception as e:  # noqa: BLE001
             raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        info["gate_refused"] = None
+        try:
+            info["gate_refused"] = await self._in_thread("info", versions.newer_refused, self.model_uri,
+                                                         info["version"])
+        except versions.VersionError:  # model_uri names one version's folder: no other versions
+            pass
+        except Exception as e:  # noqa: BLE001 - a listing that fails leaves the rest of the answer
+            log.warning("refused versions not listed: %s: %s", type(e).__name__, e)
+        return info
 
     @app.post("/v1/model/reload", responses={**_errors(401, 409, 503), 202: {"description": "still loading"}})
     async def reload(self, request: Request):
@@ -870,6 +909,12 @@ class Ingress:
         model_refused`` with the reason when it does not load (the old model keeps serving), ``202`` when
         it is still loading after the reload deadline."""
         _check_admin(request)
+        body, status = await self._reload_latest()
+        return body if status == 200 else JSONResponse(body, status_code=status)
+
+    async def _reload_latest(self) -> tuple[dict, int]:
+        """``POST /v1/model/reload``'s work, ``(answer, status)``: this replica loads what ``models/LATEST``
+        names now, and the store's reload request tells the other replicas."""
         try:
             target = await asyncio.to_thread(resolve, self.model_uri)
         except Exception as e:  # noqa: BLE001
@@ -880,7 +925,7 @@ class Ingress:
             raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
         if before["uri"] == target and self.state.uri == target:
-            return {"version": before["version"], "previous": before["version"], "changed": False}
+            return {"version": before["version"], "previous": before["version"], "changed": False}, 200
         await self._in_thread("store", self.store.request_reload)  # every other replica, at its next request
         loading = asyncio.get_running_loop().run_in_executor(None, self.state.check, True)
         deadline = time.monotonic() + self.deadlines_ms["reload"] / 1000
@@ -888,14 +933,42 @@ class Ingress:
             info = await self._info()
             if info["uri"] == target and self.state.uri == target:
                 return {"version": info["version"], "previous": before["version"],
-                        "changed": info["version"] != before["version"]}
+                        "changed": info["version"] != before["version"]}, 200
             refused = {r["uri"]: r["reason"] for r in info.get("refused", [])}
             if target in refused and (info.get("last_reload_error") or {}).get("at", "") > \
                     (before.get("last_reload_error") or {}).get("at", ""):
                 raise ApiError(409, "model_refused", f"{target} was refused, still serving {info['version']}: "
                                                      f"{refused[target]}"[:2000])
             await asyncio.sleep(0.2 if loading.done() else 0.5)
-        return JSONResponse({"status": "loading", "target": target, "version": before["version"]}, status_code=202)
+        return {"status": "loading", "target": target, "version": before["version"]}, 202
+
+    _VERSION_ERRORS = {"unknown_version": 404}  # other versions.VersionError codes answer 409
+
+    async def _move_latest(self, move, *args):
+        """Move ``models/LATEST`` with ``versions.promote`` / ``versions.rollback`` (off the event loop),
+        then reload as ``POST /v1/model/reload`` does; the reload's answer with ``moved`` (the recorded move)."""
+        try:
+            moved = await asyncio.to_thread(move, self.model_uri, *args)
+        except versions.VersionError as e:
+            raise ApiError(self._VERSION_ERRORS.get(e.code, 409), e.code, str(e)[:2000]) from None
+        body, status = await self._reload_latest()
+        body["moved"] = moved
+        return body if status == 200 else JSONResponse(body, status_code=status)
+
+    @app.post("/v1/model/promote", responses={**_errors(401, 404, 409, 503), 202: {"description": "still loading"}})
+    async def promote(self, request: Request, body: PromoteRequest):
+        """Publish ``version`` (admin): ``models/LATEST`` moves to it, recorded in ``models/HISTORY.json``,
+        and the replicas load it as after ``POST /v1/model/reload``. ``404 unknown_version``; ``409
+        version_refused`` for a version the offline gate refused, unless ``force``."""
+        _check_admin(request)
+        return await self._move_latest(versions.promote, body.version, body.force)
+
+    @app.post("/v1/model/rollback", responses={**_errors(401, 409, 503), 202: {"description": "still loading"}})
+    async def rollback(self, request: Request):
+        """Go back to the version published before the serving one (admin), as ``distilrec model rollback``;
+        ``409 no_previous_version`` when the history has none."""
+        _check_admin(request)
+        return await self._move_latest(versions.rollback)
 
     @app.get("/healthz")
     async def healthz(self) -> dict:
