@@ -1,10 +1,12 @@
 """Model artifacts: versioned folders on any fsspec URI (local path, ``s3://…``, ``memory://…``).
 
 A pipeline output ``OUT`` holds ``OUT/models/<version>/`` and a ``OUT/models/LATEST`` pointer that is
-written last. A version folder holds everything serving needs, and serving rebuilds every model from
-it alone::
+written last, only for a version that is published (the pipeline's offline gate, ``distilrec.gate``, or
+an operator's promote / rollback, ``distilrec.versions``). ``OUT/models/HISTORY.json`` lists every move
+of ``LATEST``, written before it moves, so that a rollback knows what was published before. A version
+folder holds everything serving needs, and serving rebuilds every model from it alone::
 
-    manifest.json                 format, version, created_at, dataset, metrics, encoder
+    manifest.json                 format, version, created_at, dataset, metrics, encoder, gate (written last)
     items.parquet                 item_id, title, text, attributes (JSON; row i = model item row i)
     item_text_emb.safetensors     text_emb (N, text_dim)
     histories.parquet             user_id, item_id, timestamp (known interactions, time order)
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import pandas as pd
 import torch
@@ -169,10 +172,15 @@ def write_artifact(
     metrics: dict,
     encoder: str | None,
     version: str | None = None,
+    gate: dict | None = None,
+    publish: bool = True,
 ) -> str:
-    """Write a new version under ``out_uri/models/`` and point ``LATEST`` at it; returns its URI.
+    """Write a new version under ``out_uri/models/`` and, with ``publish``, point ``LATEST`` at it
+    (:func:`publish_version`); returns its URI. An unpublished version is kept for inspection and for a
+    later ``distilrec model promote``.
 
-    ``encoder`` is a local folder (copied into the artifact) or a hub id (recorded by name).
+    ``encoder`` is a local folder (copied into the artifact) or a hub id (recorded by name); ``gate``
+    (the offline gate's verdict, :func:`distilrec.gate.offline_gate`) goes into the manifest.
     """
     version = version or new_version()
     fs, root = _fs(out_uri)
@@ -202,10 +210,66 @@ def write_artifact(
         "metrics": metrics,
         "encoder": enc_meta,
         "n_items": len(items),
+        **({"gate": gate} if gate is not None else {}),
     }
     _write_bytes(fs, posixpath.join(base, "manifest.json"), json.dumps(manifest, indent=2).encode())
-    _write_bytes(fs, posixpath.join(root, "models", "LATEST"), version.encode())
+    if publish:
+        publish_version(fs, posixpath.join(root, "models"), version,
+                        "forced" if gate and gate.get("forced") else "published")
     return f"{_proto(out_uri)}{base}"
+
+
+# ------------------------------------------------------------------------------ LATEST and HISTORY
+
+LATEST = "LATEST"
+HISTORY = "HISTORY.json"
+
+
+def read_latest(fs, models: str) -> str | None:
+    """The version that ``models/LATEST`` names (``models``: the folder of the versions); None without one."""
+    try:
+        return _read_bytes(fs, posixpath.join(models, LATEST)).decode().strip() or None
+    except ArtifactError:
+        return None
+
+
+def read_history(fs, models: str) -> list[dict[str, Any]]:
+    """The moves of ``LATEST``, oldest first: ``{"version", "action", "at", "previous"}`` each, ``action``
+    one of ``found`` (what ``LATEST`` named when the history began), ``published``, ``forced``,
+    ``promoted``, ``rolled_back``; ``[]`` without a history file."""
+    try:
+        data = json.loads(_read_bytes(fs, posixpath.join(models, HISTORY)))
+    except ArtifactError:
+        return []
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{posixpath.join(models, HISTORY)} is not valid JSON ({e})") from None
+    return list(data.get("moves", []))
+
+
+def publish_version(fs, models: str, version: str, action: str, **extra: Any) -> dict[str, Any]:
+    """Point ``models/LATEST`` at ``version``, recording the move in ``models/HISTORY.json`` first (a
+    crash between the two leaves a history one move ahead, never a move without its record). Returns
+    the recorded move. The history file is rewritten whole: one writer at a time (the pipeline, an
+    operator), as for ``LATEST`` itself.
+
+    ``LATEST`` is replaced by a rename on a local disk, so that a replica that polls it never reads a
+    half-written name; an object store's put is atomic already."""
+    previous = read_latest(fs, models)
+    history = read_history(fs, models)
+    now = datetime.now(timezone.utc).isoformat()
+    if not history and previous and previous != version:  # LATEST moved before there was a history
+        history.append({"version": previous, "action": "found", "at": now, "previous": None})
+    move = {"version": version, "action": action, "at": now, "previous": previous, **extra}
+    history.append(move)
+    _write_bytes(fs, posixpath.join(models, HISTORY), json.dumps({"moves": history}, indent=2).encode())
+    latest = posixpath.join(models, LATEST)
+    if isinstance(fs, LocalFileSystem):
+        tmp = f"{latest}.tmp"
+        _write_bytes(fs, tmp, version.encode())
+        fs.mv(tmp, latest)
+    else:
+        _write_bytes(fs, latest, version.encode())
+    return move
 
 
 def _proto(uri: str) -> str:

@@ -4,6 +4,7 @@
     distilrec pipeline --dataset synthetic --output out
     distilrec serve --model out [--host 127.0.0.1] [--port 8000]
     distilrec bench serve --model out --output bench-out      # also: bench train, bench quality, bench cost, bench step
+    distilrec model list --model-uri out                      # also: model promote VERSION, model rollback
 
 ``training`` and ``services`` are imported inside the commands, so ``import distilrec`` stays free
 of Ray.
@@ -501,6 +502,55 @@ def bench_query(args: argparse.Namespace, argv: list[str] | None) -> int:
     return 0
 
 
+def model_cmd(args: argparse.Namespace) -> int:
+    """``distilrec model list | promote VERSION | rollback``: see :mod:`distilrec.versions`."""
+    from distilrec.versions import NotAModelOutput, VersionError, list_versions, promote, rollback
+
+    where = f"distilrec model {args.model_cmd}"
+    try:
+        if args.model_cmd == "list":
+            print_versions(list_versions(args.model_uri), args.model_uri)
+            return 0
+        if args.model_cmd == "promote":
+            move = promote(args.model_uri, args.version, force=args.force)
+        else:
+            move = rollback(args.model_uri)
+    except NotAModelOutput as e:
+        print(f"{where}: --model-uri {args.model_uri!r}: {e}", file=sys.stderr)
+        return 2
+    except VersionError as e:
+        named = f"VERSION {args.version!r}: " if args.model_cmd == "promote" else ""
+        print(f"{where}: {named}{e}", file=sys.stderr)
+        return 2
+    if not move["changed"]:
+        print(f"LATEST already names {move['version']}; nothing changed")
+    else:
+        print(f"LATEST: {move['previous']} -> {move['version']} ({move['action'].replace('_', ' ')}"
+              f"{', forced' if move.get('forced') else ''}). Serving replicas swap it in at their next poll "
+              "(model_poll_s), or at once after POST /v1/model/reload")
+    return 0
+
+
+def print_versions(versions, uri: str) -> None:
+    """The ``distilrec model list`` table: one row per version, oldest first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"model versions under {uri}")
+    for col in ("version", "created", "status", "student val", "student test", "teacher val", "teacher test",
+                "gate"):
+        table.add_column(col, justify="right" if " " in col else "left", overflow="fold")
+
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    for v in versions:
+        table.add_row(v.version, (v.created_at or "-")[:19].replace("T", " "), v.status,
+                      *(fmt(v.ndcg(m, stage)) for m in ("student", "teacher") for stage in ("val", "test")),
+                      v.reason or "-")
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # a pipe (kubectl exec) gets 160, not 80
+
+
 def huge_pages_default() -> None:
     """Let PyTorch back its buffers of 2 MB and more with transparent huge pages, in this process and
     in the local Ray instance's processes, which inherit its environment (``THP_MEM_ALLOC_ENABLE``, read
@@ -525,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--output", required=True, help="output folder (report.json, models/)")
     pl.add_argument("--config", help="PipelineConfig YAML (encoder, teacher, student, teacher_train, distill)")
     pl.add_argument("--resume", action="store_true", help="continue the latest run in --output from its checkpoints")
+    pl.add_argument("--force", action="store_true",
+                    help="publish the new version (move models/LATEST) even when the offline gate refuses it "
+                         "(report.json's gate says why)")
     pl.add_argument("--use-gpu", action="store_true",
                     help="train teacher and student with one GPU per Ray Train worker and bf16 autocast")
     pl.add_argument("--workers", type=int, help="Ray Train workers (DDP) of every stage (default: the config's, 2)")
@@ -609,6 +662,18 @@ def main(argv: list[str] | None = None) -> int:
     bqy.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     bqy.add_argument("--workdir", help="folder whose cache/ holds the item text embeddings (default: --output; a "
                                        "pipeline's --output folder reuses its cached embeddings)")
+    mo = sub.add_parser("model", help="model versions under a model URI: list, promote one, roll back")
+    mosub = mo.add_subparsers(dest="model_cmd", required=True)
+    uri_help = "the pipeline's --output folder (holding models/) or an fsspec URI such as s3://bucket/out"
+    mol = mosub.add_parser("list", help="every version: created, current / published / refused, gate reason, "
+                                        "NDCG@10")
+    mol.add_argument("--model-uri", required=True, help=uri_help)
+    mop = mosub.add_parser("promote", help="move models/LATEST to VERSION (serving replicas follow)")
+    mop.add_argument("version", metavar="VERSION", help="a version folder's name (distilrec model list)")
+    mop.add_argument("--model-uri", required=True, help=uri_help)
+    mop.add_argument("--force", action="store_true", help="promote a version the offline gate refused")
+    mor = mosub.add_parser("rollback", help="move models/LATEST back to the version published before it")
+    mor.add_argument("--model-uri", required=True, help=uri_help)
     args = p.parse_args(argv)
 
     if args.cmd == "bench":
@@ -625,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs, args.block)
+    if args.cmd == "model":
+        return model_cmd(args)
     if args.cmd in ("demo", "serve"):
         from services.run import REQUEST_PATH_ENV, request_path
 
@@ -651,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"distilrec pipeline: --config {args.config!r}: {e}", file=sys.stderr)
             return 2
         try:
-            run_pipeline(args.dataset, args.output, cfg, resume=args.resume)
+            run_pipeline(args.dataset, args.output, cfg, resume=args.resume, force=args.force)
         except NotEnoughGPUs as e:
             print(f"distilrec pipeline: --use-gpu: {e}", file=sys.stderr)
             return 2

@@ -138,6 +138,12 @@ class PipelineConfig(_Strict):
     val_max_users: int = Field(10_000, ge=5_000, description="validation (early stopping, EASE's λ) reads at most "
                                "this many users: with more, a fixed random sample of them (seed 0), the same for "
                                "every epoch and model (report['validation']); the test reads every user")
+    gate_min_ratio: float = Field(0.95, ge=0.0, description="the offline gate: a new version is published (models/"
+                                  "LATEST moved to it) only when its student's validation NDCG@10 is at least this "
+                                  "share of the serving version's, the serving student evaluated on the same users of "
+                                  "this run's split, and its scores are finite; 0 keeps only the finite-score check. "
+                                  "A refused version is written and not published (report['gate']); distilrec "
+                                  "pipeline --force publishes it anyway")
 
 
 def cache_home() -> Path:

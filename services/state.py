@@ -201,6 +201,7 @@ class ServingState(Generic[B]):
         m = self.bundle.manifest
         return {"version": m["version"], "created_at": m.get("created_at"), "uri": self.uri,
                 "dataset": m.get("dataset"), "metrics": m.get("metrics"), "n_items": m.get("n_items"),
+                "gate": m.get("gate"),
                 "reloaded_at": self.reloaded_at, "last_reload_error": self.last_error,
                 "refused": [{"uri": u, "reason": r} for u, r in self.refused.items()]}
 

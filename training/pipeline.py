@@ -7,7 +7,8 @@ the command line's (``distilrec pipeline --help``), this module has none of its 
     distilrec pipeline --dataset movielens:PATH --output out --use-gpu --workers 1   # one GPU, bf16 autocast
 
 Writes ``OUT/report.json`` (layout in docs/architecture.md), ``OUT/models/<version>/`` (the artifact
-serving loads), ``OUT/models/LATEST`` and, with the ``plots`` extra, ``training_curves.png`` and
+serving loads), ``OUT/models/LATEST`` when the offline gate publishes the version (``distilrec.gate``;
+``--force`` publishes it anyway) and, with the ``plots`` extra, ``training_curves.png`` and
 ``quality_cost.png``; Ray Train checkpoints go under ``OUT/ray/<run id>/<stage>``, and ``--resume``
 continues the latest run from them (``ray/<run id>/run.json`` records what it must share).
 """
@@ -31,7 +32,7 @@ import pandas as pd
 import yaml
 from rich.console import Console
 
-from distilrec.artifacts import ItemTable, write_artifact
+from distilrec.artifacts import ItemTable
 from distilrec.config import PipelineConfig, StudentConfig, TeacherConfig, cache_home
 from distilrec.data import Dataset, Split, load_dataset
 from distilrec.resources import PeakMemory
@@ -39,6 +40,7 @@ from distilrec.evaluate import (
     build_report, compare_models, comparison_lines, evaluate_baselines, evaluate_ranks, format_table, model_ranks,
     scoring_costs, time_line,
 )
+from distilrec.gate import verdict_line, write_gated
 from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
 from training.distill import distill
 from training.loop import VAL_METRIC, TrainOutput
@@ -254,11 +256,14 @@ def output_locations(output: str) -> tuple[str, Path]:
     return out, work
 
 
-def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(), resume: bool = False) -> dict:
+def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(), resume: bool = False,
+                 force: bool = False) -> dict:
     """Run the whole path on dataset ``spec``; return the report (also written to ``output``).
 
     ``output`` is a local folder or an fsspec URI (``s3://bucket/prefix``); ``resume=True`` continues
-    the latest run in ``output`` from its Ray Train checkpoints."""
+    the latest run in ``output`` from its Ray Train checkpoints. The new version is published
+    (``models/LATEST``) when the offline gate passes it (``cfg.gate_min_ratio``, report['gate']), or
+    with ``force``."""
     clock = StageClock()
     out, work = output_locations(output)
     with clock.stage("data"):
@@ -288,7 +293,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     def evaluated(name: str, run: TrainOutput) -> None:
         """Test ``run``'s model: its per-user ranks, NDCG@10, HR@10 and best epoch under ``name``."""
         ranks[name] = model_ranks(run.model, split)
-        models[name] = {**evaluate_ranks(ranks[name]), "best_epoch": run.best["epoch"]}
+        models[name] = {**evaluate_ranks(ranks[name]), "best_epoch": run.best["epoch"],
+                        "val_ndcg@10": run.best[VAL_METRIC]}
 
     with clock.stage("ray_start"):
         ensure_ray(max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
@@ -318,11 +324,15 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json()), "validation": validation,
                                              "skipped": skipped}, comparisons=compare_models(ranks))
     items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
+    console.print(f"[bold]gate[/] the student's validation NDCG@10 against the serving version's "
+                  f"(at least {cfg.gate_min_ratio:g} ×), finite scores")
     with clock.stage("artifact"):
-        report["artifact"] = write_artifact(
+        report["artifact"], report["gate"] = write_gated(
             out, items=items, histories=histories_frame(ds), student=student.model, teacher=teacher.model,
-            dataset=report["dataset"], metrics=models, encoder=encoder,
+            dataset=report["dataset"], metrics=models, encoder=encoder, split=split, val_users=val_users,
+            min_ratio=cfg.gate_min_ratio, force=force,
         )
+    console.print(f"[bold]gate[/] {verdict_line(report['gate'])}")
     report["run"] = run_summary(clock, runs, resume)  # the seconds up to here: the report and plots follow
     with fsspec.open(f"{out}/report.json", "w") as f:
         json.dump(report, f, indent=2)
@@ -339,7 +349,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     for line in comparison_lines(report):
         console.print(line)
     console.print(time_line(report["run"]))
-    console.print(f"report: {out}/report.json\nartifact: {report['artifact']}")
+    console.print(f"report: {out}/report.json\nartifact: {report['artifact']}"
+                  + ("" if report["gate"]["published"] else " (not published: LATEST did not move)"))
     return report
 
 

@@ -195,6 +195,14 @@ class Split:
             return None
         return np.sort(np.random.default_rng(seed).choice(n, size=max_users, replace=False))
 
+    def subset(self, users: np.ndarray | None) -> "Split":
+        """The split of the users ``users`` (indices, e.g. :meth:`val_sample`'s), in that order; itself
+        when ``users`` is None."""
+        if users is None:
+            return self
+        return Split([self.train[u] for u in users], self.val_target[users], self.test_target[users],
+                     [self.times[u] for u in users] if self.times else [])
+
     def histories(self, stage: str) -> list[np.ndarray]:
         """The histories a model sees when it is evaluated on ``stage`` ("val" or "test")."""
         if stage == "val":

@@ -105,7 +105,7 @@ def test_the_pipeline_command_hands_bf16_to_every_training_stage(monkeypatch, fl
     from distilrec.cli import main
 
     seen = []
-    monkeypatch.setattr(training.pipeline, "run_pipeline", lambda dataset, output, cfg, resume: seen.append(cfg))
+    monkeypatch.setattr(training.pipeline, "run_pipeline", lambda dataset, output, cfg, resume, force: seen.append(cfg))
     assert main(["pipeline", "--dataset", "synthetic", "--output", "o", *flag]) == 0
     assert seen[0].teacher_train.bf16 is want and seen[0].distill.bf16 is want
 
