@@ -590,6 +590,7 @@ def test_notes_give_port_forward_and_curl_commands(tmp_path):
     assert """-d '{"query": "space opera", "k": 5}'""" in notes
     assert f"get secret {FULLNAME}-admin" in notes
     assert f"helm test {RELEASE}" in notes
+    assert "-c ray-head -- distilrec model rollback --model-uri '/artifacts/" in notes
 
 
 def test_names_are_chart_prefixed_and_short():
