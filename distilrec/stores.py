@@ -28,7 +28,12 @@ Besides events, a store keeps what every serving replica must agree on and what 
 * **new items** (``POST /v1/items``): :meth:`EventStore.add_items` / :meth:`EventStore.items_since`, each
   with its text, attributes and text embedding, numbered by a store-wide sequence;
 * a small **sync state** ``(items_seq, reload_generation)`` read once per request
-  (:meth:`EventStore.sync_state`), so that a replica that is behind refreshes before it answers.
+  (:meth:`EventStore.sync_state`), so that a replica that is behind refreshes before it answers;
+* **impressions** (:meth:`EventStore.record_impressions` / :meth:`EventStore.impressions`): what a
+  recommendation showed, by its ``recommendation_id``, so that a later event on a shown item counts as a
+  hit for the arm that showed it. Kept ``impression_ttl_s`` seconds (default one day); SQLite also keeps
+  at most ``max_impressions`` (default 1,000,000), Redis lets them expire. Losing one loses a hit
+  count, never an event: they are written in batches, not fsynced one by one.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "events.db")
@@ -66,6 +71,8 @@ SCHEMA_VERSION = 2
 REDIS_PASSWORD_ENV = "DISTILREC_REDIS_PASSWORD"
 MAX_EVENT_ID_LEN = 128  # characters
 DEFAULT_EVENT_ID_TTL_S = 7 * 24 * 3600  # how long the Redis store remembers an event id
+DEFAULT_IMPRESSION_TTL_S = 24 * 3600  # how long an impression can still be matched by feedback
+DEFAULT_MAX_IMPRESSIONS = 1_000_000  # SQLite: impressions kept at most (the oldest go first)
 
 
 class EventStoreError(RuntimeError):
@@ -151,6 +158,42 @@ class StoredEvent:
     type: str = "view"
 
 
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """What one recommendation showed: ``recommendation_id`` (the answer's, unique), the ``arm`` that
+    answered, the ``user_id`` (``None`` for a request without one), the ``items`` shown in rank order
+    (rank 1 first) and ``at`` (unix seconds, float)."""
+
+    recommendation_id: str
+    arm: str
+    user_id: str | None
+    items: tuple[str, ...]
+    at: float
+
+    def rank(self, item_id: str) -> int | None:
+        """The 1-based rank at which ``item_id`` was shown, ``None`` when it was not."""
+        try:
+            return self.items.index(item_id) + 1
+        except ValueError:
+            return None
+
+    def to_json(self) -> str:
+        return json.dumps({"arm": self.arm, "user_id": self.user_id, "items": list(self.items), "at": self.at})
+
+    @classmethod
+    def from_json(cls, recommendation_id: str, data: str | bytes) -> "Impression":
+        d = json.loads(data)
+        return cls(recommendation_id, d["arm"], d["user_id"], tuple(d["items"]), float(d["at"]))
+
+
+def _check_impressions(impressions: Iterable[Impression]) -> list[Impression]:
+    out = list(impressions)
+    for imp in out:
+        if not isinstance(imp, Impression) or not isinstance(imp.recommendation_id, str) or not imp.recommendation_id:
+            raise ValueError(f"not an impression: {imp!r}")
+    return out
+
+
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (not isinstance(limit, int) or limit < 0):
         raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
@@ -213,6 +256,17 @@ class EventStore(ABC):
     def request_reload(self) -> int:
         """Bump the reload generation (``POST /v1/model/reload``); returns the new one."""
 
+    @abstractmethod
+    def record_impressions(self, impressions: Iterable[Impression]) -> None:
+        """Keep these impressions (one write for the batch), replacing one whose ``recommendation_id`` is
+        kept already, and drop those past the store's retention. Raises ``ValueError`` for a value that is
+        not an :class:`Impression` and :class:`EventStoreError` when the store cannot write."""
+
+    @abstractmethod
+    def impressions(self, recommendation_ids: Iterable[str]) -> dict[str, Impression]:
+        """``{recommendation_id: impression}`` of those ids the store still keeps (one read); an unknown
+        or expired id is absent. Raises :class:`EventStoreError` when the store cannot be read."""
+
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release connections; the store must not be used afterwards."""
 
@@ -247,7 +301,16 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('items_seq', 0), ('reload', 0);
+CREATE TABLE IF NOT EXISTS impressions (
+    seq     INTEGER PRIMARY KEY,
+    rec_id  TEXT    NOT NULL UNIQUE CHECK (length(rec_id) > 0),
+    at      REAL    NOT NULL,
+    body    TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_at ON impressions (at);
 """
+# The impressions table is new within version 2: a build without it never reads it, and a file written
+# by such a build gets it when this build opens it.
 # Created after the column exists (a file written before event ids has the table without it).
 _EVENT_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id) WHERE event_id IS NOT NULL"
 
@@ -311,9 +374,14 @@ class SQLiteEventStore(EventStore):
 
     IDLE_CONNECTIONS = 8
 
-    def __init__(self, path: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, path: str | os.PathLike, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 impression_ttl_s: float = DEFAULT_IMPRESSION_TTL_S, max_impressions: int = DEFAULT_MAX_IMPRESSIONS):
+        if not impression_ttl_s > 0 or not isinstance(max_impressions, int) or max_impressions <= 0:
+            raise ValueError(f"impression_ttl_s and max_impressions must be > 0, got {impression_ttl_s!r}, "
+                             f"{max_impressions!r}")
         self.path = os.path.abspath(os.path.expanduser(os.fspath(path)))
         self.timeout_s = float(timeout_s)
+        self.impression_ttl_s, self.max_impressions = float(impression_ttl_s), max_impressions
         self._idle: list[sqlite3.Connection] = []
         self._open_count = 0  # connections open now, idle or in use
         self._lock = threading.Lock()
@@ -494,6 +562,34 @@ class SQLiteEventStore(EventStore):
 
         return int(self._write("reload", write))
 
+    def record_impressions(self, impressions: Iterable[Impression]) -> None:
+        """See :meth:`EventStore.record_impressions`. One transaction inserts the batch and deletes the
+        impressions older than ``impression_ttl_s`` and those beyond the newest ``max_impressions`` (both
+        by index: cheap when there is nothing to delete)."""
+        rows = [(imp.recommendation_id, float(imp.at), imp.to_json()) for imp in _check_impressions(impressions)]
+        if not rows:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO impressions (rec_id, at, body) VALUES (?, ?, ?) ON CONFLICT (rec_id) "
+                             "DO UPDATE SET at = excluded.at, body = excluded.body", rows)
+            conn.execute("DELETE FROM impressions WHERE at < ?", (time.time() - self.impression_ttl_s,))
+            conn.execute("DELETE FROM impressions WHERE seq <= (SELECT max(seq) FROM impressions) - ?",
+                         (self.max_impressions,))
+
+        self._write("impression", write)
+
+    def impressions(self, recommendation_ids: Iterable[str]) -> dict[str, Impression]:
+        ids = list(dict.fromkeys(i for i in recommendation_ids if isinstance(i, str)))
+        out: dict[str, Impression] = {}
+        oldest = time.time() - self.impression_ttl_s
+        for start in range(0, len(ids), 500):  # SQLite's limit on bound parameters is 999 in old builds
+            chunk = ids[start:start + 500]
+            rows = self._read(f"SELECT rec_id, body FROM impressions WHERE at >= ? AND rec_id IN "
+                              f"({', '.join('?' * len(chunk))})", (oldest, *chunk))
+            out.update((r, Impression.from_json(r, body)) for r, body in rows)
+        return out
+
     def count(self) -> int:
         """All stored events (for tests and operators)."""
         return int(self._read("SELECT count(*) FROM events")[0][0])
@@ -565,7 +661,9 @@ class RedisEventStore(EventStore):
     ``{prefix}:eid:{event_id}`` per event id a string (the member of the event stored under that id) that
     expires ``event_id_ttl_s`` seconds (default 7 days, URI option ``id_ttl``) after it was written: an
     event sent again with the same id within that time is not stored again; after it, it is. The ids
-    are bounded by that lifetime, not by the events, which are kept.
+    are bounded by that lifetime, not by the events, which are kept. ``{prefix}:imp:{recommendation_id}``
+    per impression a string (JSON) that expires ``impression_ttl_s`` seconds (default one day) after it
+    was written.
 
     A batch of events (or items) is written in one ``MULTI``/``EXEC`` transaction (for events, one Lua
     script in it that checks the ids and stores the new events): Redis applies it whole or not at all,
@@ -584,9 +682,11 @@ class RedisEventStore(EventStore):
     """
 
     def __init__(self, url: str, prefix: str = "distilrec", timeout_s: float = DEFAULT_TIMEOUT_S,
-                 event_id_ttl_s: int = DEFAULT_EVENT_ID_TTL_S):
-        if not isinstance(event_id_ttl_s, int) or isinstance(event_id_ttl_s, bool) or event_id_ttl_s <= 0:
-            raise ValueError(f"event_id_ttl_s must be a positive int (seconds), got {event_id_ttl_s!r}")
+                 event_id_ttl_s: int = DEFAULT_EVENT_ID_TTL_S, impression_ttl_s: int = DEFAULT_IMPRESSION_TTL_S):
+        for name, ttl in (("event_id_ttl_s", event_id_ttl_s), ("impression_ttl_s", impression_ttl_s)):
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or ttl <= 0:
+                raise ValueError(f"{name} must be a positive int (seconds), got {ttl!r}")
+        self.impression_ttl_s = impression_ttl_s
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -729,6 +829,28 @@ class RedisEventStore(EventStore):
 
     def ping(self) -> None:
         self._call("ping", self.r.ping)
+
+    def record_impressions(self, impressions: Iterable[Impression]) -> None:
+        """See :meth:`EventStore.record_impressions`: one pipeline of ``SET … EX impression_ttl_s`` (sent
+        again once when its answer is lost: the same values, no harm)."""
+        impressions = _check_impressions(impressions)
+        if not impressions:
+            return
+
+        def write() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            for imp in impressions:
+                pipe.set(self._k("imp", imp.recommendation_id), imp.to_json(), ex=self.impression_ttl_s)
+            pipe.execute()
+
+        self._call("impression write", write)
+
+    def impressions(self, recommendation_ids: Iterable[str]) -> dict[str, Impression]:
+        ids = list(dict.fromkeys(i for i in recommendation_ids if isinstance(i, str)))
+        if not ids:
+            return {}
+        bodies = self._call("read", lambda: self.r.mget([self._k("imp", i) for i in ids]))
+        return {i: Impression.from_json(i, b) for i, b in zip(ids, bodies) if b is not None}
 
     def count(self) -> int:
         """All stored events (for tests and operators): a SCAN over the user keys."""

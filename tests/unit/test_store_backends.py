@@ -1,9 +1,10 @@
 """What every event store backend must do, run against SQLite and a real redis-server: events in time
-order, new items with their embeddings, the sync state, and data that outlives the store object (and,
-for Redis, a restart of the server)."""
+order, new items with their embeddings, the sync state, impressions (looked up by recommendation id, then
+expired), and data that outlives the store object (and, for Redis, a restart of the server)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -15,8 +16,10 @@ from distilrec.stores import (
     AppendResult,
     Event,
     EventStoreError,
+    Impression,
     NewItem,
     RedisEventStore,
+    SQLiteEventStore,
     open_event_store,
     parse_store_uri,
     redact,
@@ -245,3 +248,47 @@ def test_redis_id_ttl_option():
     for bad in ("0", "-5", "1.5", "soon", ""):
         with pytest.raises(ValueError, match="id_ttl must be a positive whole number"):
             parse_store_uri(f"redis://cache:6379/0?id_ttl={bad}")
+
+
+def _impression(rec_id: str, arm: str = "a", items=("i1", "i2", "i3"), at: float | None = None,
+                user: str | None = "u1") -> Impression:
+    return Impression(rec_id, arm, user, tuple(items), time.time() if at is None else at)
+
+
+def test_impressions_are_looked_up_by_recommendation_id(store_uri):
+    with open_event_store(store_uri) as s:
+        assert s.impressions(["r1"]) == {}
+        s.record_impressions([])  # nothing to write
+        s.record_impressions([_impression("r1"), _impression("r2", "b", ("x|y", "z"), user=None)])
+        got = s.impressions(["r2", "r1", "missing", "r1"])
+        assert set(got) == {"r1", "r2"}
+        assert got["r2"].arm == "b" and got["r2"].user_id is None and got["r2"].items == ("x|y", "z")
+        assert got["r1"].rank("i1") == 1 and got["r1"].rank("i3") == 3 and got["r1"].rank("i9") is None
+        # The same id again replaces the impression (a resent batch); an event is never involved.
+        s.record_impressions([_impression("r1", "c", ("i9",))])
+        assert s.impressions(["r1"])["r1"].items == ("i9",) and s.history("u1") == []
+        with pytest.raises(ValueError):
+            s.record_impressions([_impression("r3"), ("r4", "a")])
+        with pytest.raises(ValueError):
+            s.record_impressions([_impression("")])
+        assert s.impressions(["r3"]) == {}  # nothing of a refused batch is kept
+    with open_event_store(store_uri) as again:  # another replica finds them
+        assert set(again.impressions([f"r{i}" for i in range(1000)])) == {"r1", "r2"}
+
+
+def test_impressions_expire(store_uri, tmp_path):
+    if store_uri.startswith("sqlite"):
+        s = SQLiteEventStore(tmp_path / "ttl.db", impression_ttl_s=60)
+    else:
+        s = RedisEventStore(store_uri.split("?")[0], prefix=f"t{uuid.uuid4().hex[:8]}", impression_ttl_s=1)
+    with s:
+        s.record_impressions([_impression("fresh"), _impression("old", at=time.time() - 120)])
+        if isinstance(s, RedisEventStore):
+            assert 0 < s.r.ttl(s._k("imp", "fresh")) <= 1
+            time.sleep(1.2)
+            assert s.impressions(["fresh", "old"]) == {}
+        else:  # past the lifetime by its time: not found, and gone after the next write
+            assert set(s.impressions(["fresh", "old"])) == {"fresh"}
+            s.record_impressions([_impression("next")])
+            assert sqlite3.connect(s.path).execute("SELECT rec_id FROM impressions ORDER BY seq").fetchall() == [
+                ("fresh",), ("next",)]

@@ -16,6 +16,7 @@ from distilrec.stores import (
     AppendResult,
     Event,
     EventStoreError,
+    Impression,
     SQLiteEventStore,
     UnsupportedStoreError,
     open_event_store,
@@ -379,3 +380,27 @@ def test_a_retry_after_a_failed_write_stores_the_ids_once(db):
     assert store.append(batch) == AppendResult(2, 0)
     assert [e.item_id for e in store.events("u")] == ["a", "b"]
     store.close()
+
+
+def test_impressions_beyond_the_newest_max_impressions_are_dropped(db):
+    with SQLiteEventStore(db, max_impressions=3) as store:
+        now = time.time()
+        store.record_impressions([Impression(f"r{i}", "a", "u", ("x",), now) for i in range(5)])
+        assert sorted(store.impressions([f"r{i}" for i in range(5)])) == ["r2", "r3", "r4"]
+        store.record_impressions([Impression("r5", "b", None, ("y",), now)])
+        assert sorted(store.impressions([f"r{i}" for i in range(6)])) == ["r3", "r4", "r5"]
+    with pytest.raises(ValueError, match="max_impressions"):
+        SQLiteEventStore(db, max_impressions=0)
+
+
+def test_a_file_without_the_impressions_table_gets_it(db):
+    """A file written before impressions were kept opens, and keeps them from then on."""
+    with SQLiteEventStore(db) as store:
+        store.append([Event("u", "a", 1)])
+    conn = sqlite3.connect(db)
+    conn.execute("DROP TABLE impressions")
+    conn.commit()
+    conn.close()
+    with SQLiteEventStore(db) as store:
+        store.record_impressions([Impression("r1", "a", "u", ("a", "b"), time.time())])
+        assert store.impressions(["r1"])["r1"].rank("b") == 2 and store.history("u") == ["a"]
