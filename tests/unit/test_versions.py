@@ -265,7 +265,7 @@ def test_the_cli_lists_promotes_and_rolls_back(memory_uri, data, trained, untrai
     _publish(memory_uri, data, untrained, "v2")
     assert main(["model", "list", "--model-uri", memory_uri]) == 0
     table = capsys.readouterr().out
-    assert "current" in table and "refused" in table and "below the minimum 0.95" in table
+    assert "current" in table and "refused" in table and "first version" in table and "validation" in table
     assert main(["model", "promote", "v2", "--model-uri", memory_uri]) == 2
     assert "VERSION 'v2': version 'v2' was refused by the offline gate" in capsys.readouterr().err
     assert main(["model", "promote", "v2", "--force", "--model-uri", memory_uri]) == 0
