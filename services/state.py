@@ -75,8 +75,11 @@ class ServingState(Generic[B]):
     """The current bundle of one replica, its reloads and its new items (see the module docstring)."""
 
     def __init__(self, model_uri: str, build: Callable[[Artifact], B], store: EventStore, poll_s: float = 30.0,
-                 with_teacher: bool = False, with_histories: bool = True):
-        self.model_uri, self.build, self.store = model_uri, build, store
+                 with_teacher: bool = False, with_histories: bool = True,
+                 resolver: Callable[[str], str] = resolve):
+        """``resolver(model_uri)``: the version folder to serve now (default: what ``models/LATEST``
+        names, or ``model_uri`` itself when it is a version's folder); asked at start and at every poll."""
+        self.model_uri, self.build, self.store, self.resolve = model_uri, build, store, resolver
         self.poll_s, self.with_teacher, self.with_histories = float(poll_s), with_teacher, with_histories
         self._lock = threading.RLock()
         self._loading = threading.Lock()
@@ -84,7 +87,7 @@ class ServingState(Generic[B]):
         self.last_error: dict[str, Any] | None = None
         self.reloaded_at: str | None = None
         self.m_info, self.m_created, self.m_reloads = metrics.model_info(), metrics.model_created(), metrics.model_reloads()
-        uri = resolve(model_uri)
+        uri = self.resolve(model_uri)
         self.bundle: B = build(self._load(uri))
         self.uri = uri
         self.items_seq = 0
@@ -150,7 +153,7 @@ class ServingState(Generic[B]):
         a new bundle was swapped in. One load at a time per replica."""
         with self._loading:
             try:
-                target = resolve(self.model_uri)
+                target = self.resolve(self.model_uri)
             except Exception as e:  # noqa: BLE001 - a missing LATEST is a refusal, not a crash
                 self._refuse(str(self.model_uri), f"{type(e).__name__}: {e}")
                 return False
