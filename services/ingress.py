@@ -5,8 +5,9 @@
     POST /v1/recommend  {"user_id": "1", "history": ["318"], "k": 10, "exclude": ["1"],
                          "filters": {"genres": ["Comedy"]}, "diversity": 0.3, "query": "space opera"}
     POST /v1/events     {"events": [{"user_id": "1", "item_id": "318", "timestamp": 1700000000,
-                                     "event_id": "c0ffee-1"}]}
+                                     "event_id": "c0ffee-1", "recommendation_id": "9f…"}]}
                         → {"stored": 1, "new": 1} once every event is committed to the event store
+                        (with "feedback": {"hits", …} when an event names the recommendation it follows)
     POST /v1/items      {"items": [{"item_id": "n1", "title": "…", "text": "…", "attributes": {…}}]}
                         (admin) → {"added": 1}; recommendable by the next request
     GET  /v1/model      version, creation time and offline metrics of the loaded model, reload errors
@@ -15,6 +16,13 @@
     POST /v1/model/rollback  (admin) move models/LATEST back to the version published before, reload
     GET  /healthz       the process is alive
     GET  /readyz        the model is loaded, the scorer answers and the event store can be read
+
+A request is answered by one of the experiment's A/B arms (``experiment`` / ``arms`` in ``user_config``,
+:mod:`services.arms`): a user id is assigned to an arm by a stable hash, a request without one at random;
+each arm serves a model version and scorer model of its own (arms that share both share one
+:class:`ServingState`). Every answer carries its ``arm`` and a ``recommendation_id``; what it showed is
+kept in the event store after the answer is sent (batched, off the response path), so that an event that
+names the ``recommendation_id`` counts as a hit for that arm at the item's rank (per-arm metrics).
 
 A known user's request makes no handle call: ``POST /v1/recommend`` skips FastAPI's routing (see
 :class:`_App`); the requests waiting on a replica together (``@serve.batch`` on
@@ -41,6 +49,7 @@ import asyncio
 import hmac
 import logging
 import time
+import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,8 +74,9 @@ from distilrec.catalog import compose_text, parse_attributes
 from distilrec.query import QUERY_WEIGHT
 from distilrec.serving import (DEFAULT_CANDIDATES, DEFAULT_K, Features, ScoreRequest, ScoreResult, ServingBundle,
                                candidates_wanted, fallback, popular, rank, rank_with_query, user_features)
-from distilrec.stores import EventStoreError, NewItem, open_event_store
+from distilrec.stores import EventStoreError, Impression, NewItem, open_event_store
 from services import metrics
+from services.arms import Arm, Experiment, default_experiment, parse_experiment, previous_version, version_uri
 from services.autoscaling import CPU_METRIC, CpuMeter
 from services.security import admin_token
 from services.state import ServingState, close_replica, freeze_heap
@@ -84,6 +94,10 @@ MAX_TEXT = 5000
 MAX_QUERY = 1000
 DRAIN_LIMIT_BYTES = 64 << 20  # an oversized body is read and dropped up to this much before the 413
 SEEN_USERS = 100_000  # users whose last reflected event this replica remembers (event-to-effect metric)
+IMPRESSION_FLUSH_S = 0.1  # answers' impressions and arm metrics are written this long after the first waits
+IMPRESSION_BATCH = 256  # ... or at once when this many wait
+MAX_PENDING_IMPRESSIONS = 20_000  # beyond this (a store too slow to keep up) impressions are dropped, counted
+MAX_RECOMMENDATION_ID = 64
 # Per stage, in milliseconds; the serve config's ingress user_config overrides them.
 DEFAULT_DEADLINES_MS = {"features": 1000, "score": 1000, "query": 1000, "store": 10000, "items": 60000,
                         "info": 5000, "reload": 120000}
@@ -129,6 +143,10 @@ class RecommendResponse(BaseModel):
     degraded: bool = Field(description="true when a fallback answered: a cheaper ranking, or a ranking without "
                                        "the user's stored events because the event store could not be read")
     cold_start: bool = Field(description="true when the user had no known history")
+    arm: str = Field(description="the A/B arm that answered (\"default\" without arms in the ingress's user_config); "
+                                 "a user id stays on its arm")
+    recommendation_id: str = Field(description="this answer's id: send it with the events that follow it "
+                                               "(POST /v1/events) to count them as hits for its arm")
 
 
 class EventIn(BaseModel):
@@ -142,6 +160,10 @@ class EventIn(BaseModel):
     event_id: str | None = Field(None, min_length=1, max_length=128, pattern=NO_NUL,
                                  description="the client's id of the event: an event whose id is already stored "
                                              "is not stored again, so a retry is safe")
+    recommendation_id: str | None = Field(None, min_length=1, max_length=MAX_RECOMMENDATION_ID, pattern=NO_NUL,
+                                          description="the recommendation_id of the answer the event follows: when "
+                                                      "that answer showed the item, a hit for its arm at that rank; "
+                                                      "an unknown or expired id is counted unmatched, not refused")
 
 
 class EventsRequest(BaseModel):
@@ -151,9 +173,20 @@ class EventsRequest(BaseModel):
                                   description="stored all or nothing, in this order")
 
 
+class Feedback(BaseModel):
+    hits: int = Field(description="events on an item their recommendation showed")
+    not_shown: int = Field(description="events on an item their recommendation did not show")
+    unmatched: int = Field(description="events whose recommendation_id is unknown or expired")
+    duplicate: int = Field(description="events not counted because their event_id was stored before")
+    lookup_failed: int = Field(description="events not counted because the recommendations could not be read "
+                                           "(the events are stored)")
+
+
 class EventsResponse(BaseModel):
     stored: int = Field(description="events of the request that are in the event store (all of them)")
     new: int = Field(description="of those, events stored by this request (the others' event_id was stored before)")
+    feedback: Feedback | None = Field(None, description="only when an event carries a recommendation_id: what "
+                                                        "those events counted for their arms")
 
 
 class NewItemIn(BaseModel):
@@ -427,12 +460,37 @@ STORE_THREADS = 4  # event store reads and writes run here, off the event loop
 @dataclass
 class _Job:
     """One request's part of the replica's batched step: whose history, the request's own history and
-    exclusions, and ``n`` candidates wanted."""
+    exclusions, ``n`` candidates wanted, and the serving ``state`` of the request's arm (its model)."""
 
     user_id: str | None
     history: list[str]
     exclude: tuple[str, ...]
     n: int
+    state: ServingState
+
+
+@dataclass(frozen=True)
+class _Arms:
+    """The experiment and one serving state per ``(model, scorer_model)`` its arms need, swapped together
+    in one assignment (a request reads ``Ingress.arms`` once)."""
+
+    experiment: Experiment
+    states: dict[tuple[str, str], ServingState]
+
+    def route(self, user_id: str | None) -> tuple[Arm, ServingState]:
+        arm = self.experiment.assign(user_id)
+        return arm, self.states[arm.key]
+
+
+@dataclass
+class _Answered:
+    """What the background flush records of one answer: the arm's metrics and, when it showed items,
+    its impression."""
+
+    arm: str
+    ms: float
+    degraded: bool
+    impression: Impression | None
 
 
 @dataclass
@@ -462,6 +520,7 @@ class Ingress:
         self.text_encoder, self.scorer = text_encoder, scorer
         self.model_uri = model_uri
         self.inline = scorer is None
+        self.scorer_model, self.retrieval, self.model_poll_s = scorer_model, retrieval, model_poll_s
         if self.inline:
             import torch
 
@@ -471,6 +530,18 @@ class Ingress:
         which = scorer_model if self.inline else None
         self.state = ServingState(model_uri, lambda art: ServingBundle.build(art, which, retrieval), self.store,
                                   model_poll_s, with_teacher=which == "teacher", with_histories=True)
+        # The default arm: the latest version with the deployment's scorer model, this state.
+        self.arms = _Arms(default_experiment(scorer_model), {("latest", scorer_model): self.state})
+        self.arms_error: dict | None = None  # the last arms config refused, with the reason
+        self.pending: list[_Answered] = []  # answers not yet flushed (impressions, arm metrics)
+        self.pending_impressions = 0
+        self.backlog_dropped = 0
+        self.flusher: asyncio.Task | None = None
+        self.flush_wake: asyncio.Event | None = None
+        self.m_arm = {"requests": metrics.arm_requests_total(), "latency": metrics.arm_latency(),
+                      "degraded": metrics.arm_degraded_total(), "impressions": metrics.arm_impressions_total(),
+                      "hits": metrics.arm_hits_total(), "rank_sum": metrics.arm_hit_rank_sum_total(),
+                      "feedback": metrics.feedback_events_total(), "dropped": metrics.impressions_dropped_total()}
         self.deadlines_ms = dict(DEFAULT_DEADLINES_MS)
         self.candidates, self.default_k, self.diversity, self.query_weight = DEFAULT_CANDIDATES, DEFAULT_K, 0.0, QUERY_WEIGHT
         self.knobs: dict = {"max_batch_size": 32, "batch_wait_timeout_s": 0.0}
@@ -490,9 +561,12 @@ class Ingress:
         self.guarded_recommend = _Guard(self._recommend_asgi)  # the direct route of _App
         freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
-    def reconfigure(self, config: dict) -> None:
+    async def reconfigure(self, config: dict) -> None:
         """``{"deadline_ms": {"score": 300, …}, "max_batch_size": 32, "batch_wait_timeout_s": 0.0,
-        "candidates": 200, "default_k": 10, "diversity": 0.0, "query_weight": 0.5}``."""
+        "candidates": 200, "default_k": 10, "diversity": 0.0, "query_weight": 0.5, "experiment": "x",
+        "arms": [{"name", "model", "scorer_model", "weight"}, …]}`` (arms: :mod:`services.arms`; a model
+        an arm adds is loaded off the event loop before this returns). A bad ``arms`` config is refused
+        with an error log and shown in ``GET /v1/model`` (``arms_error``); the arms before it keep serving."""
         for stage, ms in (config.get("deadline_ms") or {}).items():
             self.deadlines_ms[stage] = float(ms)
         if "max_batch_size" in config:
@@ -508,7 +582,56 @@ class Ingress:
             self.diversity = min(1.0, max(0.0, float(config["diversity"])))
         if "query_weight" in config:
             self.query_weight = min(1.0, max(0.0, float(config["query_weight"])))
-        self.knobs = {**self.knobs, **{k: v for k, v in config.items() if k != "deadline_ms"}}
+        self.knobs = {**self.knobs, **{k: v for k, v in config.items() if k not in ("deadline_ms", "experiment", "arms")}}
+        await self._set_arms(config)
+
+    async def _set_arms(self, config: dict) -> None:
+        """Swap in the arms of ``config`` (see :meth:`reconfigure`): states of ``(model, scorer_model)``
+        pairs already held are kept, new ones loaded, those no arm needs any more closed."""
+        old = self.arms
+        created: list[ServingState] = []
+        try:
+            exp = parse_experiment(config, self.scorer_model, self.inline)
+            states = {}
+            for key in sorted(exp.keys):
+                if key in old.states:
+                    states[key] = old.states[key]
+                elif key == ("latest", self.scorer_model):
+                    states[key] = self.state
+                else:
+                    states[key] = await asyncio.to_thread(self._arm_state, *key)
+                    created.append(states[key])
+        except Exception as e:  # noqa: BLE001 - a bad config never takes the replica down
+            for state in created:
+                state.close()
+            self.arms_error = {"reason": f"{type(e).__name__}: {e}"[:2000], "config": {
+                k: config.get(k) for k in ("experiment", "arms")}}
+            log.error("arms config refused, still serving experiment %s with arms %s: %s", old.experiment.name,
+                      [a.name for a in old.experiment.arms], self.arms_error["reason"])
+            return
+        self.arms, self.arms_error = _Arms(exp, states), None
+        kept = set(map(id, states.values())) | {id(self.state)}
+        for state in old.states.values():
+            if id(state) not in kept:
+                state.close()
+        if len(exp.arms) > 1 or old.experiment != exp:
+            log.info("experiment %s: %s", exp.name, ", ".join(
+                f"{a['name']} ({a['model']}, {a['scorer_model']}, {a['share']:.1%})" for a in exp.describe()["arms"]))
+
+    def _arm_state(self, model: str, scorer_model: str) -> ServingState:
+        """A serving state of its own for an arm (runs off the event loop): ``latest`` follows
+        ``models/LATEST``, ``previous`` the version published before it, a version name is pinned."""
+        resolver, uri, poll = resolve, self.model_uri, self.model_poll_s
+        if model == "previous":
+            resolver = previous_version
+        elif model != "latest":
+            uri, poll = version_uri(self.model_uri, model), 0.0
+        return ServingState(uri, lambda art: ServingBundle.build(art, scorer_model, self.retrieval), self.store,
+                            poll, with_teacher=scorer_model == "teacher", with_histories=True, resolver=resolver)
+
+    def _states(self) -> list[ServingState]:
+        """Every serving state this replica holds, the deployment's own first."""
+        return [self.state] + [s for s in self.arms.states.values() if s is not self.state]
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Serve's autoscaling metric of this replica: the share of a CPU it used since the last call
@@ -546,15 +669,20 @@ class Ingress:
             log.warning("event store sync read failed: %s", e)
             self.store_errors.inc(tags={"op": "read"})
             return False, None
-        self.state.sync(sync)
+        for state in self._states():
+            state.sync(sync)
         return True, sync
 
-    def _features(self, requests: list[tuple[str | None, list[str]]]) -> list[tuple[ServingBundle, Features, tuple | None]]:
-        """Runs on a store thread: sync once, then each user's history, all from one bundle."""
+    def _features(self, jobs: list[_Job]) -> list[tuple[ServingBundle, Features, tuple | None]]:
+        """Runs on a store thread: sync once, then each user's history, from one bundle per arm's state."""
         ok, sync = self._sync()
-        b = self.state.bundle
+        bundles: dict[int, ServingBundle] = {}
         out = []
-        for user_id, history in requests:
+        for job in jobs:
+            user_id, history = job.user_id, job.history
+            b = bundles.get(id(job.state))
+            if b is None:
+                b = bundles[id(job.state)] = job.state.bundle
             feats = user_features(b, self.store, user_id, history, store_ok=ok)
             if ok and not feats.store_ok:
                 log.warning("event store read failed; answering without stored events")
@@ -595,18 +723,21 @@ class Ingress:
     async def _read_then_score(self, jobs: list[_Job]) -> list[_Scored]:
         self.batch_size.observe(len(jobs))
         try:
-            read = await self._in_thread("features", self._features, [(j.user_id, j.history) for j in jobs])
+            read = await self._in_thread("features", self._features, jobs)
         except TimeoutError:
             log.warning("reading the users' histories took too long; answering from the artifact's and the "
                         "requests' histories")
-            b = self.state.bundle
-            read = [(b, user_features(b, None, j.user_id, j.history, store_ok=False), None) for j in jobs]
-        b = read[0][0]
-        todo = [(i, ScoreRequest(tuple(f.items), tuple(f.timestamps), j.n, sync, j.exclude))
-                for i, ((_, f, sync), j) in enumerate(zip(read, jobs)) if f.items and not f.unknown_items]
+            read = [(j.state.bundle, user_features(j.state.bundle, None, j.user_id, j.history, store_ok=False), None)
+                    for j in jobs]
+        # One scoring step per bundle (arm state) in the batch: one with a single arm.
+        groups: dict[int, tuple[ServingBundle, list[tuple[int, ScoreRequest]]]] = {}
+        for i, ((b, f, sync), j) in enumerate(zip(read, jobs)):
+            if f.items and not f.unknown_items:
+                groups.setdefault(id(b), (b, []))[1].append(
+                    (i, ScoreRequest(tuple(f.items), tuple(f.timestamps), j.n, sync, j.exclude)))
         results: list[ScoreResult | None] = [None] * len(jobs)
-        failure = None
-        if todo:
+        failures: list[str | None] = [None] * len(jobs)
+        for b, todo in groups.values():
             try:
                 scored = await self._score([r for _, r in todo], b)
                 for (i, _), res in zip(todo, scored):
@@ -615,9 +746,9 @@ class Ingress:
                 failure = ("scorer_timeout" if isinstance(e, TimeoutError) else
                            "scorer_overloaded" if isinstance(e, BackPressureError) else "scorer_error")
                 log.warning("scoring failed (%s: %s)", failure, type(e).__name__)
-        done = {i for i, _ in todo}
-        return [_Scored(b, f, res, failure if i in done else None)
-                for i, ((_, f, _), res) in enumerate(zip(read, results))]
+                for i, _ in todo:
+                    failures[i] = failure
+        return [_Scored(b, f, res, failures[i]) for i, ((b, f, _), res) in enumerate(zip(read, results))]
 
     async def _score(self, requests: list[ScoreRequest], b: ServingBundle) -> list[ScoreResult]:
         """One scoring step within the ``score`` deadline (``TimeoutError`` past it): in process, a
@@ -634,19 +765,20 @@ class Ingress:
             raise TimeoutError(f"the model took {ms:.1f} ms")
         return out
 
-    async def _read_and_score(self, req: RecommendRequest, n: int) -> _Scored:
-        """One request's part of a :meth:`_step`, its wait bounded by the ``features`` + ``score``
-        deadlines (an overloaded replica's queue: the fallback answers from the artifact's and the
-        request's history). A request that finds no step running and the batch wait at 0 is a batch of
-        one (what the queue would make of it) and takes its step at once, without the queue's task."""
-        job = _Job(req.user_id, list(req.history), tuple(req.exclude), n)
+    async def _read_and_score(self, req: RecommendRequest, n: int, state: ServingState) -> _Scored:
+        """One request's part of a :meth:`_step` with its arm's ``state``, its wait bounded by the
+        ``features`` + ``score`` deadlines (an overloaded replica's queue: the fallback answers from the
+        artifact's and the request's history). A request that finds no step running and the batch wait at
+        0 is a batch of one (what the queue would make of it) and takes its step at once, without the
+        queue's task."""
+        job = _Job(req.user_id, list(req.history), tuple(req.exclude), n, state)
         try:
             async with asyncio.timeout((self.deadlines_ms["features"] + self.deadlines_ms["score"]) / 1000):
                 if self.steps == 0 and self.batch_wait_s == 0:
                     return (await self._step([job]))[0]
                 return await self.score_batch(job)
         except TimeoutError:
-            b = self.state.bundle
+            b = state.bundle
             return _Scored(b, user_features(b, None, req.user_id, req.history, store_ok=False), None,
                            "scorer_timeout")
 
@@ -698,13 +830,27 @@ class Ingress:
         return JSONResponse(await self._recommend(req))
 
     async def _recommend(self, req: RecommendRequest) -> dict:
-        """The ``RecommendResponse`` body of one request (``ApiError`` for a 4xx)."""
+        """The ``RecommendResponse`` body of one request (``ApiError`` for a 4xx), answered by the
+        request's arm, with its ``arm`` and a new ``recommendation_id``. Its impression and the arm's
+        metrics are queued for :meth:`_flush_loop` (a list append here)."""
+        t0 = time.perf_counter()
+        arm, state = self.arms.route(req.user_id)
+        body = await self._recommend_with(req, state)
+        body["arm"] = arm.name
+        body["recommendation_id"] = rid = uuid.uuid4().hex
+        shown = tuple(it["item_id"] for it in body["items"])
+        self._note(_Answered(arm.name, (time.perf_counter() - t0) * 1000, body["degraded"],
+                             Impression(rid, arm.name, req.user_id, shown, time.time()) if shown else None))
+        return body
+
+    async def _recommend_with(self, req: RecommendRequest, state: ServingState) -> dict:
+        """The answer's body from one arm's serving ``state`` (without ``arm`` and ``recommendation_id``)."""
         reasons: list[str] = []
         k = req.k or self.default_k
         div = self.diversity if req.diversity is None else req.diversity
         filters = req.filters or None
         n = candidates_wanted(self.candidates, k, bool(filters))
-        step = await self._read_and_score(req, n)
+        step = await self._read_and_score(req, n, state)
         b, feats = step.bundle, step.feats
         cat = b.catalog
         if feats.unknown_items:
@@ -761,8 +907,113 @@ class Ingress:
         self._degrade(reasons)
         return {"items": items, "model_version": version, "degraded": bool(reasons), "cold_start": cold_start}
 
-    def _append(self, batch: list[dict]) -> dict:
-        """Runs on a store thread: ``{"stored", "new"}``, ``{"unknown_items"}`` or ``{"error", "message"}``."""
+    # --------------------------------------------------------------------- impressions and feedback
+
+    def _note(self, answered: _Answered) -> None:
+        """Queue one answer for :meth:`_flush_loop` (started by the first answer, on this event loop)."""
+        if answered.impression is not None:
+            if self.pending_impressions >= MAX_PENDING_IMPRESSIONS:  # the store does not keep up
+                answered.impression = None
+                self.backlog_dropped += 1
+            else:
+                self.pending_impressions += 1
+        self.pending.append(answered)
+        if self.flusher is None:
+            self.flush_wake = asyncio.Event()
+            self.flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        self.flush_wake.set()
+
+    async def _flush_loop(self) -> None:
+        """Off the response path, ``IMPRESSION_FLUSH_S`` after an answer (at once when
+        ``IMPRESSION_BATCH`` wait): the arms' metrics of the answers since the last flush, and their
+        impressions in one store write on a store thread. Runs as long as the replica."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.flush_wake.wait()
+            self.flush_wake.clear()
+            if len(self.pending) < IMPRESSION_BATCH:
+                await asyncio.sleep(IMPRESSION_FLUSH_S)
+            batch, self.pending = self.pending, []
+            impressions = [a.impression for a in batch if a.impression is not None]
+            try:
+                self._export_answers(batch)
+                if impressions:
+                    await loop.run_in_executor(self.io, self._write_impressions, impressions)
+            except Exception:  # noqa: BLE001 - the flush goes on with the next answers
+                log.exception("answers not flushed")
+            finally:
+                self.pending_impressions -= len(impressions)
+
+    def _export_answers(self, batch: list[_Answered]) -> None:
+        """The arms' request, latency and degraded metrics of these answers."""
+        m = self.m_arm
+        count: dict[str, int] = {}
+        degraded: dict[str, int] = {}
+        for a in batch:
+            count[a.arm] = count.get(a.arm, 0) + 1
+            if a.degraded:
+                degraded[a.arm] = degraded.get(a.arm, 0) + 1
+            m["latency"].observe(a.ms, tags={"arm": a.arm})
+        for arm, n in count.items():
+            m["requests"].inc(n, tags={"arm": arm})
+        for arm, n in degraded.items():
+            m["degraded"].inc(n, tags={"arm": arm})
+        if self.backlog_dropped:
+            n, self.backlog_dropped = self.backlog_dropped, 0
+            log.warning("%d impressions dropped: the event store does not keep up", n)
+            m["dropped"].inc(n, tags={"reason": "backlog"})
+
+    def _write_impressions(self, impressions: list[Impression]) -> None:
+        """Runs on a store thread: keep the impressions (one write); a failure drops them, counted."""
+        try:
+            self.store.record_impressions(impressions)
+        except Exception as e:  # noqa: BLE001 - an impression is never worth more than a count
+            log.warning("%d impressions not kept: %s: %s", len(impressions), type(e).__name__, e)
+            self.store_errors.inc(tags={"op": "impressions"})
+            self.m_arm["dropped"].inc(len(impressions), tags={"reason": "store_error"})
+            return
+        per_arm: dict[str, int] = {}
+        for imp in impressions:
+            per_arm[imp.arm] = per_arm.get(imp.arm, 0) + 1
+        for arm, n in per_arm.items():
+            self.m_arm["impressions"].inc(n, tags={"arm": arm})
+
+    def _feedback(self, refs: list[tuple[str, str, bool]], duplicates: int) -> dict:
+        """Runs on a store thread after the events are stored: ``refs`` is ``(recommendation_id, item_id,
+        has event_id)`` per event that names a recommendation. A hit for the impression's arm at the item's
+        rank when it showed the item. With ``duplicates`` (events stored before) the events with an
+        ``event_id`` are not counted (any of them may be a resend). Never raises."""
+        out = dict.fromkeys(Feedback.model_fields, 0)
+        if duplicates:
+            out["duplicate"] = sum(1 for _, _, has_id in refs if has_id)
+            refs = [r for r in refs if not r[2]]
+        try:
+            found = self.store.impressions([rid for rid, _, _ in refs]) if refs else {}
+        except Exception as e:  # noqa: BLE001 - the events are stored; only their count is lost
+            log.warning("feedback lookup failed for %d events: %s: %s", len(refs), type(e).__name__, e)
+            self.store_errors.inc(tags={"op": "read"})
+            out["lookup_failed"] = len(refs)
+            refs = []
+        m = self.m_arm
+        for rid, item, _ in refs:
+            imp = found.get(rid)
+            rank = imp.rank(item) if imp is not None else None
+            if imp is None:
+                out["unmatched"] += 1
+            elif rank is None:
+                out["not_shown"] += 1
+            else:
+                out["hits"] += 1
+                m["hits"].inc(tags={"arm": imp.arm, "rank": metrics.rank_bucket(rank)})
+                m["rank_sum"].inc(rank, tags={"arm": imp.arm})
+        for result, n in out.items():
+            if n:
+                m["feedback"].inc(n, tags={"result": "hit" if result == "hits" else result})
+        return out
+
+    def _append(self, batch: list[dict], refs: list[tuple[str, str, bool]] | None = None) -> dict:
+        """Runs on a store thread: ``{"stored", "new"[, "feedback"]}``, ``{"unknown_items"}`` or
+        ``{"error", "message"}``. ``refs``: see :meth:`_feedback`, matched once the events are stored."""
         self._sync()
         index = self.state.bundle.catalog.index
         unknown = [e["item_id"] for e in batch if e["item_id"] not in index]
@@ -779,19 +1030,25 @@ class Ingress:
             return {"error": "invalid_request", "message": str(e)}
         if res.new:
             self.events_stored.inc(res.new)
-        return {"stored": res.accepted, "new": res.new}
+        out = {"stored": res.accepted, "new": res.new}
+        if refs:
+            out["feedback"] = self._feedback(refs, res.duplicates)
+        return out
 
-    @app.post("/v1/events", response_model=EventsResponse, responses=_errors(503))
+    @app.post("/v1/events", response_model=EventsResponse, response_model_exclude_none=True,
+              responses=_errors(503))
     async def events(self, req: EventsRequest) -> EventsResponse:
         """Store interactions; a 2xx means every event is committed (fsynced) and the next
         ``/v1/recommend`` for its user reflects it. All or nothing: an unknown item id stores none. An
         event whose ``event_id`` is already stored is acknowledged and not stored again (``new`` counts
-        the ones this request stored)."""
+        the ones this request stored). An event with a ``recommendation_id`` is, once stored, matched to
+        the answer that id names: a hit for its arm when the answer showed the item (``feedback``)."""
         now = int(time.time())
         batch = [{"user_id": e.user_id, "item_id": e.item_id, "type": e.type, "event_id": e.event_id,
                   "timestamp": now if e.timestamp is None else e.timestamp} for e in req.events]
+        refs = [(e.recommendation_id, e.item_id, e.event_id is not None) for e in req.events if e.recommendation_id]
         try:
-            result = await self._in_thread("store", self._append, batch)
+            result = await self._in_thread("store", self._append, batch, refs)
         except asyncio.TimeoutError:
             log.warning("storing events took longer than the store deadline")
             raise ApiError(503, "event_store_unavailable", "the event store did not answer in time; the events "
@@ -808,7 +1065,8 @@ class Ingress:
             raise ApiError(422, result["error"], result["message"])
         if result["stored"] != len(batch):  # never acknowledge what was not stored
             raise ApiError(500, "internal", "the event store stored a different number of events")
-        return EventsResponse(stored=result["stored"], new=result["new"])
+        return EventsResponse(stored=result["stored"], new=result["new"],
+                              feedback=Feedback(**result["feedback"]) if "feedback" in result else None)
 
     @app.post("/v1/items", response_model=ItemsResponse, responses=_errors(401, 409, 503))
     async def items(self, req: ItemsRequest, request: Request) -> ItemsResponse:
@@ -882,16 +1140,30 @@ class Ingress:
         ingress = {f"ingress_{k}" if k in ("max_batch_size", "batch_wait_timeout_s") else k: v for k, v in mine.items()}
         return {**info, "scorer": {**ingress, **info.get("scorer", {}), "mode": "deployment"}}
 
+    def _experiment(self) -> dict:
+        """The experiment's name and arms (model, scorer model, weight, share, and the version this
+        replica serves for each), and the last refused arms config (``arms_error``)."""
+        table = self.arms
+        out = table.experiment.describe()
+        for arm, spec in zip(out["arms"], table.experiment.arms):
+            state = table.states[spec.key]
+            arm["version"] = state.bundle.version
+            if state is not self.state and state.last_error is not None:
+                arm["last_reload_error"] = state.last_error
+        return {**out, "arms_error": self.arms_error}
+
     @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
         """The model that scores: version, creation time, offline metrics, the offline gate's verdict on it
         (``gate``), the last refused artifact with its reason (``last_reload_error``), the newest version
-        the offline gate refused since (``gate_refused``, null when none), and the scoring knobs."""
+        the offline gate refused since (``gate_refused``, null when none), the scoring knobs, and the A/B
+        ``experiment`` (its arms, each with the version it serves)."""
         try:
             info = await self._info()
         except Exception as e:  # noqa: BLE001
             raise ApiError(503, "unavailable", f"the scorer did not answer: {type(e).__name__}",
                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+        info["experiment"] = self._experiment()
         info["gate_refused"] = None
         try:
             info["gate_refused"] = await self._in_thread("info", versions.newer_refused, self.model_uri,
@@ -988,4 +1260,6 @@ class Ingress:
         return {"status": "ready", "model_version": info["version"]}
 
     def __del__(self):
+        for state in self._states()[1:] if hasattr(self, "arms") else []:
+            state.close()
         close_replica(self)

@@ -85,3 +85,61 @@ def event_to_effect() -> metrics.Histogram:
 
 def items_added_total() -> metrics.Counter:
     return metrics.Counter("distilrec_items_added_total", "New items stored by POST /v1/items.")
+
+
+# A/B arms (services/arms.py): per arm, so that the arms can be compared; `arm` is a configured arm name.
+HIT_RANK_BUCKETS = (1, 2, 3, 5, 10, 20, 50, 100)  # the `rank` tag of a hit: the bucket's highest rank
+
+
+def rank_bucket(rank: int) -> str:
+    """The ``rank`` tag of a hit at 1-based ``rank``: the smallest bucket bound at or above it.
+
+    >>> [rank_bucket(r) for r in (1, 4, 5, 6, 10, 11, 100, 101)]
+    ['1', '5', '5', '10', '10', '20', '100', '100']
+    """
+    for bound in HIT_RANK_BUCKETS:
+        if rank <= bound:
+            return str(bound)
+    return str(HIT_RANK_BUCKETS[-1])
+
+
+def arm_requests_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_arm_requests_total", "Recommendations answered (200) per A/B arm.",
+                           tag_keys=("arm",))
+
+
+def arm_latency() -> metrics.Histogram:
+    return metrics.Histogram("distilrec_arm_latency_ms", "Latency of a recommendation per arm in ms, from its "
+                             "validated body to its answer.", boundaries=LATENCY_MS_BUCKETS, tag_keys=("arm",))
+
+
+def arm_degraded_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_arm_degraded_total", "Recommendations answered degraded (any reason) per arm.",
+                           tag_keys=("arm",))
+
+
+def arm_impressions_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_arm_impressions_total", "Recommendations with items whose impression was "
+                           "kept for feedback, per arm: the denominator of the hit rate.", tag_keys=("arm",))
+
+
+def arm_hits_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_arm_hits_total", "Feedback events on an item a recommendation showed, per arm "
+                           "and rank bucket (rank: the bucket's highest rank, 1 2 3 5 10 20 50 100; hits at rank "
+                           "<= 10: rank=~\"1|2|3|5|10\").", tag_keys=("arm", "rank"))
+
+
+def arm_hit_rank_sum_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_arm_hit_rank_sum_total", "Sum of the ranks (1 = first) of the hits per arm: "
+                           "the mean hit position is this over the hits.", tag_keys=("arm",))
+
+
+def feedback_events_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_feedback_events_total", "Stored events that carried a recommendation_id, by "
+                           "result: hit, not_shown (the item was not in it), unmatched (unknown or expired id), "
+                           "duplicate (stored before: not counted again), lookup_failed.", tag_keys=("result",))
+
+
+def impressions_dropped_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_impressions_dropped_total", "Impressions not kept (feedback on them is "
+                           "unmatched), by reason: store_error, backlog.", tag_keys=("reason",))
