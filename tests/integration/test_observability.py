@@ -9,7 +9,8 @@ loads the chart's PrometheusRule as rendered by ``helm template``. The test then
    they trained (their gauges exist only while a worker lives, so these queries are evaluated over the
    training time range, as Grafana's range queries do);
 2. sends a known number of recommendations, events, one new item and two model swaps (healthy load),
-   and checks that Prometheus counts exactly what was sent, that every alert expression returns data
+   and checks that Prometheus counts exactly what was sent; sends feedback on one answer (a hit, and an
+   unknown recommendation id); checks that every alert expression returns data
    without its threshold and nothing with it (no alert is pending or firing), and that the rules load
    and evaluate without error (DistilrecNoModelLoaded is checked more than 30 s after the last model
    swap: Ray drops a gauge that is not set again within ~20 s, so the replicas must keep setting it);
@@ -211,6 +212,14 @@ def test_dashboards_and_alerts_against_a_real_prometheus(prom, client, artifact,
           and (prom.value(stored) or 0) - stored_before >= sent_events, 60)
     rec_after, stored_after = _settled(prom, rec_200, stored)
     assert (rec_after - rec_before, stored_after - stored_before) == (RECOMMENDS, sent_events)
+    # Feedback on an answer (the overview's arms row): a hit at rank 1, and an id no answer had.
+    body = client.post("/v1/recommend", json={"user_id": users[0], "k": 5}).json()
+    time.sleep(1.0)  # its impression is written about 0.1 s after the answer
+    shown = body["items"][0]["item_id"]
+    r = client.post("/v1/events", json={"events": [
+        {"user_id": users[0], "item_id": shown, "recommendation_id": body["recommendation_id"]},
+        {"user_id": users[0], "item_id": shown, "recommendation_id": "obs-no-such-answer"}]})
+    assert r.status_code == 200 and r.json()["feedback"]["hits"] == 1, r.text
 
     # Alerts under this load: each expression has data without its threshold and none with it, over a
     # window that holds this test's load only (earlier tests broke things on purpose).

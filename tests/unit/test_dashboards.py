@@ -66,17 +66,40 @@ def test_dashboard_is_valid(name):
             assert v["datasource"]["uid"] == "${datasource}"
 
 
-def test_overview_answers_the_four_questions():
+def test_overview_answers_the_five_questions():
     rows = [p["title"] for p in RENDERED["overview"]["panels"] if p["type"] == "row"]
-    assert rows == ["Is it fast?", "Is it correct?", "Is it fresh?", "Is it sized right?"]
+    assert rows == ["Is it fast?", "Is it correct?", "Is it fresh?", "Is it sized right?", "Is it better? A/B arms"]
     exprs = " ".join(e for _, e in expressions(RENDERED["overview"]))
     for metric in ("requests_total", "request_latency_ms_bucket", "stage_latency_ms_bucket", "degraded_total",
                    "scorer_batch_size_bucket", "candidates_per_request_bucket", "cold_start_total",
                    "events_stored_total", "event_to_effect_seconds_bucket", "model_info",
                    "model_created_timestamp_seconds", "model_reloads_total", "event_store_errors_total",
-                   "items_added_total", "ingress_cpu_busy"):
+                   "items_added_total", "ingress_cpu_busy", "arm_requests_total", "arm_latency_ms_bucket",
+                   "arm_degraded_total", "arm_impressions_total", "arm_hits_total", "arm_hit_rank_sum_total",
+                   "feedback_events_total"):
         assert f"ray_distilrec_{metric}" in exprs, metric
     assert "ray_serve_deployment_replica_healthy" in exprs
+
+
+def test_the_arms_row_compares_the_arms():
+    """Every panel of the arms row is by arm (but the feedback results, which have no arm), and the hit
+    rate at 10 counts the rank buckets up to 10 over the impressions."""
+    from services.metrics import HIT_RANK_BUCKETS
+
+    panels, row = [], None
+    for p in RENDERED["overview"]["panels"]:
+        if p["type"] == "row":
+            row = p["title"]
+        elif row == "Is it better? A/B arms":
+            panels.append(p)
+    titles = [p["title"] for p in panels]
+    assert titles == ["Recommendations/s by arm", "p99 latency by arm", "Degraded share by arm", "Hit rate @10 by arm",
+                      "Mean hit position by arm", "Feedback events by result"]
+    for p in panels[:-1]:
+        assert all("by (arm)" in t["expr"] or "by (le, arm)" in t["expr"] for t in p["targets"]), p["title"]
+    hit_rate = panels[3]["targets"][0]["expr"]
+    ranks = "|".join(str(b) for b in HIT_RANK_BUCKETS if b <= 10)
+    assert f'rank=~"{ranks}"' in hit_rate and "ray_distilrec_arm_impressions_total" in hit_rate
 
 
 def test_overview_shows_the_stages_and_deployments_of_the_serving_graph():
