@@ -34,6 +34,9 @@ Besides events, a store keeps what every serving replica must agree on and what 
   hit for the arm that showed it. Kept ``impression_ttl_s`` seconds (default one day); SQLite also keeps
   at most ``max_impressions`` (default 1,000,000), Redis lets them expire. Losing one loses a hit
   count, never an event: they are written in batches, not fsynced one by one.
+* **shared states** (:meth:`EventStore.read_state` / :meth:`EventStore.compare_and_set_state`): a small
+  JSON document per key with a generation, written only by the caller that names the generation it read,
+  so that replicas agree on one decision (a canary's weight) whoever makes it first.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "events.db")
@@ -186,6 +189,35 @@ class Impression:
         return cls(recommendation_id, d["arm"], d["user_id"], tuple(d["items"]), float(d["at"]))
 
 
+@dataclass(frozen=True)
+class SharedState:
+    """A shared state as read: ``generation`` (0 before the first write, +1 per write) and ``value``
+    (the JSON object written last; ``None`` before the first write)."""
+
+    generation: int
+    value: dict | None
+
+
+MAX_STATE_KEY = 200  # characters
+MAX_STATE_BYTES = 64 << 10  # a state's JSON
+
+
+def _check_state(key: str, generation: int, value: Mapping[str, Any] | None = None) -> str | None:
+    """The value's JSON; ``ValueError`` for a key, generation or value a store cannot keep."""
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_STATE_KEY or "\x00" in key:
+        raise ValueError(f"a state key is 1 to {MAX_STATE_KEY} characters without NUL, got {key!r}")
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+        raise ValueError(f"generation must be an int >= 0, got {generation!r}")
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError(f"a state is a JSON object, got {type(value).__name__}")
+    body = json.dumps(dict(value), sort_keys=True, allow_nan=False)
+    if len(body) > MAX_STATE_BYTES:
+        raise ValueError(f"a state's JSON is at most {MAX_STATE_BYTES} bytes, got {len(body)}")
+    return body
+
+
 def _check_impressions(impressions: Iterable[Impression]) -> list[Impression]:
     out = list(impressions)
     for imp in out:
@@ -267,6 +299,18 @@ class EventStore(ABC):
         """``{recommendation_id: impression}`` of those ids the store still keeps (one read); an unknown
         or expired id is absent. Raises :class:`EventStoreError` when the store cannot be read."""
 
+    @abstractmethod
+    def read_state(self, key: str) -> SharedState:
+        """The shared state under ``key`` (generation 0 and ``None`` when never written). Raises
+        :class:`EventStoreError` when the store cannot be read."""
+
+    @abstractmethod
+    def compare_and_set_state(self, key: str, generation: int, value: Mapping[str, Any]) -> bool:
+        """Write ``value`` (a JSON object) under ``key`` as generation ``generation + 1`` when the stored
+        generation is still ``generation``; ``False`` (nothing written) when another writer moved it first.
+        Writing the same value again after a lost answer reports ``True``. Raises ``ValueError`` for a key,
+        generation or value it cannot keep and :class:`EventStoreError` when the store cannot write."""
+
     def close(self) -> None:  # noqa: B027 - optional for backends without resources
         """Release connections; the store must not be used afterwards."""
 
@@ -308,9 +352,14 @@ CREATE TABLE IF NOT EXISTS impressions (
     body    TEXT    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_at ON impressions (at);
+CREATE TABLE IF NOT EXISTS shared_state (
+    key        TEXT    PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    body       TEXT    NOT NULL
+);
 """
-# The impressions table is new within version 2: a build without it never reads it, and a file written
-# by such a build gets it when this build opens it.
+# The impressions and shared_state tables are new within version 2: a build without them never reads them, and a
+# file written by such a build gets them when this build opens it.
 # Created after the column exists (a file written before event ids has the table without it).
 _EVENT_ID_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id) WHERE event_id IS NOT NULL"
 
@@ -590,6 +639,25 @@ class SQLiteEventStore(EventStore):
             out.update((r, Impression.from_json(r, body)) for r, body in rows)
         return out
 
+    def read_state(self, key: str) -> SharedState:
+        _check_state(key, 0)
+        rows = self._read("SELECT generation, body FROM shared_state WHERE key = ?", (key,))
+        return SharedState(int(rows[0][0]), json.loads(rows[0][1])) if rows else SharedState(0, None)
+
+    def compare_and_set_state(self, key: str, generation: int, value: Mapping[str, Any]) -> bool:
+        body = _check_state(key, generation, value)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT generation FROM shared_state WHERE key = ?", (key,)).fetchone()
+            if (row[0] if row else 0) != generation:
+                return False
+            conn.execute("INSERT INTO shared_state (key, generation, body) VALUES (?, ?, ?) ON CONFLICT (key) "
+                         "DO UPDATE SET generation = excluded.generation, body = excluded.body",
+                         (key, generation + 1, body))
+            return True
+
+        return self._write("state", write)
+
     def count(self) -> int:
         """All stored events (for tests and operators)."""
         return int(self._read("SELECT count(*) FROM events")[0][0])
@@ -650,6 +718,20 @@ end
 return {#ours, before, absent}
 """
 
+# A shared state's compare-and-set. KEYS[1]: the state's hash (fields gen, body); ARGV[1]: the generation
+# the caller read; ARGV[2]: the new body. Writes gen + 1 when gen is ARGV[1]; a resend of a write that
+# landed (gen is ARGV[1] + 1 with this very body) answers 1 as well.
+_STATE_CAS_LUA = """
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+local want = tonumber(ARGV[1])
+if gen == want then
+  redis.call('HSET', KEYS[1], 'gen', gen + 1, 'body', ARGV[2])
+  return 1
+end
+if gen == want + 1 and redis.call('HGET', KEYS[1], 'body') == ARGV[2] then return 1 end
+return 0
+"""
+
 
 class RedisEventStore(EventStore):
     """A Redis server shared by every pod (redis-py; ``redis://`` or ``rediss://`` for TLS).
@@ -663,7 +745,7 @@ class RedisEventStore(EventStore):
     event sent again with the same id within that time is not stored again; after it, it is. The ids
     are bounded by that lifetime, not by the events, which are kept. ``{prefix}:imp:{recommendation_id}``
     per impression a string (JSON) that expires ``impression_ttl_s`` seconds (default one day) after it
-    was written.
+    was written; ``{prefix}:state:{key}`` per shared state a hash (``gen``, ``body``).
 
     A batch of events (or items) is written in one ``MULTI``/``EXEC`` transaction (for events, one Lua
     script in it that checks the ids and stores the new events): Redis applies it whole or not at all,
@@ -851,6 +933,18 @@ class RedisEventStore(EventStore):
             return {}
         bodies = self._call("read", lambda: self.r.mget([self._k("imp", i) for i in ids]))
         return {i: Impression.from_json(i, b) for i, b in zip(ids, bodies) if b is not None}
+
+    def read_state(self, key: str) -> SharedState:
+        _check_state(key, 0)
+        gen, body = self._call("read", lambda: self.r.hmget(self._k("state", key), ["gen", "body"]))
+        return SharedState(int(gen), json.loads(body)) if gen is not None and body is not None else SharedState(0, None)
+
+    def compare_and_set_state(self, key: str, generation: int, value: Mapping[str, Any]) -> bool:
+        """See :meth:`EventStore.compare_and_set_state`: one Lua script (sent again once when its answer
+        is lost; the script then recognises its own write)."""
+        body = _check_state(key, generation, value)
+        return bool(self._call("state write", lambda: self.r.eval(_STATE_CAS_LUA, 1, self._k("state", key),
+                                                                   generation, body)))
 
     def count(self) -> int:
         """All stored events (for tests and operators): a SCAN over the user keys."""

@@ -1,6 +1,6 @@
 """What every event store backend must do, run against SQLite and a real redis-server: events in time
 order, new items with their embeddings, the sync state, impressions (looked up by recommendation id, then
-expired), and data that outlives the store object (and, for Redis, a restart of the server)."""
+expired), shared states (compare-and-set on their generation), and data that outlives the store object (and, for Redis, a restart of the server)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from distilrec.stores import (
     Impression,
     NewItem,
     RedisEventStore,
+    SharedState,
     SQLiteEventStore,
     open_event_store,
     parse_store_uri,
@@ -292,3 +293,26 @@ def test_impressions_expire(store_uri, tmp_path):
             s.record_impressions([_impression("next")])
             assert sqlite3.connect(s.path).execute("SELECT rec_id FROM impressions ORDER BY seq").fetchall() == [
                 ("fresh",), ("next",)]
+
+
+def test_a_shared_state_is_written_only_by_the_generation_it_read(store_uri):
+    with open_event_store(store_uri) as s, open_event_store(store_uri) as other:
+        assert s.read_state("canary:x") == SharedState(0, None)
+        assert s.compare_and_set_state("canary:x", 0, {"weight": 0.05, "status": "running"})
+        assert other.read_state("canary:x") == SharedState(1, {"weight": 0.05, "status": "running"})
+        # Two replicas that read generation 1 decide: the first write wins, the second is told so.
+        assert other.compare_and_set_state("canary:x", 1, {"weight": 0.15, "status": "running"})
+        assert not s.compare_and_set_state("canary:x", 1, {"weight": 0.0, "status": "rolled_back"})
+        assert s.read_state("canary:x") == SharedState(2, {"weight": 0.15, "status": "running"})
+        assert not s.compare_and_set_state("canary:x", 5, {"weight": 1.0})  # a generation never reached
+        # The same write sent again (its answer lost) is recognised by Redis; SQLite answers locally.
+        if isinstance(s, RedisEventStore):
+            assert s.compare_and_set_state("canary:x", 1, {"status": "running", "weight": 0.15})
+        assert s.read_state("canary:other") == SharedState(0, None)  # keys are apart
+        for key, gen, value in (("", 0, {}), ("k", -1, {}), ("k", True, {}), ("k", 0, [1]),
+                                ("k", 0, {"x": float("nan")}), ("k" * 201, 0, {})):
+            with pytest.raises(ValueError):
+                s.compare_and_set_state(key, gen, value)
+        assert s.read_state("k") == SharedState(0, None)
+    with open_event_store(store_uri) as again:  # it outlives the store objects
+        assert again.read_state("canary:x").generation == 2
