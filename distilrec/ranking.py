@@ -110,14 +110,15 @@ class Explainer:
         self.hist = list(dict.fromkeys(reversed(list(history)[-recent:])))  # most recent first, unique
         self.pos = {h: i for i, h in enumerate(self.hist)}
         self.values = values
+        self._hist_values: list[frozenset] | None = None  # the history's values, read at the first need
 
     def _values(self, row: int) -> frozenset:
         return self.values[row] if self.values is not None else attribute_values(self.attributes[row])
 
     def __call__(self, row: int) -> str:
         best, best_w, best_pos = None, 0.0, len(self.hist)
-        neighbours = self.graph.neighbours[row] if row < len(self.graph.neighbours) else {}
-        for h, w in neighbours.items():  # at most the graph's top neighbours, fewer than the history
+        # at most the graph's top neighbours, fewer than the history
+        for h, w in zip(*self.graph.row(row)):
             pos = self.pos.get(h)
             if pos is not None and (w > best_w or (w == best_w and w > 0 and pos < best_pos)):
                 best, best_w, best_pos = h, w, pos
@@ -126,8 +127,10 @@ class Explainer:
         mine = self._values(row)
         best, shared = None, frozenset()
         if mine:
-            for h in self.hist:
-                common = mine & self._values(h)
+            if self._hist_values is None:
+                self._hist_values = [self._values(h) for h in self.hist]
+            for h, theirs in zip(self.hist, self._hist_values):
+                common = mine & theirs
                 if len(common) > len(shared):
                     best, shared = h, common
         if best is not None:
@@ -154,7 +157,7 @@ def cooccurrence_ranking(history: Sequence[int], graph, popularity: np.ndarray, 
     score: dict[int, float] = {}
     for pos, h in enumerate(reversed(list(history)[-recent:])):
         decay = 1.0 / (1 + pos)
-        for n, w in graph.neighbours[h].items() if h < len(graph.neighbours) else ():
+        for n, w in zip(*graph.row(h)):
             if n not in drop:
                 score[n] = score.get(n, 0.0) + w * decay
     ranked = sorted(score.items(), key=lambda x: (-x[1], x[0]))

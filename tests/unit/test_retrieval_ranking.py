@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from distilrec.catalog import Catalog, ItemGraph, parse_attributes
+from distilrec.catalog import Catalog, HistoryLog, ItemGraph, StringColumn, parse_attributes
 from distilrec.ranking import cooccurrence_ranking, explain, mmr, passes
 from distilrec.retrieval import make_retrieval
 
@@ -89,3 +89,35 @@ def test_explanations_and_fallback():
 def test_item_graph_keeps_the_strongest_neighbours():
     g = ItemGraph.from_histories([[0, 1]] * 3 + [[0, 2]], n_items=3, window=1, top=1)
     assert g.neighbours[0] == {1: 3.0}
+
+
+def test_item_graph_from_a_log_equals_the_pairs_counted_one_by_one():
+    rng = np.random.default_rng(0)
+    hists = [rng.integers(0, 30, rng.integers(0, 12)).tolist() for _ in range(60)]
+    g = ItemGraph.from_histories(HistoryLog.from_lists(hists), n_items=30, window=3, top=5)
+    counts: dict[tuple[int, int], float] = {}
+    for h in hists:  # every pair within 3 positions of one user's history, both ways, not an item with itself
+        for i in range(len(h)):
+            for j in range(i + 1, min(len(h), i + 4)):
+                if h[i] != h[j]:
+                    counts[h[i], h[j]] = counts.get((h[i], h[j]), 0) + 1
+                    counts[h[j], h[i]] = counts.get((h[j], h[i]), 0) + 1
+    for r in range(30):
+        mine = sorted(((c, w) for (a, c), w in counts.items() if a == r), key=lambda x: (-x[1], x[0]))[:5]
+        assert g.neighbours[r] == dict(mine), r
+    g.extend(32)
+    assert len(g) == 32 and g.row(31) == ([], []) and g.row(99) == ([], [])
+
+
+def test_catalog_holds_titles_and_shared_attributes_compactly():
+    attrs = [{"genres": ["Comedy"]}, {"genres": ["Comedy"]}, {"genres": ["Drama"]}]
+    cat = Catalog(["a", "b", "c"], ["Á", "B", "C"], attrs, np.eye(3, dtype=np.float32), [[0, 1, 2]])
+    assert isinstance(cat.titles, StringColumn) and list(cat.titles) == ["Á", "B", "C"]
+    assert cat.attributes == attrs and cat.attributes[0] is cat.attributes[1]  # one dict for equal attributes
+    assert cat.values[0] is cat.values[1] and cat.values[2] == frozenset({("genres", "drama")})
+    assert cat.attribute_names() == {"genres"}
+    assert cat.add("n", "N", {"tags": ["x"]}, np.ones(3)) == 3 and cat.attribute_names() == {"genres", "tags"}
+    assert cat.add("n", "N2", {"genres": ["Drama"]}, np.ones(3)) == 3
+    assert cat.titles[3] == "N2" and cat.attributes[3] is cat.attributes[2] and cat.values[3] is cat.values[2]
+    with pytest.raises(IndexError):
+        cat.titles[0] = "no"
