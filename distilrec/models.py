@@ -103,17 +103,18 @@ class _ItemTower(_EvalCache):
         In eval mode without autograd (serving, evaluation) the table is computed once and cached;
         switching to train mode, loading weights or moving the module drops the cache.
         """
-        return self._table(1.0) if self._frozen() else self._compute()
+        return self._table() if self._frozen() else self._compute()
 
     def trained(self) -> torch.Tensor:
         """``(N, D)``: :meth:`all` without the padding row, the view cached with the table."""
-        return self._cached("trained", lambda: self._table(1.0)[:-1]) if self._frozen() else self._compute()[:-1]
+        return self._cached("trained", lambda: self._table()[:-1]) if self._frozen() else self._compute()[:-1]
 
     def embed(self, rows: torch.Tensor, scale: float) -> torch.Tensor:
         """``(B, L) -> (B, L, D)``: the vectors of ``rows`` (padding gives zeros) times ``scale``. When
-        the table is cached, the scaled table is too, so that a request costs one gather."""
+        the table is cached, a request costs one gather from it and one multiply (no scaled copy of the
+        table: at a million items that would be another ``N × D`` floats per model)."""
         if self._frozen():
-            return F.embedding(rows, self._table(scale))  # a gather, faster than table[rows]
+            return F.embedding(rows, self._table()) * scale  # a gather, faster than table[rows]
         return self.rows(rows) * scale
 
     def rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -126,9 +127,9 @@ class _ItemTower(_EvalCache):
             v = v + self.text_proj(text) * real.unsqueeze(-1)
         return v
 
-    def _table(self, scale: float) -> torch.Tensor:
-        # a plain tensor, never a Parameter; a scaled table is made from the unscaled one
-        return self._cached(scale, lambda: self._compute().detach() if scale == 1.0 else self._table(1.0) * scale)
+    def _table(self) -> torch.Tensor:
+        # a plain tensor, never a Parameter; one table per model (embed scales what it gathers)
+        return self._cached("table", lambda: self._compute().detach())
 
     def _compute(self) -> torch.Tensor:
         v = self.id_emb.weight
@@ -238,6 +239,16 @@ class _SequenceModel(nn.Module):
     def text_item_vectors(self, text_emb: torch.Tensor) -> torch.Tensor:
         """``(M, text_dim) -> (M, D)``: vectors of items that have no trained id embedding."""
         return self.items.text_vectors(text_emb)
+
+    def item_id_vectors(self) -> torch.Tensor:
+        """``(N, D)``: the learnt id component of each trained item's vector (its vector less its text
+        vector), a view of the weights (no copy)."""
+        return self.items.id_emb.weight.detach()[:-1]
+
+    def item_text_embeddings(self) -> torch.Tensor | None:
+        """``(N, text_dim)``: the item text embeddings the model was built with (its own buffer, no copy),
+        or ``None`` without text features."""
+        return self.items.text_emb if self.cfg.text_dim else None
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``(..., D) -> (..., N)``: scores of every catalogue item."""

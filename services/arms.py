@@ -7,18 +7,23 @@ The Ingress's ``user_config`` names an experiment and its arms (``services/serve
       - {name: control, model: latest, weight: 0.9}                         # the deployment's scorer_model
       - {name: teacher, model: latest, scorer_model: teacher, weight: 0.1}
       - {name: before, model: previous, weight: 0}                           # loaded, no traffic
+      - {name: next, model: v2, shadow: true}                                # scored beside, never answers
 
 ``model``: ``latest`` (follows ``models/LATEST``), ``previous`` (the version published before the serving
 one, followed the same way) or a version folder's name (pinned: never moves). ``scorer_model``:
-``student`` | ``teacher`` (default: the deployment's). ``weight`` ≥ 0, the arms' weights summing > 0.
-Without ``arms`` there is one arm, ``default``: the latest version and the deployment's scorer model.
+``student`` | ``teacher`` (default: the deployment's). ``weight`` ≥ 0, the served arms' weights summing > 0.
+``score_deadline_ms`` (optional, > 0): the arm's own budget for its model step in process (a slower model
+under test gets its own; past it the arm's answer comes from the fallback, degraded); an arm with one gets
+a serving state of its own. Without ``arms`` there is one arm, ``default``: the latest version and the
+deployment's scorer model.
 
 A user is assigned by :func:`bucket` (``blake2b("{experiment}:{user_id}")`` mapped to ``[0, 1)``) and the
 arms' cumulative weights: the same arm on every request and every replica, whatever ``PYTHONHASHSEED``; a
 request without a user id by a random draw. An :class:`Experiment` is immutable: a controller that moves
 weights (a canary) builds another with :meth:`Experiment.with_weights` and swaps it in with one
-assignment. ``shadow: true`` (an arm scored beside the served one, never answering) is refused for now;
-the field keeps its place in the schema, and a shadow arm would take no share of the split.
+assignment. A ``shadow: true`` arm takes no share of the split and never answers: the Ingress scores it
+beside the served arm after the answer is sent and records the overlap of their lists
+(:attr:`Experiment.shadows`).
 
 With ``scorer: deployment`` the Scorer deployment scores with its own model, so every arm must be
 ``model: latest`` with the deployment's ``scorer_model`` (the arms then only label the traffic).
@@ -42,7 +47,7 @@ DEFAULT_ARM = "default"
 DEFAULT_EXPERIMENT = "default"
 MAX_ARMS = 8  # each arm of another model holds one more model version per replica
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a metric tag value
-ARM_KEYS = {"name", "model", "scorer_model", "weight", "shadow"}
+ARM_KEYS = {"name", "model", "scorer_model", "weight", "shadow", "score_deadline_ms"}
 
 
 class ArmsConfigError(ValueError):
@@ -52,18 +57,23 @@ class ArmsConfigError(ValueError):
 @dataclass(frozen=True)
 class Arm:
     """One arm: ``model`` (``latest`` | ``previous`` | a version name), ``scorer_model`` (``student`` |
-    ``teacher``), ``weight`` (its share of the traffic, relative to the others') and ``shadow``."""
+    ``teacher``), ``weight`` (its share of the traffic, relative to the others'), ``shadow`` and
+    ``score_deadline_ms`` (its own model-step budget, ``None``: the deployment's ``score`` deadline)."""
 
     name: str
     model: str = "latest"
     scorer_model: str = "student"
     weight: float = 1.0
     shadow: bool = False
+    score_deadline_ms: float | None = None
 
     @property
-    def key(self) -> tuple[str, str]:
-        """``(model, scorer_model)``: what the arm serves; arms with one key share one serving state."""
-        return self.model, self.scorer_model
+    def key(self) -> tuple:
+        """``(model, scorer_model)``, with ``score_deadline_ms`` third when the arm has one: what the arm
+        serves; arms with one key share one serving state."""
+        if self.score_deadline_ms is None:
+            return self.model, self.scorer_model
+        return self.model, self.scorer_model, float(self.score_deadline_ms)
 
 
 def bucket(experiment: str, user_id: str) -> float:
@@ -113,9 +123,15 @@ class Experiment:
             if isinstance(a.weight, bool) or not isinstance(a.weight, (int, float)) or not math.isfinite(a.weight) \
                     or a.weight < 0:
                 raise ArmsConfigError(f"arm {a.name}: weight must be a finite number >= 0, got {a.weight!r}")
-            if a.shadow is not False:
-                raise ArmsConfigError(f"arm {a.name}: shadow arms are not served yet (shadow: false)")
+            if not isinstance(a.shadow, bool):
+                raise ArmsConfigError(f"arm {a.name}: shadow must be true or false, got {a.shadow!r}")
+            ms = a.score_deadline_ms
+            if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms)
+                                   or ms <= 0):
+                raise ArmsConfigError(f"arm {a.name}: score_deadline_ms must be a number > 0, got {ms!r}")
         served = tuple(a for a in arms if not a.shadow)
+        if not served:
+            raise ArmsConfigError("every arm is a shadow; at least one arm must answer")
         total = sum(a.weight for a in served)
         if not total > 0:
             raise ArmsConfigError(f"the arms' weights sum to {total}; they must sum to more than 0")
@@ -144,9 +160,14 @@ class Experiment:
         return Experiment.of(self.name, [replace(a, weight=weights.get(a.name, a.weight)) for a in self.arms])
 
     @property
-    def keys(self) -> set[tuple[str, str]]:
-        """The ``(model, scorer_model)`` pairs the arms need a serving state for."""
+    def keys(self) -> set[tuple]:
+        """The :attr:`Arm.key` of every arm (served or shadow): the serving states the arms need."""
         return {a.key for a in self.arms}
+
+    @property
+    def shadows(self) -> tuple[Arm, ...]:
+        """The shadow arms, in order: scored beside every served answer, never answering."""
+        return tuple(a for a in self.arms if a.shadow)
 
     def describe(self) -> dict[str, Any]:
         """For ``GET /v1/model``: the experiment's name and its arms with their shares of the traffic."""
@@ -154,7 +175,10 @@ class Experiment:
                           (b - a for a, b in zip((0.0,) + self.bounds[:-1], self.bounds))))
         return {"name": self.name, "arms": [{"name": a.name, "model": a.model, "scorer_model": a.scorer_model,
                                              "weight": a.weight, "share": round(shares.get(a.name, 0.0), 6),
-                                             "shadow": a.shadow} for a in self.arms]}
+                                             "shadow": a.shadow,
+                                             **({"score_deadline_ms": a.score_deadline_ms}
+                                                if a.score_deadline_ms is not None else {})}
+                                            for a in self.arms]}
 
 
 def default_experiment(scorer_model: str) -> Experiment:
@@ -171,7 +195,8 @@ def parse_experiment(config: dict[str, Any], scorer_model: str, inline: bool = T
     if raw is None:
         return default_experiment(scorer_model)
     if not isinstance(raw, list):
-        raise ArmsConfigError(f"arms must be a list of {{name, model, scorer_model, weight}}, got {type(raw).__name__}")
+        raise ArmsConfigError(f"arms must be a list of {{name, model, scorer_model, weight, shadow}}, got "
+                              f"{type(raw).__name__}")
     arms = []
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict) or "name" not in entry:
@@ -181,13 +206,14 @@ def parse_experiment(config: dict[str, Any], scorer_model: str, inline: bool = T
             raise ArmsConfigError(f"arms[{i}] ({entry.get('name')}): unknown keys {sorted(extra)}; known: "
                                   f"{sorted(ARM_KEYS)}")
         arms.append(Arm(entry["name"], entry.get("model", "latest"), entry.get("scorer_model") or scorer_model,
-                        entry.get("weight", 1.0), entry.get("shadow", False)))
+                        entry.get("weight", 1.0), entry.get("shadow", False), entry.get("score_deadline_ms")))
     exp = Experiment.of(config.get("experiment", DEFAULT_EXPERIMENT), arms)
     if not inline:
         other = [a.name for a in exp.arms if a.key != ("latest", scorer_model)]
         if other:
             raise ArmsConfigError(f"arms {other}: with scorer: deployment the Scorer deployment scores with its own "
-                                  f"model, so every arm must be model: latest, scorer_model: {scorer_model}")
+                                  f"model, so every arm must be model: latest, scorer_model: {scorer_model} (and no "
+                                  f"score_deadline_ms)")
     return exp
 
 

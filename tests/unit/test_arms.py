@@ -1,5 +1,6 @@
 """A/B arms (services/arms.py): the stable assignment of users to arms, its proportions, its independence
-from the interpreter's hash seed, weight changes, the checks on an ``arms`` config, and what ``previous``
+from the interpreter's hash seed, weight changes, shadow arms, an arm's own score budget, the checks on an
+``arms`` config, and what ``previous``
 and a pinned version resolve to under a model output folder."""
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def test_users_split_by_weight_and_stay_on_their_arm():
                                          "weight": 3, "share": 0.3, "shadow": False}
 
 
+def test_a_shadow_arm_takes_no_users_and_an_arm_with_its_own_budget_its_own_state():
+    exp = parse_experiment({"arms": [{"name": "a"}, {"name": "b", "weight": 1},
+                                     {"name": "next", "scorer_model": "teacher", "shadow": True, "weight": 5},
+                                     {"name": "slow", "score_deadline_ms": 2.5, "weight": 0}]}, "student")
+    assert [a.name for a in exp.served] == ["a", "b", "slow"] and [a.name for a in exp.shadows] == ["next"]
+    assert {exp.assign(f"u{i}").name for i in range(2000)} == {"a", "b"}
+    assert exp.keys == {("latest", "student"), ("latest", "teacher"), ("latest", "student", 2.5)}
+    described = {a["name"]: a for a in exp.describe()["arms"]}
+    assert described["next"]["share"] == 0 and described["next"]["shadow"] is True
+    assert described["slow"]["score_deadline_ms"] == 2.5 and "score_deadline_ms" not in described["a"]
+
+
 def test_an_arm_at_weight_zero_gets_no_users():
     exp = parse_experiment({"arms": [{"name": "a"}, {"name": "idle", "weight": 0}, {"name": "b"}]}, "student")
     assert {exp.assign(f"u{i}").name for i in range(2000)} == {"a", "b"}
@@ -106,7 +119,9 @@ def test_a_growing_last_arm_keeps_its_users():
     ({"arms": [{"name": "a", "weight": 0}, {"name": "b", "weight": 0}]}, "sum to more than 0"),
     ({"arms": [{"name": "a", "wieght": 1}]}, "unknown keys"),
     ({"arms": [{"name": "a b"}]}, "arm name"),
-    ({"arms": [{"name": "a", "shadow": True}]}, "shadow arms are not served yet"),
+    ({"arms": [{"name": "a", "shadow": True}]}, "every arm is a shadow"),
+    ({"arms": [{"name": "a", "shadow": "yes"}]}, "shadow must be true or false"),
+    ({"arms": [{"name": "a", "score_deadline_ms": 0}]}, "score_deadline_ms must be a number > 0"),
     ({"arms": [{"name": f"a{i}"} for i in range(9)]}, "at most 8"),
     ({"experiment": "", "arms": [{"name": "a"}]}, "experiment must be a name"),
 ])
@@ -118,7 +133,8 @@ def test_a_bad_arms_config_is_refused_with_the_reason(config, match):
 def test_with_a_scorer_deployment_every_arm_serves_the_scorers_model():
     same = {"arms": [{"name": "a", "weight": 1}, {"name": "b", "scorer_model": "student", "weight": 1}]}
     assert len(parse_experiment(same, "student", inline=False).served) == 2
-    for other in ({"name": "t", "scorer_model": "teacher"}, {"name": "p", "model": "previous"}):
+    for other in ({"name": "t", "scorer_model": "teacher"}, {"name": "p", "model": "previous"},
+                  {"name": "s", "score_deadline_ms": 5}):
         with pytest.raises(ArmsConfigError, match="scorer: deployment"):
             parse_experiment({"arms": [{"name": "a"}, other]}, "student", inline=False)
 
