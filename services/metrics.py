@@ -143,3 +143,45 @@ def feedback_events_total() -> metrics.Counter:
 def impressions_dropped_total() -> metrics.Counter:
     return metrics.Counter("distilrec_impressions_dropped_total", "Impressions not kept (feedback on them is "
                            "unmatched), by reason: store_error, backlog.", tag_keys=("reason",))
+
+
+# Shadow arms and the canary (services/canary.py).
+OVERLAP_BUCKETS = [0.01, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.99]  # Ray wants them > 0: le=0.01 is no overlap
+
+
+def shadow_overlap() -> metrics.Histogram:
+    return metrics.Histogram("distilrec_shadow_overlap", "Overlap@k of a shadow arm's list with the served answer "
+                             "(shared items / k), per shadow arm; the mean is _sum over _count.",
+                             boundaries=OVERLAP_BUCKETS, tag_keys=("arm",))
+
+
+def shadow_latency() -> metrics.Histogram:
+    return metrics.Histogram("distilrec_shadow_latency_ms", "Latency of a shadow arm's scoring step in ms (after the "
+                             "answer was sent).", boundaries=LATENCY_MS_BUCKETS, tag_keys=("arm",))
+
+
+def shadow_dropped_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_shadow_dropped_total", "Shadow scorings not recorded, per shadow arm and reason: "
+                           "cap (shadow_max_in_flight reached), timeout (past shadow_deadline_ms), error.",
+                           tag_keys=("arm", "reason"))
+
+
+def canary_weight() -> metrics.Gauge:
+    return metrics.Gauge("distilrec_canary_weight", "The canary arm's share of the traffic (0 after a rollback), as "
+                         "this replica applies it.", tag_keys=("arm",))
+
+
+def canary_status() -> metrics.Gauge:
+    return metrics.Gauge("distilrec_canary_status", "1 for the canary's status (running, complete, rolled_back) "
+                         "on this replica, 0 for the others.", tag_keys=("arm", "status"))
+
+
+def canary_rollbacks_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_canary_rollbacks_total", "Canaries rolled back by their controller, per arm "
+                           "and reason (errors, degraded, latency); counted once, by the replica that decided.",
+                           tag_keys=("arm", "reason"))
+
+
+def canary_steps_total() -> metrics.Counter:
+    return metrics.Counter("distilrec_canary_steps_total", "Canary steps up, per arm; counted once, by the replica "
+                           "that decided.", tag_keys=("arm",))
