@@ -23,6 +23,11 @@ each arm serves a model version and scorer model of its own (arms that share bot
 :class:`ServingState`). Every answer carries its ``arm`` and a ``recommendation_id``; what it showed is
 kept in the event store after the answer is sent (batched, off the response path), so that an event that
 names the ``recommendation_id`` counts as a hit for that arm at the item's rank (per-arm metrics).
+A shadow arm (``shadow: true``) never answers: after an answer is sent, the replica scores the request with
+it too, within ``shadow_deadline_ms`` and at most ``shadow_max_in_flight`` at once, and records the overlap
+of the two lists. A canary arm (``canary`` in ``user_config``, :mod:`services.canary`) moves up in steps
+of traffic while its errors, degraded answers and p99 stay within bounds of the stable arms', or is rolled
+back by itself; its state is shared through the event store, so every replica serves the same weights.
 
 A known user's request makes no handle call: ``POST /v1/recommend`` skips FastAPI's routing (see
 :class:`_App`); the requests waiting on a replica together (``@serve.batch`` on
@@ -46,6 +51,7 @@ which the replicas' JSON logs carry as ``request_id``. Every error is JSON ``{"e
 
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -78,6 +84,8 @@ from distilrec.stores import EventStoreError, Impression, NewItem, open_event_st
 from services import metrics
 from services.arms import Arm, Experiment, default_experiment, parse_experiment, previous_version, version_uri
 from services.autoscaling import CPU_METRIC, CpuMeter
+from services.canary import (REASONS, ROLLED_BACK, STATUSES, CanaryConfig, Figures, Rollout, judge, parse_canary,
+                             state_key, weights)
 from services.security import admin_token
 from services.state import ServingState, close_replica, freeze_heap
 
@@ -98,6 +106,9 @@ IMPRESSION_FLUSH_S = 0.1  # answers' impressions and arm metrics are written thi
 IMPRESSION_BATCH = 256  # ... or at once when this many wait
 MAX_PENDING_IMPRESSIONS = 20_000  # beyond this (a store too slow to keep up) impressions are dropped, counted
 MAX_RECOMMENDATION_ID = 64
+SHADOW_DEADLINE_MS = 50.0  # a shadow arm's scoring budget after the answer (user_config shadow_deadline_ms)
+SHADOW_MAX_IN_FLIGHT = 4  # shadow scorings running at once per replica; more are dropped (shadow_max_in_flight)
+CANARY_TICK_S = 1.0  # how often a replica reads the canary's shared state (at most; interval_s / 4 when shorter)
 # Per stage, in milliseconds; the serve config's ingress user_config overrides them.
 DEFAULT_DEADLINES_MS = {"features": 1000, "score": 1000, "query": 1000, "store": 10000, "items": 60000,
                         "info": 5000, "reload": 120000}
@@ -505,6 +516,27 @@ class _Scored:
     failure: str | None
 
 
+class _Budgeted:
+    """A :class:`~distilrec.serving.ModelScorer` held to an arm's own budget (``score_deadline_ms``):
+    :meth:`score` raises ``TimeoutError`` when the model step took longer than ``ms`` (a step cannot be
+    interrupted: its result is dropped, as past the ``score`` deadline). Every other attribute is the
+    scorer's."""
+
+    def __init__(self, scorer, ms: float):
+        self._scorer, self._ms = scorer, float(ms)
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        t0 = time.perf_counter()
+        out = self._scorer.score(requests)
+        ms = (time.perf_counter() - t0) * 1000
+        if ms > self._ms:
+            raise TimeoutError(f"the arm's model took {ms:.2f} ms, over its {self._ms:g} ms budget")
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._scorer, name)
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -559,14 +591,18 @@ class Ingress:
         self.reflected: OrderedDict[str, int] = OrderedDict()  # user -> last event seq reflected here
         self.cpu, self.cpu_busy = CpuMeter(), metrics.ingress_cpu_busy()
         self.guarded_recommend = _Guard(self._recommend_asgi)  # the direct route of _App
+        self._init_rollout()
         freeze_heap()  # see services.state.freeze_heap: no full GC pass over the libraries mid-request
 
     async def reconfigure(self, config: dict) -> None:
         """``{"deadline_ms": {"score": 300, …}, "max_batch_size": 32, "batch_wait_timeout_s": 0.0,
         "candidates": 200, "default_k": 10, "diversity": 0.0, "query_weight": 0.5, "experiment": "x",
-        "arms": [{"name", "model", "scorer_model", "weight"}, …]}`` (arms: :mod:`services.arms`; a model
-        an arm adds is loaded off the event loop before this returns). A bad ``arms`` config is refused
-        with an error log and shown in ``GET /v1/model`` (``arms_error``); the arms before it keep serving."""
+        "arms": [{"name", "model", "scorer_model", "weight", "shadow", "score_deadline_ms"}, …],
+        "canary": {"arm", "start_weight", "step", "interval_s", "max_weight", "bounds"},
+        "shadow_deadline_ms": 50, "shadow_max_in_flight": 4}`` (arms: :mod:`services.arms`, canary:
+        :mod:`services.canary`; a model an arm adds is loaded off the event loop before this returns). A bad
+        ``arms`` config is refused with an error log and shown in ``GET /v1/model`` (``arms_error``); the
+        arms before it keep serving. A bad ``canary`` block likewise (``canary_error``)."""
         for stage, ms in (config.get("deadline_ms") or {}).items():
             self.deadlines_ms[stage] = float(ms)
         if "max_batch_size" in config:
@@ -582,8 +618,10 @@ class Ingress:
             self.diversity = min(1.0, max(0.0, float(config["diversity"])))
         if "query_weight" in config:
             self.query_weight = min(1.0, max(0.0, float(config["query_weight"])))
-        self.knobs = {**self.knobs, **{k: v for k, v in config.items() if k not in ("deadline_ms", "experiment", "arms")}}
+        self.knobs = {**self.knobs, **{k: v for k, v in config.items()
+                                       if k not in ("deadline_ms", "experiment", "arms", "canary")}}
         await self._set_arms(config)
+        self._set_rollout(config)
 
     async def _set_arms(self, config: dict) -> None:
         """Swap in the arms of ``config`` (see :meth:`reconfigure`): states of ``(model, scorer_model)``
@@ -618,16 +656,23 @@ class Ingress:
             log.info("experiment %s: %s", exp.name, ", ".join(
                 f"{a['name']} ({a['model']}, {a['scorer_model']}, {a['share']:.1%})" for a in exp.describe()["arms"]))
 
-    def _arm_state(self, model: str, scorer_model: str) -> ServingState:
+    def _arm_state(self, model: str, scorer_model: str, score_ms: float | None = None) -> ServingState:
         """A serving state of its own for an arm (runs off the event loop): ``latest`` follows
-        ``models/LATEST``, ``previous`` the version published before it, a version name is pinned."""
+        ``models/LATEST``, ``previous`` the version published before it, a version name is pinned;
+        ``score_ms``: the arm's own model-step budget (:class:`_Budgeted`)."""
         resolver, uri, poll = resolve, self.model_uri, self.model_poll_s
         if model == "previous":
             resolver = previous_version
         elif model != "latest":
             uri, poll = version_uri(self.model_uri, model), 0.0
-        return ServingState(uri, lambda art: ServingBundle.build(art, scorer_model, self.retrieval), self.store,
-                            poll, with_teacher=scorer_model == "teacher", with_histories=True, resolver=resolver)
+
+        def build(art):
+            b = ServingBundle.build(art, scorer_model, self.retrieval)
+            return b if score_ms is None or b.scorer is None else dataclasses.replace(
+                b, scorer=_Budgeted(b.scorer, score_ms))
+
+        return ServingState(uri, build, self.store, poll, with_teacher=scorer_model == "teacher",
+                            with_histories=True, resolver=resolver)
 
     def _states(self) -> list[ServingState]:
         """Every serving state this replica holds, the deployment's own first."""
@@ -804,9 +849,11 @@ class Ingress:
             text = b"".join(body).decode("utf-8")
         except UnicodeDecodeError:
             return await _error(400, "invalid_request", "the body is not UTF-8")(scope, receive, send)
+        body = None
         try:
             req = RecommendRequest.model_validate_json(text)
-            response = Response(to_json(await self._recommend(req)), media_type="application/json")
+            body = await self._recommend(req)
+            response = Response(to_json(body), media_type="application/json")
         except ValidationError as e:
             errors = e.errors(include_url=False, include_context=False)
             if errors and errors[0]["type"] == "json_invalid" and "recursion" in errors[0]["msg"]:
@@ -820,6 +867,8 @@ class Ingress:
             log.exception("unhandled error on /v1/recommend")
             response = _error(500, "internal", "internal error; see the service logs")
         await response(scope, receive, send)
+        if body is not None and self.arms.experiment.shadows:
+            self._shadow(req, body)  # after the answer is sent: tasks only, no wait here
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     async def recommend(self, req: RecommendRequest) -> JSONResponse:
@@ -835,7 +884,12 @@ class Ingress:
         metrics are queued for :meth:`_flush_loop` (a list append here)."""
         t0 = time.perf_counter()
         arm, state = self.arms.route(req.user_id)
-        body = await self._recommend_with(req, state)
+        try:
+            body = await self._recommend_with(req, state)
+        except Exception as e:
+            if not isinstance(e, ApiError) or e.status >= 500:
+                self._rollout_error(arm.name)
+            raise
         body["arm"] = arm.name
         body["recommendation_id"] = rid = uuid.uuid4().hex
         shown = tuple(it["item_id"] for it in body["items"])
@@ -958,6 +1012,7 @@ class Ingress:
             m["requests"].inc(n, tags={"arm": arm})
         for arm, n in degraded.items():
             m["degraded"].inc(n, tags={"arm": arm})
+        self._rollout_observe(batch)
         if self.backlog_dropped:
             n, self.backlog_dropped = self.backlog_dropped, 0
             log.warning("%d impressions dropped: the event store does not keep up", n)
@@ -977,6 +1032,234 @@ class Ingress:
             per_arm[imp.arm] = per_arm.get(imp.arm, 0) + 1
         for arm, n in per_arm.items():
             self.m_arm["impressions"].inc(n, tags={"arm": arm})
+
+    # ------------------------------------------------------------------- shadow arms and the canary
+
+    def _init_rollout(self) -> None:
+        """The shadow arms' and the canary's state on this replica (see :meth:`_shadow`, :meth:`_canary_tick`)."""
+        self.shadow_deadline_ms, self.shadow_max = SHADOW_DEADLINE_MS, SHADOW_MAX_IN_FLIGHT
+        self.shadow_in_flight = 0
+        self.shadow_tasks: set[asyncio.Task] = set()
+        self.m_shadow = {"overlap": metrics.shadow_overlap(), "latency": metrics.shadow_latency(),
+                         "dropped": metrics.shadow_dropped_total()}
+        self.canary: CanaryConfig | None = None
+        self.canary_base: Experiment | None = None  # the arms as configured, before the canary's share
+        self.canary_error: dict | None = None  # the last canary block refused, with the reason
+        self.rollout: Rollout | None = None  # the shared state as last read or written here
+        self.rollout_wait: str | None = None  # why the last due decision waited
+        self.window: dict[str, Figures] = {}  # per arm, since the rollout's last change seen here
+        self.canary_task: asyncio.Task | None = None
+        self.m_canary = {"weight": metrics.canary_weight(), "status": metrics.canary_status(),
+                         "rollbacks": metrics.canary_rollbacks_total(), "steps": metrics.canary_steps_total()}
+
+    def _set_rollout(self, config: dict) -> None:
+        """The shadow knobs (``shadow_deadline_ms``, ``shadow_max_in_flight``) and the ``canary`` block of
+        ``config`` (:mod:`services.canary`), after :meth:`_set_arms`. A bad block is refused with an error
+        log and shown in ``GET /v1/model`` (``canary_error``); the canary before it goes on while its arm is
+        still the last served one. With the arms config refused, nothing changes here."""
+        if "shadow_deadline_ms" in config:
+            self.shadow_deadline_ms = max(0.001, float(config["shadow_deadline_ms"]))
+        if "shadow_max_in_flight" in config:
+            self.shadow_max = max(0, int(config["shadow_max_in_flight"]))
+        if self.arms_error is not None:
+            return
+        base, old = self.arms.experiment, self.canary
+        try:
+            cfg = parse_canary(config, base)
+        except Exception as e:  # noqa: BLE001 - a bad config never takes the replica down
+            self.canary_error = {"reason": f"{type(e).__name__}: {e}"[:2000], "config": config.get("canary")}
+            try:
+                cfg = parse_canary({"canary": old.raw}, base) if old is not None else None
+            except Exception:  # noqa: BLE001 - the old canary does not fit the new arms
+                cfg = None
+            log.error("canary config refused, %s: %s", f"canary {cfg.arm} goes on" if cfg else "no canary",
+                      self.canary_error["reason"])
+        else:
+            self.canary_error = None
+        self.canary, self.canary_base = cfg, base
+        if cfg is None:
+            self.rollout, self.window = None, {}
+            return
+        if self.rollout is not None and self.rollout.config == cfg.fingerprint and self.rollout.arm == cfg.arm:
+            self._apply_rollout(self.rollout, cfg)  # the same rollout over the arms as configured now
+        else:
+            self.rollout = None  # no traffic to the canary until the shared state is read (the next tick)
+            self._apply_weights(cfg, 0.0)
+        if self.canary_task is None:
+            self.canary_task = asyncio.get_running_loop().create_task(self._canary_loop())
+
+    async def _canary_loop(self) -> None:
+        """Every ``CANARY_TICK_S`` (``interval_s / 4`` when shorter): :meth:`_canary_tick`, then the canary
+        gauges. Runs as long as the replica; a tick that fails is logged and the next one tries again."""
+        while True:
+            cfg = self.canary
+            if cfg is not None:
+                try:
+                    await self._canary_tick(cfg)
+                except Exception:  # noqa: BLE001 - the store may be away: the next tick tries again
+                    log.exception("canary tick failed; the canary keeps its weight")
+                self._export_canary()
+            await asyncio.sleep(min(CANARY_TICK_S, cfg.interval_s / 4) if cfg is not None else CANARY_TICK_S)
+
+    async def _canary_tick(self, cfg: CanaryConfig) -> None:
+        """Read the canary's shared state (a store thread); start it when it is absent or follows another
+        canary block; apply it when another replica moved it; when a decision is due, judge this replica's
+        figures since the last change (:func:`services.canary.judge`) and write the next state by
+        compare-and-set: the replica that writes first decides, the others apply it at their next tick."""
+        loop = asyncio.get_running_loop()
+        key = state_key(self.canary_base.name, cfg.arm)
+        shared = await loop.run_in_executor(self.io, self.store.read_state, key)
+        now = time.time()
+        try:
+            current = Rollout.of(shared.value, shared.generation) if shared.value else None
+        except (KeyError, TypeError):
+            current = None  # written by another build: start over
+        if current is None or current.config != cfg.fingerprint or current.arm != cfg.arm:
+            if await self._write_rollout(key, shared.generation, Rollout.start(cfg, now), cfg):
+                log.info("canary %s started at %.1f%% of the traffic (ladder %s, every %g s)", cfg.arm,
+                         cfg.ladder[0] * 100, list(cfg.ladder), cfg.interval_s)
+            return
+        if self.rollout is None or self.rollout.generation != current.generation:
+            self._apply_rollout(current, cfg)
+            return
+        if not current.due(cfg, now):
+            return
+        stable = Figures()
+        for arm in self.canary_base.served:
+            if arm.name != cfg.arm and arm.name in self.window:
+                stable.merge(self.window[arm.name])
+        verdict, reason, detail = judge(cfg.bounds, self.window.get(cfg.arm, Figures()), stable)
+        if verdict == "wait":
+            self.rollout_wait = detail
+            return
+        nxt = current.decide(cfg, verdict, reason, detail, now)
+        if not await self._write_rollout(key, current.generation, nxt, cfg):
+            return  # another replica decided first: its state is read at the next tick
+        if verdict == "rollback":
+            self.m_canary["rollbacks"].inc(tags={"arm": cfg.arm, "reason": reason if reason in REASONS else "other"})
+            log.warning("canary %s rolled back (%s): %s", cfg.arm, reason, detail)
+        else:
+            self.m_canary["steps"].inc(tags={"arm": cfg.arm})
+            log.info("canary %s moved to %.1f%% of the traffic (%s): %s", cfg.arm, nxt.weight * 100, nxt.status,
+                     detail)
+
+    async def _write_rollout(self, key: str, generation: int, rollout: Rollout, cfg: CanaryConfig) -> bool:
+        """Compare-and-set ``rollout`` as the state after ``generation``; applied here when written."""
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(self.io, self.store.compare_and_set_state, key, generation,
+                                          rollout.value()):
+            return False
+        self._apply_rollout(dataclasses.replace(rollout, generation=generation + 1), cfg)
+        return True
+
+    def _apply_rollout(self, rollout: Rollout, cfg: CanaryConfig) -> None:
+        """Serve ``rollout``'s share for the canary and start a new figures window."""
+        before = self.rollout
+        self.rollout, self.window, self.rollout_wait = rollout, {}, None
+        self._apply_weights(cfg, rollout.weight)
+        if before is not None and before.generation != rollout.generation and before.status != rollout.status \
+                and rollout.status == ROLLED_BACK:
+            log.warning("canary %s is rolled back (%s): %s", cfg.arm, rollout.reason, rollout.detail)
+
+    def _apply_weights(self, cfg: CanaryConfig, share: float) -> None:
+        """Swap in the configured arms with the canary at ``share`` of the traffic (one assignment; the
+        serving states are the same, so nothing loads)."""
+        base, table = self.canary_base, self.arms
+        if [a.name for a in table.experiment.arms] != [a.name for a in base.arms]:
+            return  # the arms changed since: the next reconfigure sets the canary again
+        self.arms = _Arms(base.with_weights(weights(base, cfg.arm, share)), table.states)
+        self._export_canary()
+
+    def _export_canary(self) -> None:
+        """The canary gauges (set again every tick: Ray stops exporting a gauge that is not set)."""
+        cfg, r = self.canary, self.rollout
+        if cfg is None:
+            return
+        share = next((a.weight for a in self.arms.experiment.arms if a.name == cfg.arm), 0.0)
+        self.m_canary["weight"].set(share, tags={"arm": cfg.arm})
+        for status in STATUSES:
+            self.m_canary["status"].set(float(r is not None and r.status == status),
+                                        tags={"arm": cfg.arm, "status": status})
+
+    def _rollout_observe(self, batch: list[_Answered]) -> None:
+        """Off the response path (the flush): the answers' figures for the canary's window."""
+        if self.canary is None:
+            return
+        for a in batch:
+            fig = self.window.get(a.arm)
+            if fig is None:
+                fig = self.window[a.arm] = Figures()
+            fig.add(a.ms, a.degraded)
+
+    def _rollout_error(self, arm: str) -> None:
+        """A request of ``arm`` that failed (5xx) counts as an error in the canary's window."""
+        if self.canary is not None:
+            self.window.setdefault(arm, Figures()).add(None, error=True)
+
+    def _rollout_status(self) -> dict:
+        """``GET /v1/model``'s ``canary`` (config, shared state, this replica's figures since its last
+        change; ``null`` without one), ``canary_error`` and the ``shadow`` knobs."""
+        cfg, r = self.canary, self.rollout
+        canary = None
+        if cfg is not None:
+            canary = {**cfg.describe(), **(r.describe() if r is not None else {"status": "pending"}),
+                      "waiting": self.rollout_wait,
+                      "window": {arm: fig.summary() for arm, fig in sorted(self.window.items())}}
+        return {"canary": canary, "canary_error": self.canary_error,
+                "shadow": {"deadline_ms": self.shadow_deadline_ms, "max_in_flight": self.shadow_max,
+                           "in_flight": self.shadow_in_flight}}
+
+    def _shadow(self, req: RecommendRequest, body: dict) -> None:
+        """After ``body`` was sent: one background scoring per shadow arm (:meth:`_shadow_score`) for a
+        known user's answer with items and without ``query``. At most ``shadow_max_in_flight`` run at once
+        on a replica; past that the shadow is dropped and counted (``reason="cap"``), so shadows never queue
+        behind each other. Only creates tasks: no wait, no handle call, no thread trip here."""
+        if body["cold_start"] or not body["items"] or req.query:
+            return
+        table = self.arms
+        served = [it["item_id"] for it in body["items"]]
+        loop = asyncio.get_running_loop()
+        for arm in table.experiment.shadows:
+            if self.shadow_in_flight >= self.shadow_max:
+                self.m_shadow["dropped"].inc(tags={"arm": arm.name, "reason": "cap"})
+                continue
+            self.shadow_in_flight += 1
+            task = loop.create_task(self._shadow_score(arm.name, table.states[arm.key], req, served))
+            self.shadow_tasks.add(task)
+            task.add_done_callback(self.shadow_tasks.discard)
+
+    async def _shadow_score(self, arm: str, state: ServingState, req: RecommendRequest, served: list[str]) -> None:
+        """Score ``req`` with a shadow arm's ``state`` in a :meth:`_step` of its own, within
+        ``shadow_deadline_ms``, rank it as the answer was ranked, and record its overlap@k with ``served``
+        (shared items / items served). Never raises: a step past its budget or failing is counted."""
+        t0 = time.perf_counter()
+        budget = self.shadow_deadline_ms
+        try:
+            k = req.k or self.default_k
+            job = _Job(req.user_id, list(req.history), tuple(req.exclude),
+                       candidates_wanted(self.candidates, k, bool(req.filters)), state)
+            async with asyncio.timeout(budget / 1000):
+                scored = (await self._step([job]))[0]
+            ms = (time.perf_counter() - t0) * 1000
+            if ms > budget or scored.failure == "scorer_timeout":
+                self.m_shadow["dropped"].inc(tags={"arm": arm, "reason": "timeout"})
+                return
+            if scored.result is None:
+                self.m_shadow["dropped"].inc(tags={"arm": arm, "reason": "error"})
+                return
+            div = self.diversity if req.diversity is None else req.diversity
+            items = rank(scored.bundle.catalog, scored.result.item_ids, scored.result.scores, scored.feats.items,
+                         req.exclude, k, req.filters or None, div)
+            shared = len({it["item_id"] for it in items}.intersection(served))
+            self.m_shadow["overlap"].observe(shared / len(served), tags={"arm": arm})
+            self.m_shadow["latency"].observe(ms, tags={"arm": arm})
+        except TimeoutError:
+            self.m_shadow["dropped"].inc(tags={"arm": arm, "reason": "timeout"})
+        except Exception as e:  # noqa: BLE001 - a shadow never takes anything down
+            log.warning("shadow arm %s failed: %s: %s", arm, type(e).__name__, e)
+            self.m_shadow["dropped"].inc(tags={"arm": arm, "reason": "error"})
+        finally:
+            self.shadow_in_flight -= 1
 
     def _feedback(self, refs: list[tuple[str, str, bool]], duplicates: int) -> dict:
         """Runs on a store thread after the events are stored: ``refs`` is ``(recommendation_id, item_id,
@@ -1150,7 +1433,7 @@ class Ingress:
             arm["version"] = state.bundle.version
             if state is not self.state and state.last_error is not None:
                 arm["last_reload_error"] = state.last_error
-        return {**out, "arms_error": self.arms_error}
+        return {**out, "arms_error": self.arms_error, **self._rollout_status()}
 
     @app.get("/v1/model", responses=_errors(503))
     async def model(self) -> dict:
