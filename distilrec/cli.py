@@ -662,6 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     bqy.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     bqy.add_argument("--workdir", help="folder whose cache/ holds the item text embeddings (default: --output; a "
                                        "pipeline's --output folder reuses its cached embeddings)")
+    ba = bsub.add_parser("arms", help="an A/B test simulated end to end: the student- and teacher-served arms "
+                                      "50/50, the test users click their held-out item when shown; online hit rate "
+                                      "from Prometheus against offline HR@10")
+    ba.add_argument("--model", required=True, help="a pipeline's --output folder (or a version folder)")
+    ba.add_argument("--output", required=True, help="folder for arms.json and arms.md")
+    ba.add_argument("--dataset", help="the dataset SPEC the model was trained on (default: its manifest's name)")
+    ba.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     mo = sub.add_parser("model", help="model versions under a model URI: list, promote one, roll back")
     mosub = mo.add_subparsers(dest="model_cmd", required=True)
     uri_help = "the pipeline's --output folder (holding models/) or an fsspec URI such as s3://bucket/out"
@@ -687,6 +694,10 @@ def main(argv: list[str] | None = None) -> int:
             return bench_step(args, argv)
         if args.bench == "query":
             return bench_query(args, argv)
+        if args.bench == "arms":
+            from distilrec.bench.arms import arms_command
+
+            return arms_command(args, _command_line(argv))
         if args.bench == "quality":
             return bench_quality(args.report, args.output)
         return bench_cost(args.model, args.output, args.runs, args.block)
