@@ -1,24 +1,93 @@
 """Candidate retrieval over item vectors: exact (one matrix product, every item scored) or faiss
 (HNSW inner-product graph, for large catalogues). The scorer picks one by configuration
-(``retrieval: exact | faiss``). No Ray.
+(``retrieval: exact | faiss | auto``; ``auto``, the default, takes faiss from ``faiss_min_items`` items
+on when faiss is installed, else exact). No Ray.
 
 >>> import torch
 >>> r = make_retrieval("exact", torch.eye(3))
 >>> scores, rows = r.search(torch.tensor([[0.1, 0.9, 0.0]]), 2)
 >>> rows.tolist()
 [[1, 0]]
+>>> make_retrieval("auto", torch.eye(3)).kind
+'exact'
 """
 
 from __future__ import annotations
 
+import logging
+from array import array
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
+KINDS = ("exact", "faiss", "auto")
+# The catalogue size from which ``auto`` takes HNSW: below it one exact batched search costs about as
+# much as the graph's and finds every item (distilrec bench scale measures both against catalogue size).
+FAISS_MIN_ITEMS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalChoice:
+    """What the serve config asks for: ``kind`` ``exact`` | ``faiss`` | ``auto``, and for ``auto`` the
+    catalogue size ``faiss_min_items`` from which faiss is used. A plain string ``kind`` means the same
+    with the default threshold (:meth:`of`)."""
+
+    kind: str = "auto"
+    faiss_min_items: int = FAISS_MIN_ITEMS
+
+    @classmethod
+    def of(cls, value: "str | RetrievalChoice") -> "RetrievalChoice":
+        choice = value if isinstance(value, RetrievalChoice) else cls(str(value))
+        if choice.kind not in KINDS:
+            raise ValueError(f"retrieval must be 'exact', 'faiss' or 'auto', not {choice.kind!r}")
+        if choice.faiss_min_items < 0:
+            raise ValueError(f"faiss_min_items must be at least 0, not {choice.faiss_min_items}")
+        return choice
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_warned_no_faiss = False
+
+
+def resolve_kind(choice: "str | RetrievalChoice", n_items: int) -> str:
+    """The retrieval that ``choice`` gives a catalogue of ``n_items``: ``exact`` or ``faiss``. ``auto``
+    takes faiss from ``faiss_min_items`` items on when faiss is importable, else exact, with one warning
+    per process.
+
+    >>> resolve_kind("auto", 10), resolve_kind(RetrievalChoice("auto", 5), 4), resolve_kind("faiss", 10)
+    ('exact', 'exact', 'faiss')
+    """
+    global _warned_no_faiss
+    choice = RetrievalChoice.of(choice)
+    if choice.kind != "auto":
+        return choice.kind
+    if n_items < choice.faiss_min_items:
+        return "exact"
+    if faiss_available():
+        return "faiss"
+    if not _warned_no_faiss:
+        _warned_no_faiss = True
+        log.warning("retrieval: auto: %d items would use faiss (from %d on), but faiss is not installed "
+                    "(pip install 'distilrec[faiss]'); scoring every item instead", n_items, choice.faiss_min_items)
+    return "exact"
+
 
 class ExactRetrieval:
-    """Scores every item: ``users (B, D) @ items (N, D).T`` then top-n."""
+    """Scores every item: ``users (B, D) @ items (N, D).T`` then top-n. ``items`` is kept as given when
+    it is a contiguous float32 tensor (the model's own cached table: no copy)."""
+
+    kind = "exact"
 
     def __init__(self, items: torch.Tensor):
         self.items = items.detach().float().contiguous()
@@ -50,7 +119,9 @@ class ExactRetrieval:
 class FaissRetrieval:
     """Approximate inner-product search (``faiss.IndexHNSWFlat``, ``M`` links per node). Rows added
     later (new items) join the same index; a replaced row is found through its newest vector
-    (the old one is masked out)."""
+    (the old one is masked out). The index keeps its own copy of the vectors."""
+
+    kind = "faiss"
 
     def __init__(self, items: torch.Tensor, m: int = 32, ef_search: int = 256):
         import faiss
@@ -59,7 +130,7 @@ class FaissRetrieval:
         d = int(items.shape[1])
         self.index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
         self.index.hnsw.efSearch = ef_search
-        self.rows: list[int] = []  # faiss id -> catalogue row
+        self.rows = array("q")  # faiss id -> catalogue row (8 bytes an id, no object per row)
         self.stale: set[int] = set()
         self._n = 0
         self.add(items)
@@ -68,14 +139,15 @@ class FaissRetrieval:
         return self._n
 
     def add(self, vectors: torch.Tensor) -> None:
-        v = np.ascontiguousarray(vectors.detach().float().numpy())
+        v = np.ascontiguousarray(vectors.detach().float().cpu().numpy())
         self.index.add(v)
         self.rows.extend(range(self._n, self._n + len(v)))
         self._n += len(v)
 
     def replace(self, row: int, vector: torch.Tensor) -> None:
-        self.stale.update(i for i, r in enumerate(self.rows) if r == row)
-        self.index.add(np.ascontiguousarray(vector.detach().float().numpy().reshape(1, -1)))
+        ids = np.flatnonzero(np.frombuffer(self.rows, dtype=np.int64) == row)
+        self.stale.update(ids.tolist())
+        self.index.add(np.ascontiguousarray(vector.detach().float().cpu().numpy().reshape(1, -1)))
         self.rows.append(row)
 
     def search(self, users: torch.Tensor, n: int,
@@ -89,12 +161,13 @@ class FaissRetrieval:
         scores, ids = self.index.search(np.ascontiguousarray(users.detach().float().numpy()), want)
         out_s = np.full((len(ids), n), -np.inf, dtype=np.float32)
         out_r = np.zeros((len(ids), n), dtype=np.int64)
+        rows, stale = self.rows, self.stale
         for b in range(len(ids)):
             j = 0
-            for s, i in zip(scores[b], ids[b]):
-                if i < 0 or i in self.stale or self.rows[i] in dropped[b]:
+            for s, i in zip(scores[b].tolist(), ids[b].tolist()):
+                if i < 0 or i in stale or rows[i] in dropped[b]:
                     continue
-                out_s[b, j], out_r[b, j] = s, self.rows[i]
+                out_s[b, j], out_r[b, j] = s, rows[i]
                 j += 1
                 if j == n:
                     break
@@ -103,15 +176,40 @@ class FaissRetrieval:
         return torch.from_numpy(out_s), torch.from_numpy(out_r)
 
 
-def make_retrieval(kind: str, items: torch.Tensor):
+def make_retrieval(kind: "str | RetrievalChoice", items: torch.Tensor):
+    """Retrieval over ``items (N, D)``: ``exact``, ``faiss``, or ``auto`` (:func:`resolve_kind`); a
+    :class:`RetrievalChoice` carries ``auto``'s threshold. Its ``kind`` attribute says which it is."""
+    if isinstance(kind, str) and kind not in KINDS:
+        raise ValueError(f"retrieval must be 'exact', 'faiss' or 'auto', not {kind!r}")
+    kind = resolve_kind(kind, int(items.shape[0]))
     if kind == "exact":
         return ExactRetrieval(items)
-    if kind == "faiss":
-        try:
-            return FaissRetrieval(items)
-        except ImportError:
-            raise ValueError("retrieval: faiss needs faiss-cpu: pip install 'distilrec[faiss]'") from None
-    raise ValueError(f"retrieval must be 'exact' or 'faiss', not {kind!r}")
+    try:
+        return FaissRetrieval(items)
+    except ImportError:
+        raise ValueError("retrieval: faiss needs faiss-cpu: pip install 'distilrec[faiss]'") from None
+
+
+def recall_at(approx, exact, users: torch.Tensor, n: int = 100, batch: int = 256) -> float:
+    """Recall@``n`` of retrieval ``approx`` against ``exact`` over the same items: the share of the exact
+    top ``n`` of each user vector (``users (B, D)``) that ``approx`` also returns in its top ``n``,
+    averaged over the users. 1.0 for two exact searches.
+
+    >>> import torch
+    >>> items = torch.eye(4)
+    >>> recall_at(make_retrieval("exact", items), make_retrieval("exact", items), torch.ones(2, 4), n=2)
+    1.0
+    """
+    hits, total = 0, 0
+    for lo in range(0, len(users), batch):
+        u = users[lo:lo + batch]
+        _, truth = exact.search(u, n)
+        _, found = approx.search(u, n)
+        for t, f in zip(truth.tolist(), found.tolist()):
+            want = {r for r in t if r >= 0}
+            hits += len(want & set(f))
+            total += len(want)
+    return hits / total if total else 1.0
 
 
 def impute_item_vectors(text_vectors: torch.Tensor, text_emb: torch.Tensor, trained_text_emb: torch.Tensor,

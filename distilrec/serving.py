@@ -28,17 +28,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from distilrec.artifacts import Artifact
-from distilrec.catalog import Catalog
+from distilrec.catalog import Catalog, HistoryLog
 from distilrec.models import pad_histories
 from distilrec.query import QUERY_WEIGHT, blend_query, popularity_base, query_sims
 from distilrec.ranking import Explainer, cooccurrence_ranking, mmr, most_popular, passes
-from distilrec.retrieval import ExactRetrieval, impute_item_vectors, make_retrieval
+from distilrec.retrieval import ExactRetrieval, RetrievalChoice, impute_item_vectors, make_retrieval
 from distilrec.stores import EventStore, EventStoreError, NewItem, StoredEvent
 
 DEFAULT_CANDIDATES = 50  # items retrieved per request (k * MMR_POOL: what MMR picks from at k = 10)
@@ -106,29 +106,31 @@ class ModelScorer:
     skipped: list[str] = field(default_factory=list)
 
     @classmethod
-    def build(cls, art: Artifact, which: str = "student", retrieval: str = "exact",
+    def build(cls, art: Artifact, which: str = "student", retrieval: str | RetrievalChoice = "auto",
               device: str = "cpu") -> "ModelScorer":
-        """From an artifact; ``which``: ``student`` | ``teacher``; ``retrieval``: ``exact`` | ``faiss``;
-        ``device``: a torch device (``cuda`` for a Scorer replica with a GPU; faiss search stays on the
-        CPU). Raises ``ValueError`` when the artifact lacks the model or the model gives non-finite scores."""
+        """From an artifact; ``which``: ``student`` | ``teacher``; ``retrieval``: ``exact`` | ``faiss`` |
+        ``auto`` or a :class:`~distilrec.retrieval.RetrievalChoice` (``auto``: faiss from its
+        ``faiss_min_items`` on; ``retrieval.kind`` says which was taken); ``device``: a torch device
+        (``cuda`` for a Scorer replica with a GPU; faiss search stays on the CPU). Raises ``ValueError``
+        when the artifact lacks the model or the model gives non-finite scores.
+
+        The item vectors are held once: exact retrieval searches the model's own cached table, and new
+        items are imputed from the model's text embeddings and id weights (views, no copies)."""
         model = art.teacher if which == "teacher" else art.student
         if model is None:
             raise ValueError(f"the artifact has no {which} model")
         model = model.eval().to(device)
         with torch.no_grad():
-            vectors = model.item_vectors().detach().clone()  # (N, D)
+            vectors = model.item_vectors()  # (N, D), the model's cached table
             first = pad_histories([[0]], model.cfg.n_items, model.cfg.max_len).to(device)
             probe = model.user_vector(first) @ vectors.T
         if not torch.isfinite(probe).all() or not torch.isfinite(vectors).all():
             raise ValueError("the model produces non-finite scores")
         ids = list(art.items.item_ids)
         text_dim = int(getattr(model.cfg, "text_dim", 0))
-        emb = id_part = None
-        if text_dim:
-            emb = torch.from_numpy(np.asarray(art.items.text_emb, dtype=np.float32)).to(device)
-            with torch.no_grad():
-                id_part = vectors - model.text_item_vectors(emb)
-        search = make_retrieval(retrieval, vectors if retrieval == "exact" else vectors.cpu())
+        emb = model.item_text_embeddings() if text_dim else None
+        id_part = model.item_id_vectors() if text_dim else None
+        search = make_retrieval(retrieval, vectors)  # faiss copies the vectors into its index, on the CPU
         return cls(art.version, art.manifest, model, ids, dict(art.items.index), search,
                    len(ids), text_dim, model.cfg.n_items, model.cfg.max_len, emb, id_part, device=device)
 
@@ -208,40 +210,114 @@ def candidates_wanted(candidates: int, k: int, filtered: bool) -> int:
 
 # ----------------------------------------------------------------------------------------- bundle
 
+class UserHistories(Mapping[str, list[str]]):
+    """Each known user's trained history, ``{user_id: [item id, …]}`` oldest first, held as catalogue
+    rows (:class:`~distilrec.catalog.HistoryLog`, 4 bytes an interaction) and unix seconds (int64, 8
+    bytes); a user's list of ids is made when it is read. :attr:`times` is the same users' seconds.
+
+    >>> h = UserHistories.build({"u": ["b", "x", "a"]}, {"u": [1, 2, 3]}, {"a": 0, "b": 1}, ["a", "b"])
+    >>> h["u"], h.times["u"], "u" in h, len(h)
+    (['b', 'a'], [1, 3], True, 1)
+    """
+
+    def __init__(self, users: dict[str, int], log: HistoryLog, seconds: np.ndarray, item_ids: Sequence[str]):
+        self.users, self.log, self.seconds, self.item_ids = users, log, seconds, item_ids
+        self.times = _UserTimes(self)
+
+    @classmethod
+    def build(cls, histories: Mapping[str, Sequence[str]], times: Mapping[str, Sequence[int]] | None,
+              index: Mapping[str, int], item_ids: Sequence[str]) -> "UserHistories":
+        """From ``{user: [item id, …]}`` and ``{user: [unix s, …]}`` (missing: 0); ids not in ``index``
+        (the catalogue's rows) are left out."""
+        import itertools
+
+        times = times or {}
+        users = {u: k for k, u in enumerate(histories)}
+        lengths = np.fromiter((len(h) for h in histories.values()), dtype=np.int64, count=len(users))
+        total = int(lengths.sum())
+        rows = np.fromiter((index.get(i, -1) for h in histories.values() for i in h), dtype=np.int64, count=total)
+        seconds = np.fromiter(itertools.chain.from_iterable(  # each user's seconds, 0 where missing
+            itertools.islice(itertools.chain(times.get(u) or (), itertools.repeat(0)), len(h))
+            for u, h in histories.items()), dtype=np.int64, count=total)
+        kept = rows >= 0
+        before = np.zeros(total + 1, dtype=np.int64)
+        np.cumsum(kept, out=before[1:])
+        ends = np.cumsum(lengths)
+        starts = np.zeros(len(users) + 1, dtype=np.int64)
+        starts[1:] = before[ends]  # kept positions before each user's end
+        return cls(users, HistoryLog(rows[kept].astype(np.int32), starts), seconds[kept], item_ids)
+
+    def _span(self, user: str) -> tuple[int, int]:
+        k = self.users[user]
+        return int(self.log.starts[k]), int(self.log.starts[k + 1])
+
+    def __getitem__(self, user: str) -> list[str]:
+        lo, hi = self._span(user)
+        ids = self.item_ids
+        return [ids[r] for r in self.log.rows[lo:hi].tolist()]
+
+    def __contains__(self, user: object) -> bool:
+        return user in self.users
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.users)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+class _UserTimes(Mapping[str, list[int]]):
+    def __init__(self, histories: UserHistories):
+        self.h = histories
+
+    def __getitem__(self, user: str) -> list[int]:
+        lo, hi = self.h._span(user)
+        return self.h.seconds[lo:hi].tolist()
+
+    def __contains__(self, user: object) -> bool:
+        return user in self.h.users
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.h.users)
+
+    def __len__(self) -> int:
+        return len(self.h.users)
+
+
 @dataclass
 class ServingBundle:
     """Everything the ingress needs of one model version, held once per replica.
 
     ``histories`` / ``times``: each user's trained history (item ids, unix seconds), oldest first, items
-    outside the catalogue removed; ``scorer``: the in-process :class:`ModelScorer`, or ``None`` when a
-    Scorer deployment scores; ``encoder_uri``: the artifact's text encoder (for ``POST /v1/items`` and
-    queries, loaded by the TextEncoder deployment); ``text_dim``: width of its embeddings (0 = none)."""
+    outside the catalogue removed (:class:`UserHistories`: arrays, read as lists); ``scorer``: the
+    in-process :class:`ModelScorer`, or ``None`` when a Scorer deployment scores; ``encoder_uri``: the
+    artifact's text encoder (for ``POST /v1/items`` and queries, loaded by the TextEncoder deployment);
+    ``text_dim``: width of its embeddings (0 = none)."""
 
     version: str
     manifest: dict
     catalog: Catalog
-    histories: dict[str, list[str]]
-    times: dict[str, list[int]]
+    histories: Mapping[str, list[str]]
+    times: Mapping[str, list[int]]
     attribute_names: set[str]
     scorer: ModelScorer | None
     encoder_uri: str | None
     text_dim: int
 
     @classmethod
-    def build(cls, art: Artifact, scorer_model: str | None = "student", retrieval: str = "exact") -> "ServingBundle":
-        """From an artifact (``with_histories=True``); ``scorer_model=None``: no in-process model."""
-        index = art.items.index
-        hist, times, rows = {}, {}, []
-        for u, items in art.histories.items():
-            ts = (art.history_times or {}).get(u) or [0] * len(items)
-            kept = [(i, t) for i, t in zip(items, ts) if i in index]
-            hist[u], times[u] = [i for i, _ in kept], [t for _, t in kept]
-            rows.append([index[i] for i, _ in kept])
-        cat = Catalog(art.items.item_ids, art.items.titles, art.items.attributes, art.items.text_emb, rows)
-        names = {n for a in cat.attributes for n in a}
+    def build(cls, art: Artifact, scorer_model: str | None = "student",
+              retrieval: str | RetrievalChoice = "auto") -> "ServingBundle":
+        """From an artifact (``with_histories=True``); ``scorer_model=None``: no in-process model;
+        ``retrieval``: as :meth:`ModelScorer.build`. Nothing of ``art`` is kept but what serving reads
+        (the item ids, the model that scores), so the rest is freed with it."""
+        ids = art.items.item_ids
+        hist = UserHistories.build(art.histories, art.history_times, art.items.index, ids)
+        cat = Catalog(ids, art.items.titles, art.items.attributes, art.items.text_emb, hist.log)
+        hist.item_ids = cat.item_ids  # its first rows are the artifact's, never replaced
         scorer = ModelScorer.build(art, scorer_model, retrieval) if scorer_model else None
         text_dim = int(art.items.text_emb.shape[1]) if art.items.text_emb.ndim == 2 else 0
-        return cls(art.version, art.manifest, cat, hist, times, names, scorer, art.encoder_uri, text_dim)
+        return cls(art.version, art.manifest, cat, hist, hist.times, cat.attribute_names(), scorer,
+                   art.encoder_uri, text_dim)
 
     def add_items(self, items: list[NewItem]) -> None:
         for it in items:

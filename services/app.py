@@ -9,7 +9,8 @@ locally (``distilrec serve``) and in the chart's RayService (``serveConfigV2``):
       event_store: sqlite:///tmp/distilrec/events.db   # or redis://host:6379/0
       scorer: inline                # or deployment (the Scorer deployment: a GPU, the teacher)
       scorer_model: student         # or teacher
-      retrieval: exact              # or faiss (large catalogues)
+      retrieval: auto               # exact | faiss | auto: faiss (HNSW) from faiss_min_items items on
+      faiss_min_items: 100000
 
 The graph: ``Ingress`` (HTTP, features, in-process scoring, ranking) with a handle to ``TextEncoder``
 (item and query text) and, with ``scorer: deployment``, to ``Scorer``. The Scorer deployment is only
@@ -24,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.serve import Application
 
+from distilrec.retrieval import FAISS_MIN_ITEMS, RetrievalChoice
 from distilrec.stores import REDIS_SCHEMES, parse_store_uri
 from services.ingress import Ingress
 from services.scorer import Scorer
@@ -43,7 +45,11 @@ class AppArgs(BaseModel):
         "inline", description="inline: the ingress scores in process (no handle call); deployment: the Scorer "
                               "deployment scores (one handle call; a GPU or scaling of its own)")
     scorer_model: Literal["student", "teacher"] = Field("student", description="the model that scores")
-    retrieval: Literal["exact", "faiss"] = Field("exact", description="candidate retrieval over item vectors")
+    retrieval: Literal["exact", "faiss", "auto"] = Field(
+        "auto", description="candidate retrieval over item vectors: exact (score every item), faiss (an HNSW "
+                            "index), auto (faiss from faiss_min_items items on when faiss is installed, else exact)")
+    faiss_min_items: int = Field(FAISS_MIN_ITEMS, ge=0, description="retrieval: auto takes faiss from this many "
+                                                                     "items on")
     event_store: str = Field(
         DEFAULT_EVENT_STORE,
         description="events and new items: sqlite:///ABS/PATH.db[?timeout=S], a file path (parent folders are "
@@ -76,9 +82,10 @@ def deployments_of(args: dict) -> set[str]:
 def build_app(args: dict) -> Application:
     a = AppArgs.model_validate(args)
     text = TextEncoder.bind(a.model_uri)
+    retrieval = RetrievalChoice(a.retrieval, a.faiss_min_items)
     scorer = None
     if a.scorer == "deployment":
-        scorer = Scorer.bind(a.model_uri, a.event_store, scorer_model=a.scorer_model, retrieval=a.retrieval,
+        scorer = Scorer.bind(a.model_uri, a.event_store, scorer_model=a.scorer_model, retrieval=retrieval,
                              threads=a.scorer_threads, model_poll_s=a.model_poll_s)
     return Ingress.bind(text, scorer, a.model_uri, a.event_store, scorer_model=a.scorer_model,
-                        retrieval=a.retrieval, threads=a.scorer_threads, model_poll_s=a.model_poll_s)
+                        retrieval=retrieval, threads=a.scorer_threads, model_poll_s=a.model_poll_s)

@@ -78,6 +78,7 @@ from distilrec import versions
 from distilrec.artifacts import resolve
 from distilrec.catalog import compose_text, parse_attributes
 from distilrec.query import QUERY_WEIGHT
+from distilrec.retrieval import RetrievalChoice
 from distilrec.serving import (DEFAULT_CANDIDATES, DEFAULT_K, Features, ScoreRequest, ScoreResult, ServingBundle,
                                candidates_wanted, fallback, popular, rank, rank_with_query, user_features)
 from distilrec.stores import EventStoreError, Impression, NewItem, open_event_store
@@ -544,11 +545,12 @@ class Ingress:
 
     ``text_encoder``: the TextEncoder deployment (new items' text, queries); ``scorer``: the Scorer
     deployment when ``scorer="deployment"``, else ``None``; ``scorer_model``: ``student`` | ``teacher``;
-    ``retrieval``: ``exact`` | ``faiss``; ``threads``: torch threads for in-process scoring."""
+    ``retrieval``: ``exact`` | ``faiss`` | ``auto`` or a :class:`~distilrec.retrieval.RetrievalChoice`
+    (``auto``: faiss from its ``faiss_min_items`` on); ``threads``: torch threads for in-process scoring."""
 
     def __init__(self, text_encoder: DeploymentHandle, scorer: DeploymentHandle | None, model_uri: str,
-                 event_store: str, scorer_model: str = "student", retrieval: str = "exact", threads: int = 1,
-                 model_poll_s: float = 30.0):
+                 event_store: str, scorer_model: str = "student", retrieval: str | RetrievalChoice = "auto",
+                 threads: int = 1, model_poll_s: float = 30.0):
         self.text_encoder, self.scorer = text_encoder, scorer
         self.model_uri = model_uri
         self.inline = scorer is None
@@ -1411,7 +1413,8 @@ class Ingress:
         return {**self.state.status(), "new_items": len(b.catalog) - b.catalog.n_trained,
                 "scorer": {"mode": "inline" if self.inline else "deployment", **self.knobs,
                            "candidates": self.candidates, "default_k": self.default_k,
-                           "diversity": self.diversity, "query_weight": self.query_weight}}
+                           "diversity": self.diversity, "query_weight": self.query_weight,
+                           **({"retrieval": b.scorer.retrieval.kind} if b.scorer is not None else {})}}
 
     async def _info(self) -> dict:
         """The model that scores: this replica's (inline) or the Scorer deployment's."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from ray import serve
 
+from distilrec.retrieval import RetrievalChoice
 from distilrec.serving import ModelScorer, ScoreRequest, ScoreResult
 from distilrec.stores import open_event_store
 from services import metrics
@@ -27,8 +28,8 @@ from services.state import ServingState, close_replica
     ray_actor_options={"num_cpus": 0.5},
 )
 class Scorer:
-    def __init__(self, model_uri: str, event_store: str, scorer_model: str = "student", retrieval: str = "exact",
-                 threads: int = 1, model_poll_s: float = 30.0):
+    def __init__(self, model_uri: str, event_store: str, scorer_model: str = "student",
+                 retrieval: str | RetrievalChoice = "auto", threads: int = 1, model_poll_s: float = 30.0):
         torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when ray_actor_options gives one
         self.store = open_event_store(event_store)
@@ -49,7 +50,8 @@ class Scorer:
         """The loaded model (``GET /v1/model``), with the runtime knobs."""
         self.state.sync(None)
         b = self.state.bundle
-        return {**self.state.status(), "new_items": len(b.item_ids) - b.n_trained, "scorer": dict(self.knobs)}
+        return {**self.state.status(), "new_items": len(b.item_ids) - b.n_trained,
+                "scorer": {**self.knobs, "retrieval": b.retrieval.kind}}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def score(self, calls: list[list[ScoreRequest]]) -> list[list[ScoreResult]]:

@@ -84,7 +84,7 @@ def test_the_scorer_deployment_answers_as_the_inline_ingress_does(mode, client, 
     assert info["scorer"]["max_batch_size"] >= 1, info["scorer"]
     # The ingress's knobs too: its own batch, the candidates and the default k it answers with.
     assert info["scorer"]["ingress_max_batch_size"] >= 1 and info["scorer"]["candidates"] >= 1, info["scorer"]
-    assert info["scorer"]["default_k"] >= 1, info["scorer"]
+    assert info["scorer"]["default_k"] >= 1 and info["scorer"]["retrieval"] == "exact", info["scorer"]
     assert client.get("/v1/model").json()["scorer"]["mode"] == "inline"
     users = list(artifact.histories.items())
     (u0, seen0), (u1, _), (u2, _) = users[20], users[21], users[22]

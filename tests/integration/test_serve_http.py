@@ -33,6 +33,8 @@ def test_model_info(client, artifact):
     # The session's application scores in the ingress (the serve config's default), with its knobs.
     assert info["scorer"]["mode"] == "inline"
     assert info["scorer"]["max_batch_size"] >= 1 and info["scorer"]["candidates"] >= 1
+    # retrieval: auto (the default), and the session's catalogue is far below faiss_min_items
+    assert info["scorer"]["retrieval"] == "exact"
 
 
 def test_known_user_gets_k_unseen_items(client, artifact):

@@ -9,7 +9,7 @@ import torch
 
 from distilrec.catalog import Catalog, HistoryLog, ItemGraph, StringColumn, parse_attributes
 from distilrec.ranking import cooccurrence_ranking, explain, mmr, passes
-from distilrec.retrieval import make_retrieval
+from distilrec.retrieval import RetrievalChoice, make_retrieval, recall_at
 
 
 def test_faiss_finds_what_exact_finds():
@@ -31,8 +31,42 @@ def test_faiss_finds_what_exact_finds():
 
 
 def test_unknown_retrieval_is_refused():
-    with pytest.raises(ValueError, match="exact' or 'faiss"):
+    with pytest.raises(ValueError, match="'exact', 'faiss' or 'auto'"):
         make_retrieval("annoy", torch.eye(2))
+    with pytest.raises(ValueError, match="'exact', 'faiss' or 'auto'"):
+        make_retrieval(RetrievalChoice("annoy"), torch.eye(2))
+
+
+def test_auto_takes_faiss_from_the_threshold_on():
+    pytest.importorskip("faiss")
+    items = torch.randn(50, 8, generator=torch.Generator().manual_seed(0))
+    assert make_retrieval("auto", items).kind == "exact"  # the default threshold, 100,000 items
+    assert make_retrieval(RetrievalChoice("auto", faiss_min_items=51), items).kind == "exact"
+    assert make_retrieval(RetrievalChoice("auto", faiss_min_items=50), items).kind == "faiss"
+    assert make_retrieval(RetrievalChoice("exact", faiss_min_items=0), items).kind == "exact"
+    assert make_retrieval("faiss", items).kind == "faiss"
+
+
+def test_auto_without_faiss_scores_every_item_and_warns_once(monkeypatch, caplog):
+    import distilrec.retrieval as retrieval
+
+    monkeypatch.setattr(retrieval, "faiss_available", lambda: False)
+    monkeypatch.setattr(retrieval, "_warned_no_faiss", False)
+    items = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    with caplog.at_level("WARNING", logger="distilrec.retrieval"):
+        kinds = [make_retrieval(RetrievalChoice("auto", 10), items).kind for _ in range(2)]
+    assert kinds == ["exact", "exact"]
+    assert [r.message for r in caplog.records if "faiss is not installed" in r.message] and \
+        len([r for r in caplog.records if "faiss is not installed" in r.message]) == 1
+
+
+def test_recall_of_hnsw_against_exact():
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(1)
+    items, users = torch.randn(2000, 16, generator=g), torch.randn(20, 16, generator=g)
+    exact = make_retrieval("exact", items)
+    assert recall_at(exact, exact, users, n=100) == 1.0
+    assert 0.9 <= recall_at(make_retrieval("faiss", items), exact, users, n=100) <= 1.0
 
 
 def test_attributes_from_item_text():
