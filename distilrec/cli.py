@@ -648,6 +648,26 @@ def main(argv: list[str] | None = None) -> int:
     bst.add_argument("--items", type=int, default=9724, help="catalogue size (default 9,724: ml-latest-small's)")
     bst.add_argument("--steps", type=int, default=30, help="timed steps per stage and implementation (default 30)")
     bst.add_argument("--block", type=int, default=5, help="steps per implementation per turn (default 5)")
+    bsc = bsub.add_parser("scale", help="training (one epoch per stage) and serving (replica RSS, scoring cost, "
+                                        "exact vs HNSW, recall@100; with --serve throughput at the SLO) against "
+                                        "interactions and catalogue size")
+    bsc.add_argument("--output", required=True, help="folder for scale.json, scale.md, scale_train.png, scale_serve.png")
+    bsc.add_argument("--smoke", action="store_true", help="tiny sizes that run in seconds (what CI runs)")
+    bsc.add_argument("--parts", default="train,serve", help="train, serve or both (default both)")
+    bsc.add_argument("--interactions", help="training sizes, e.g. 1M,5M,20M (the default; k and M suffixes)")
+    bsc.add_argument("--items", help="training catalogue sizes (default 10k,100k,1M)")
+    bsc.add_argument("--stages", default="teacher,distill", help="training stages timed (default teacher,distill)")
+    bsc.add_argument("--max-epoch-s", type=float,
+                     help="stop an epoch after about this many seconds and extrapolate from its steps (default: never)")
+    bsc.add_argument("--val-users", type=int, help="users whose validation is timed per point (default 1000; 0 = none)")
+    bsc.add_argument("--serve-items", help="serving catalogue sizes (default 10k,100k,1M)")
+    bsc.add_argument("--serve-users", type=int, help="users of the serving artifacts (default 100000)")
+    bsc.add_argument("--requests", type=int, help="timed requests per model and batch size (default 200)")
+    bsc.add_argument("--recall-users", type=int, help="users whose recall@100 is measured (default 500)")
+    bsc.add_argument("--faiss-min-items", type=int, help="retrieval: auto's threshold (default 100000)")
+    bsc.add_argument("--serve", action="store_true",
+                     help="also run bench serve's student-served and teacher-served applications on each artifact")
+    bsc.add_argument("--data-dir", help="folder for the synthetic datasets (default: $DISTILREC_DATA_DIR or the cache)")
     bq = bsub.add_parser("quality", help="quality against cost from a pipeline report.json: a table and a plot")
     bq.add_argument("--report", required=True, help="report.json, or the pipeline output folder holding it (or a URI)")
     bq.add_argument("--output", required=True, help="folder for quality.md and quality_cost.png")
@@ -694,6 +714,10 @@ def main(argv: list[str] | None = None) -> int:
             return bench_step(args, argv)
         if args.bench == "query":
             return bench_query(args, argv)
+        if args.bench == "scale":
+            from distilrec.bench.scale import scale_command
+
+            return scale_command(args, _command_line(argv))
         if args.bench == "arms":
             from distilrec.bench.arms import arms_command
 

@@ -147,6 +147,39 @@ def load_train_state(path: str | Path) -> dict[str, Any]:
     return torch.load(path, weights_only=True, map_location="cpu")
 
 
+def users_loader(model: torch.nn.Module, config: dict[str, Any], batch_size: int, seed: int,
+                 shuffle: bool = True) -> torch.utils.data.DataLoader:
+    """The training users of ``config`` (``train_seqs``, ``train_times``) in batches of ``batch_size``,
+    cropped to ``model``'s window with ``config["context_len"]`` items of context (default the window)."""
+    window = model.cfg.max_len
+    return torch.utils.data.DataLoader(
+        _Users(config["train_seqs"], config.get("train_times")), batch_size=max(1, batch_size), shuffle=shuffle,
+        collate_fn=_Collate(model.cfg.n_items, window, max(window, config.get("context_len", window)), seed=seed),
+    )
+
+
+def train_epoch(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, loader, device: torch.device,
+                amp: contextlib.AbstractContextManager, max_steps: int | None = None) -> tuple[float, int, int, float]:
+    """One training pass over ``loader`` (at most ``max_steps`` batches): forward under ``amp``, backward
+    and an optimiser step per batch. Returns ``(summed loss, steps, samples, seconds)``; the time covers
+    data loading, forward, backward and the optimiser, nothing else."""
+    loss_module.train()
+    t0, total, n, samples = time.perf_counter(), 0.0, 0, 0
+    for inputs, targets, times in loader:
+        inputs, targets, times = inputs.to(device), targets.to(device), times.to(device)
+        with amp:
+            loss = loss_module(inputs, targets, times)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach())
+        n += 1
+        samples += int(inputs.shape[0])
+        if max_steps is not None and n >= max_steps:
+            break
+    return total, n, samples, time.perf_counter() - t0
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for ``TorchTrainer``. ``config`` keys: see :func:`fit`."""
     import ray.train
@@ -166,13 +199,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     params = [p for p in loss_module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
-    window = model.cfg.max_len
-    loader = torch.utils.data.DataLoader(
-        _Users(config["train_seqs"], config["train_times"]), batch_size=max(1, tc.batch_size // world),
-        shuffle=True,
-        collate_fn=_Collate(model.cfg.n_items, window, max(window, config.get("context_len", window)),
-                            seed=tc.seed * 1000 + rank),
-    )
+    loader = users_loader(model, config, tc.batch_size // world, seed=tc.seed * 1000 + rank)
     loader = ray.train.torch.prepare_data_loader(loader)
 
     start_epoch, history, best, stale = 0, [], -1.0, 0
@@ -191,19 +218,7 @@ def worker_loop(config: dict[str, Any]) -> None:
             break
         if world > 1 and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        loss_module.train()
-        t0, total, n, samples = time.perf_counter(), 0.0, 0, 0
-        for inputs, targets, times in loader:
-            inputs, targets, times = inputs.to(device), targets.to(device), times.to(device)
-            with amp:
-                loss = loss_module(inputs, targets, times)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            n += 1
-            samples += int(inputs.shape[0])
-        epoch_s = time.perf_counter() - t0
+        total, n, samples, epoch_s = train_epoch(loss_module, opt, loader, device, amp)
 
         val = torch.zeros(1, device=device)
         if rank == 0:

@@ -96,3 +96,37 @@ def test_bench_paths_smoke(tmp_path):
     assert [f"bare, {h} handle calls" for h in HOPS] == list(results)
     assert all(r["n"] == 5 and 0 < r["p50_ms"] <= r["p99_ms"] for r in results.values())
     assert "| bare, 3 handle calls |" in (tmp_path / "paths" / "paths.md").read_text()
+
+
+def test_bench_scale_smoke(tmp_path):
+    """``distilrec bench scale --smoke`` through the CLI: both parts at tiny sizes, each point in a process of
+    its own, under CI's minute. The catalogue sizes straddle the smoke's faiss threshold (1,000 items), so
+    ``retrieval: auto`` takes exact at the first and HNSW at the second."""
+    from distilrec.cli import main
+
+    out = tmp_path / "scale"
+    assert main(["bench", "scale", "--smoke", "--output", str(out), "--data-dir", str(tmp_path / "data")]) == 0
+    res = json.loads((out / "scale.json").read_text())
+    assert [(p["interactions_asked"], p["items"]) for p in res["train"]] == [(4_000, 300), (8_000, 300)]
+    for p in res["train"]:
+        assert p["users"] > 0 and p["interactions"] > 0 and p["peak_rss_mib"] > 0
+        for stage in ("teacher", "distill"):
+            s = p["stages"][stage]
+            assert s["epoch_s"] > 0 and s["steps"] == s["measured_steps"] and not s["extrapolated"]
+            assert s["peak_rss_mib"] > 0 and s["val_s_per_1000_users"] > 0
+    assert [(r["items_asked"], r["model"]) for r in res["serve"]] == [
+        (400, "student"), (400, "teacher"), (1_500, "student"), (1_500, "teacher")]
+    kinds = {r["items"]: r["retrieval"] for r in res["serve"]}
+    pytest.importorskip("faiss")
+    assert kinds == {400: "exact", 1_500: "faiss"}
+    for r in res["serve"]:
+        assert r["rss_mib"] > 0 and r["build_s"] >= 0
+        assert 0 < r["score_ms"]["batch_32_per_request"]["p50"] and 0 < r["score_ms"]["batch_1"]["p50"]
+        if r["model"] == "student":
+            assert r["search"]["exact"]["batch_1"]["p50"] > 0 and r["search"]["hnsw"]["batch_1"]["p50"] > 0
+            assert 0.9 <= r["search"]["recall_at_100"] <= 1.0
+    assert any("1/5 of the teacher" in t["target"] for t in res["targets"])
+    md = (out / "scale.md").read_text()
+    assert "| 1,500 | student | faiss |" in md and "recall@100" in md and "Command: `distilrec bench scale" in md
+    for png in ("scale_train.png", "scale_serve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
