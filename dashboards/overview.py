@@ -211,6 +211,25 @@ ARMS = Row("Is it better? A/B arms", [
           "(stored before, not counted again), lookup_failed. Impressions the store did not take show as "
           "op=\"impressions\" under the event store errors.",
           unit="reqps", stack=True),
+    Panel("Canary share of traffic",
+          [Target(f"max by (arm) (max_over_time(ray_distilrec_canary_weight{{{SEL}}}[{RI}]))", "{{arm}}")],
+          "The canary arm's share of the traffic (canary in the ingress's user_config): it moves up a step every "
+          "interval_s while its errors, degraded answers and p99 stay within bounds of the stable arms', and "
+          "drops to 0 when the canary is rolled back. No data without a canary.",
+          unit="percentunit", min=0, max=1),
+    Panel("Canary status",
+          [Target(f"max by (arm, status) (max_over_time(ray_distilrec_canary_status{{{SEL}}}[{RI}]))",
+                  "{{arm}} {{status}}")],
+          "1 for the canary's status: running (moving up), complete (at max_weight) or rolled_back (the reason is "
+          "in GET /v1/model and in distilrec_canary_rollbacks_total's reason; DistilrecCanaryRolledBack fires).",
+          min=0, max=1, decimals=0, thresholds=[(1, "red")]),
+    Panel("Shadow overlap@k by arm",
+          [Target(f'{_rate("ray_distilrec_shadow_overlap_sum", by="arm")} / '
+                  f'{_rate("ray_distilrec_shadow_overlap_count", by="arm")}', "{{arm}}")],
+          "A shadow arm (shadow: true) is scored after each answer is sent, off the response path: the mean share "
+          "of the served items that its own list also holds (1 = the same items). Shadow scorings past "
+          "shadow_deadline_ms or the in-flight cap are dropped: distilrec_shadow_dropped_total.",
+          unit="percentunit", min=0, max=1),
 ])
 
 OVERVIEW = Dashboard(

@@ -10,7 +10,7 @@ import yaml
 from k8s_helpers import CHART, of_kind, one, promtool, render, run
 
 ALERTS = {"DistilrecHighP99Latency", "DistilrecHighErrorRate", "DistilrecHighDegradedRate",
-          "DistilrecNoModelLoaded", "DistilrecEventWritesFailing"}
+          "DistilrecNoModelLoaded", "DistilrecEventWritesFailing", "DistilrecCanaryRolledBack"}
 RULES_TEST = CHART.parents[1] / "tests" / "k8s" / "rules_test.yaml"
 
 
@@ -35,7 +35,7 @@ def test_rule_has_the_contract_alerts(tmp_path):
 def test_promtool_check_rules(tmp_path):
     _, path = _write_rules(tmp_path)
     out = run([promtool(), "check", "rules", str(path)])
-    assert "SUCCESS: 5 rules found" in out.stdout, out.stdout
+    assert "SUCCESS: 6 rules found" in out.stdout, out.stdout
 
 
 def test_promtool_check_rules_with_other_thresholds(tmp_path):

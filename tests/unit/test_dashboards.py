@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -82,8 +83,9 @@ def test_overview_answers_the_five_questions():
 
 
 def test_the_arms_row_compares_the_arms():
-    """Every panel of the arms row is by arm (but the feedback results, which have no arm), and the hit
-    rate at 10 counts the rank buckets up to 10 over the impressions."""
+    """Every panel of the arms row is by arm (but the feedback results, which have no arm), the hit rate at
+    10 counts the rank buckets up to 10 over the impressions, and the row shows the canary's share and
+    status and the shadow arms' overlap."""
     from services.metrics import HIT_RANK_BUCKETS
 
     panels, row = [], None
@@ -94,9 +96,13 @@ def test_the_arms_row_compares_the_arms():
             panels.append(p)
     titles = [p["title"] for p in panels]
     assert titles == ["Recommendations/s by arm", "p99 latency by arm", "Degraded share by arm", "Hit rate @10 by arm",
-                      "Mean hit position by arm", "Feedback events by result"]
-    for p in panels[:-1]:
-        assert all("by (arm)" in t["expr"] or "by (le, arm)" in t["expr"] for t in p["targets"]), p["title"]
+                      "Mean hit position by arm", "Feedback events by result", "Canary share of traffic",
+                      "Canary status", "Shadow overlap@k by arm"]
+    for p in panels[:5] + panels[6:]:
+        assert all(re.search(r"by \((le, )?arm(, status)?\)", t["expr"]) for t in p["targets"]), p["title"]
+    exprs = " ".join(t["expr"] for p in panels[6:] for t in p["targets"])
+    for metric in ("canary_weight", "canary_status", "shadow_overlap_sum", "shadow_overlap_count"):
+        assert f"ray_distilrec_{metric}" in exprs, metric
     hit_rate = panels[3]["targets"][0]["expr"]
     ranks = "|".join(str(b) for b in HIT_RANK_BUCKETS if b <= 10)
     assert f'rank=~"{ranks}"' in hit_rate and "ray_distilrec_arm_impressions_total" in hit_rate
