@@ -16,7 +16,7 @@ import torch
 from distilrec.baselines import EASE, EASE_LAMBDAS, CatalogueTooLarge, Popularity
 from distilrec.data import Dataset, Split
 from distilrec.metrics import evaluate_ranks, evaluate_scores, model_score_fn, paired_ratio, target_ranks
-from distilrec.models import count_params
+from distilrec.models import count_params, native_cpu_kernels
 from distilrec.stats import percentile
 
 MODEL_ORDER = ("popularity", "ease", "teacher", "student", "student_no_distill")
@@ -98,7 +98,8 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
     that a slower or busier stretch of a shared machine falls on all of them alike and their ratio
     holds. The first request of each block is not counted: it finds the caches filled by the other
     model, which a replica serving one model does not. ``block=1`` times every request right after
-    the other model's (each model's data cold in the caches)."""
+    the other model's (each model's data cold in the caches). PyTorch's own CPU kernels are used, as
+    the scorer deployment uses them (:func:`distilrec.models.native_cpu_kernels`)."""
     if block < 1:
         raise ValueError(f"block={block}: a block holds at least one request")
     g = torch.Generator().manual_seed(seed)
@@ -126,6 +127,7 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    native = native_cpu_kernels(True)
     try:
         with torch.inference_mode():  # as the scorer deployment runs it
             timed(1, 10)  # warm-up: caches, allocator, the frozen models' cached tables
@@ -133,6 +135,7 @@ def scoring_costs(models: dict[str, torch.nn.Module], n_candidates: int = 1000, 
             batched = timed(batch, max(runs // 4, 1))
     finally:
         torch.set_num_threads(threads)
+        native_cpu_kernels(native)
     return {name: {
         "params": count_params(model),
         "macs_per_candidate": round(float(model.macs_per_candidate(n_candidates)), 1),

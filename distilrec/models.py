@@ -28,6 +28,22 @@ from torch import nn
 from distilrec.config import StudentConfig, TeacherConfig
 
 
+def native_cpu_kernels(enabled: bool = True) -> bool:
+    """Score with PyTorch's own CPU kernels instead of oneDNN's (``enabled=True``) or go back to oneDNN
+    (``False``), for this whole process; returns whether PyTorch's were in use before.
+
+    For these models the choice only changes the GELU: oneDNN's has a fixed set-up cost per call that
+    dominates a single request's small inputs, and is faster on large batches. Scores agree to float
+    rounding.
+    The scorer deployment, which mostly scores one or a few requests at a time, calls this when it
+    starts; :func:`distilrec.evaluate.scoring_costs` measures under the same setting. Training keeps
+    PyTorch's default.
+    """
+    before = not torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = not enabled
+    return before
+
+
 def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) -> torch.Tensor:
     """Left-pad (and keep the most recent ``max_len`` of) each history: ``(B, L)`` with L ≤ max_len.
     Timestamps are padded the same way (``pad=0``) so that they stay aligned with the items."""
@@ -38,6 +54,14 @@ def pad_histories(histories: Sequence[Sequence[int]], pad: int, max_len: int) ->
         if len(h):
             out[i, length - len(h):] = h
     return torch.from_numpy(out)
+
+
+def _affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; for one vector ``x`` (one request's last position) a matrix-vector
+    product, cheaper per call on one CPU thread than ``linear``'s matrix product.
+    Under autocast ``x`` may be bf16 while the weights are not: ``linear`` casts them, ``addmv`` would
+    refuse (the CPU's autocast does not cover it), so mixed dtypes go to ``linear``."""
+    return torch.addmv(bias, weight, x) if x.dim() == 1 and x.dtype == weight.dtype else F.linear(x, weight, bias)
 
 
 class _EvalCache(nn.Module):
@@ -163,13 +187,20 @@ def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor | None, n_buckets:
     return torch.where(valid & F.pad(valid[:, :-1], (1, 0), value=False), buckets, 0)
 
 
+def _padding_columns(valid: torch.Tensor) -> tuple[int, bool]:
+    """``valid (B, L)`` → (how many leading columns are padding in every row, whether the rest has no
+    padding at all). A batch without any padding never gets here: ``encode`` finds it with one ``max``."""
+    first = int(valid.any(0).int().argmax()) if valid.shape[1] > 1 else 0
+    return first, bool(valid[:, first:].all())
+
+
 @functools.lru_cache(maxsize=8)
 def _gap_bounds(n_buckets: int, device: torch.device) -> torch.Tensor:
     return torch.tensor([torch.iinfo(torch.long).min] + [2 ** k - 1 for k in range(1, n_buckets - 1)],
                         dtype=torch.long, device=device)
 
 
-class _SequenceModel(nn.Module):
+class _SequenceModel(_EvalCache):
     """Causal transformer (pre-norm, SASRec-style) over the history; score = ⟨h_last, item⟩.
 
     The input at each position is the item's vector (id embedding + projected text), a position
@@ -194,43 +225,82 @@ class _SequenceModel(nn.Module):
 
     def encode(self, hist: torch.Tensor, times: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """``(B, L) -> (B, L, D)``: hidden state after each position (causal). Only the most recent
-        ``max_len`` positions are read. ``last_only=True`` gives ``(B, 1, D)``, the last position alone:
-        the last layer then computes the query, attention and feed-forward of that position only (the
-        scoring path; training and the teacher's targets read every position)."""
+        ``max_len`` positions are read. ``last_only=True`` gives ``(B, 1, D)``, the last position
+        alone, and the last layer then computes only what that position needs (keys and values of
+        every position, the query, attention and feed-forward of one): the scoring path."""
         cfg = self.cfg
         if hist.shape[1] > cfg.max_len:
             hist = hist[:, -cfg.max_len:]
-        valid = hist != cfg.n_items
-        x = self._inputs(hist, times, valid)
-        if self.training:
+        frozen = self._frozen()
+        pos_w, gap_w, norm, blocks = self._cached("weights", self._weights) if frozen else self._weights()
+        # The scoring path: when there is no padding at all (a single request's history: rows are
+        # 0 .. n_items - 1, padding is n_items), attention needs no mask and the positions no validity;
+        # columns that are padding in every row change nothing for the last position (their positions
+        # are masked and position embeddings count from the most recent item), so they are cut. Full
+        # encodings (training, the teacher's targets) keep the mask and read nothing back from the device.
+        scoring = last_only and not self.training
+        dense = scoring and int(hist.max()) < cfg.n_items
+        if dense and frozen:
+            # The serving hot path, in the fewest operations. It computes what the path below computes,
+            # to float rounding (one request's products are matrix-vector ones: ``_affine``).
+            x = self._inputs(hist, times, None, pos_w, gap_w)
+            for block in blocks[:-1]:
+                x = block(x, None)
+            # one request: an (L, D) matrix and (D,) vectors, not a batch of one (no reshape in any op)
+            x = blocks[-1].last_position(x[0] if x.shape[0] == 1 else x, None)
+            return F.layer_norm(x, *norm).view(hist.shape[0], 1, -1)
+        valid = None if dense else hist != cfg.n_items
+        if scoring and not dense:
+            first, dense = _padding_columns(valid)
+            if first:
+                hist, valid = hist[:, first:], valid[:, first:]
+        x = self._inputs(hist, times, None if dense else valid, pos_w, gap_w)
+        if self.training:  # dropout; in eval mode it is the identity, and not even called
             x = self.drop(x)
-        x = x * valid.unsqueeze(-1)
-        length, device = hist.shape[1], hist.device
-        full = self.blocks[:-1] if last_only else self.blocks
-        if len(full):
-            # A query may attend to earlier real items, and always to itself (so no row is empty).
-            causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
-            mask = ((causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=device)).unsqueeze(1)
-            for block in full:
-                x = block(x, mask) * valid.unsqueeze(-1)
-        if last_only:
-            last = (valid | (torch.arange(length, device=device) == length - 1)).unsqueeze(1)  # (B, 1, L)
-            x = self.blocks[-1](x, last, last_only=True) * valid[:, -1:, None]
-        return self.norm(x)
-
-    def _inputs(self, hist: torch.Tensor, times: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` rows (and their unix seconds) → ``(B, L, D)``: the item's vector times √D, plus its
-        position's embedding (counted from the most recent) and its time gap's."""
         length = hist.shape[1]
-        pos = self.pos_emb.weight
-        x = self.items.embed(hist, self.cfg.d_model ** 0.5) + pos[pos.shape[0] - length:]
-        if self.gap_emb is not None and times is not None:
+        if dense:
+            mask = None  # full causal attention, and the last query sees every position
+        else:
+            x = x * valid.unsqueeze(-1)
+            # A query may attend to earlier real items, and always to itself (so no row is empty).
+            if last_only and cfg.n_layers == 1:  # the last query alone sees every position: no causal mask
+                mask = (valid | (torch.arange(length, device=hist.device) == length - 1))[:, None, None, :]
+            else:
+                causal = torch.ones(length, length, dtype=torch.bool, device=hist.device).tril()
+                mask = (causal & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=hist.device)
+                mask = mask.unsqueeze(1)
+        last = cfg.n_layers - 1
+        for i, block in enumerate(blocks):
+            if last_only and i == last:
+                x = block(x, mask, last_only=True)
+                valid = valid[:, -1:] if valid is not None else None
+            else:
+                x = block(x, mask)
+            if not dense:
+                x = x * valid.unsqueeze(-1)
+        return F.layer_norm(x, *norm)
+
+    def _inputs(self, hist: torch.Tensor, times: torch.Tensor | None, valid: torch.Tensor | None,
+                pos_w: torch.Tensor, gap_w: torch.Tensor | None) -> torch.Tensor:
+        """``(B, L)`` rows (and their unix seconds) → ``(B, L, D)``: the item's vector times √D, plus its
+        position's embedding and its time gap's (``valid=None``: no padding anywhere)."""
+        length = hist.shape[1]
+        x = self.items.embed(hist, self.cfg.d_model ** 0.5) + pos_w[pos_w.shape[0] - length:]
+        if gap_w is not None and times is not None:
             if times.shape[1] != length:
                 times = times[:, -length:]
-            x = x + self.gap_emb(time_gap_buckets(times, valid, self.gap_emb.num_embeddings))
-        elif self.gap_emb is not None:
-            x = x + self.gap_emb.weight[0]
+            x = x + F.embedding(time_gap_buckets(times, valid, gap_w.shape[0]), gap_w)
+        elif gap_w is not None:
+            x = x + gap_w[0]
         return x
+
+    def _weights(self) -> tuple:
+        """``(position embeddings, time-gap embeddings or None, the final layer norm's arguments, the
+        blocks)``, as ``encode`` reads them; cached while frozen (one lookup instead of eight attribute
+        lookups)."""
+        n = self.norm
+        return (self.pos_emb.weight, self.gap_emb.weight if self.gap_emb is not None else None,
+                (n.normalized_shape, n.weight, n.bias, n.eps), tuple(self.blocks))
 
     def item_vectors(self) -> torch.Tensor:
         """``(N, D)``: vectors of the trained catalogue (serving precomputes them once)."""
@@ -270,11 +340,12 @@ class _SequenceModel(nn.Module):
         """Multiply-accumulates to score one full-length history against ``n_candidates``, per candidate:
         the user tower shared by the candidates, plus one ``d``-wide dot product each. Every layer but
         the last costs, per position, the projections ``4·d²``, the feed-forward ``8·d²`` and the
-        attention ``2·L·d``; the last computes the keys and values of every position ``2·L·d²``, and the
-        query, attention ``2·L·d``, output projection and feed-forward of the last position alone."""
-        d, length = self.cfg.d_model, self.cfg.max_len
+        attention ``2·L·d``; the last computes the last position alone (its attention with the
+        projections folded, ``_Block._last_query_attention``): the folded query ``H·d²``, scores and
+        weighted sum ``2·H·L·d``, the folded value and output ``H·d²`` and the feed-forward ``8·d²``."""
+        d, length, heads = self.cfg.d_model, self.cfg.max_len, self.cfg.n_heads
         full_layer = length * 12 * d * d + 2 * length * length * d
-        last_layer = 2 * length * d * d + 2 * length * d + 10 * d * d
+        last_layer = 2 * heads * d * d + 2 * heads * length * d + 8 * d * d
         return ((self.cfg.n_layers - 1) * full_layer + last_layer) / n_candidates + d
 
 
@@ -307,29 +378,57 @@ class _Block(_EvalCache):
         self.p = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, last_only: bool = False) -> torch.Tensor:
-        """``mask (B, 1, L, L)``: which positions each query attends to. ``last_only=True`` (``mask
-        (B, 1, L)``, the last query's row) returns ``(B, 1, D)``, the last position alone: its query
-        against every position's keys and values (frozen, with the projections folded:
-        :meth:`_last_query_attention`)."""
-        b, length, d = x.shape
-        h = self.ln1(x)
-        if last_only and self._frozen():
-            x = x[:, -1] + self._last_query_attention(h, mask)
-            return (x + self.ff(self.ln2(x))).unsqueeze(1)
-        dh = d // self.heads
-        w, bias = self.qkv.weight, self.qkv.bias
-        if last_only:
-            q = F.linear(h[:, -1:], w[:d], bias[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
-            k, v = F.linear(h, w[d:], bias[d:]).view(b, length, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
-            x, mask = x[:, -1:], mask.unsqueeze(2)
-        else:
-            q, k, v = F.linear(h, w, bias).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, x.shape[1], d)))
-        return x + self.drop(self.ff(self.ln2(x)))
+        """``mask (B, 1, L, L)``, or ``None`` for plain causal attention (no padding anywhere);
+        ``last_only=True`` returns ``(B, 1, D)`` for the last position alone.
 
-    def _last_query_attention(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``h (B, L, D)`` normalised inputs and ``mask (B, 1, L)`` → ``(B, D)``: the attention output
+        The sub-modules hold the weights (and name them in the state dict); the computation calls the
+        functional ops on them directly, and dropout only in training, because on the scoring path (one
+        request, one thread) each module call's and each attribute lookup's fixed cost counts."""
+        b, length, d = x.shape
+        frozen = self._frozen()
+        ln1w, ln1b, wqkv, bqkv, wo, bo, ln2w, ln2b, wup, bup, wdown, bdown, eps = (
+            self._cached("weights", self._weights) if frozen else self._weights())
+        h, dh, p = F.layer_norm(x, (d,), ln1w, ln1b, eps), d // self.heads, self.p if self.training else 0.0
+        if last_only and frozen:
+            return self.last_position(x, mask, h).unsqueeze(1)
+        else:
+            if last_only:
+                q = F.linear(h[:, -1:], wqkv[:d], bqkv[:d]).view(b, 1, self.heads, dh).transpose(1, 2)
+                k, v = F.linear(h, wqkv[d:], bqkv[d:]).view(b, length, 2, self.heads, dh).permute(2, 0, 3, 1, 4)
+                x = x[:, -1:]
+                if mask is not None:
+                    mask = mask[:, :, -1:]  # a (B, 1, 1, L) mask stays as it is
+            else:
+                q, k, v = F.linear(h, wqkv, bqkv).view(b, length, 3, self.heads, dh).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and not last_only,
+                                               dropout_p=p)
+            a = F.linear(a.transpose(1, 2).reshape(b, x.shape[1], d), wo, bo)
+        x = x + (F.dropout(a, p) if p else a)
+        f = F.gelu(F.linear(F.layer_norm(x, (d,), ln2w, ln2b, eps), wup, bup))
+        f = F.linear(F.dropout(f, p) if p else f, wdown, bdown)
+        return x + (F.dropout(f, p) if p else f)
+
+    def last_position(self, x: torch.Tensor, mask: torch.Tensor | None, h: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, L, D)`` → ``(B, D)``, or ``(L, D)`` → ``(D,)`` for one request: ``forward(x, mask,
+        last_only=True)`` of a frozen block, without the position axis (``h``: ``x`` after the first
+        layer norm, when the caller has it). The attention of the last position with the projections
+        folded (:meth:`_last_query_attention`), then the feed-forward of that position alone."""
+        ln1w, ln1b, _, _, _, _, ln2w, ln2b, wup, bup, wdown, bdown, eps = self._cached("weights", self._weights)
+        d = x.shape[-1]
+        if h is None:
+            h = F.layer_norm(x, (d,), ln1w, ln1b, eps)
+        x = x.select(-2, -1) + self._last_query_attention(h, mask)
+        return x + _affine(F.gelu(_affine(F.layer_norm(x, (d,), ln2w, ln2b, eps), wup, bup)), wdown, bdown)
+
+    def _weights(self) -> tuple:
+        """The weights in the order ``forward`` reads them, then the eps of both layer norms (built
+        alike). While frozen they are cached: a request looks up one tuple, not thirteen attributes."""
+        up, down = self.ff[0], self.ff[3]  # Linear, GELU, Dropout, Linear
+        return (self.ln1.weight, self.ln1.bias, self.qkv.weight, self.qkv.bias, self.out.weight, self.out.bias,
+                self.ln2.weight, self.ln2.bias, up.weight, up.bias, down.weight, down.bias, self.ln1.eps)
+
+    def _last_query_attention(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``h (B, L, D)`` normalised inputs → ``(B, D)`` (``(L, D)`` → ``(D,)``): the attention output
         (after the output projection) of the last position, with the projections folded into the keys'
         side.
 
@@ -338,14 +437,16 @@ class _Block(_EvalCache):
         cancels in the softmax; its output ``Σ_i p_i (Wv_j h_i + bv_j) = Wv_j (Σ_i p_i h_i) + bv_j``, as
         the weights sum to 1. So the query and key projections fold into one ``(H·D, D)`` matrix, the
         value and output projections into one ``(D, H·D)``, and the positions are read twice, by
-        ``D``-wide products, instead of being projected to keys and values (for the student's 100
-        positions and 2 heads, 33 k multiply-accumulates instead of 840 k)."""
-        b, _, d = h.shape
+        ``D``-wide products, instead of being projected to keys and values (for the student's 50
+        positions and 2 heads, 29 k multiply-accumulates instead of 424 k)."""
+        *lead, _, d = h.shape
         qk, qk_bias, vo, vo_bias = self._cached("folded", self._fold)
-        q = F.linear(h[:, -1], qk, qk_bias).view(b, self.heads, d)           # (B, H, D): Wk_jᵀ q_j / √dh
-        scores = torch.matmul(q, h.transpose(-1, -2)).masked_fill(~mask, float("-inf"))  # (B, H, L)
-        context = torch.matmul(torch.softmax(scores, -1), h)                 # (B, H, D): Σ_i p_i h_i per head
-        return F.linear(context.view(b, self.heads * d), vo, vo_bias)
+        q = _affine(h.select(-2, -1), qk, qk_bias).view(*lead, self.heads, d)  # (B, H, D): Wk_jᵀ q_j / √dh
+        scores = torch.matmul(q, h.transpose(-1, -2))                    # (B, H, L)
+        if mask is not None:                                             # (B, 1, L, L) or (B, 1, 1, L)
+            scores = scores.masked_fill(~mask[:, :, -1], float("-inf"))
+        context = torch.matmul(torch.softmax(scores, -1), h)             # (B, H, D): Σ_i p_i h_i per head
+        return _affine(context.view(*lead, self.heads * d), vo, vo_bias)
 
     def _fold(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         d, heads = self.out.weight.shape[0], self.heads

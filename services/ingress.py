@@ -558,7 +558,10 @@ class Ingress:
         if self.inline:
             import torch
 
+            from distilrec.models import native_cpu_kernels
+
             torch.set_num_threads(threads)
+            native_cpu_kernels(True)  # PyTorch's own CPU kernels: a request's small ops pay less set-up
         self.io = ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="store")
         self.store = open_event_store(event_store)
         which = scorer_model if self.inline else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from ray import serve
 
+from distilrec.models import native_cpu_kernels
 from distilrec.retrieval import RetrievalChoice
 from distilrec.serving import ModelScorer, ScoreRequest, ScoreResult
 from distilrec.stores import open_event_store
@@ -32,6 +33,7 @@ class Scorer:
                  retrieval: str | RetrievalChoice = "auto", threads: int = 1, model_poll_s: float = 30.0):
         torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU when ray_actor_options gives one
+        native_cpu_kernels(True)  # PyTorch's own CPU kernels: a request's small ops pay less set-up
         self.store = open_event_store(event_store)
         self.state = ServingState(
             model_uri, lambda art: ModelScorer.build(art, scorer_model, retrieval, device), self.store, model_poll_s,

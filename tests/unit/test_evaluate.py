@@ -51,12 +51,12 @@ def test_scoring_cost_keys_and_values():
 
 
 @pytest.mark.parametrize("block", [1, 3, 20])
-def test_scoring_costs_in_blocks_time_every_request_without_autograd(block):
+def test_scoring_costs_in_blocks_use_pytorch_kernels_and_restore_the_setting(block):
     t, s = _models(50)
-    seen, score = [], s.score
+    onednn, seen, score = torch.backends.mkldnn.enabled, [], s.score
 
     def spy(*args, **kwargs):
-        seen.append(torch.is_inference_mode_enabled())
+        seen.append(torch.backends.mkldnn.enabled)
         return score(*args, **kwargs)
 
     s.score = spy
@@ -64,7 +64,8 @@ def test_scoring_costs_in_blocks_time_every_request_without_autograd(block):
     assert set(costs) == {"teacher", "student"}
     for c in costs.values():
         assert 0 < c["score_ms_p50_1000"] <= c["score_ms_p99_1000"] and c["score_ms_per_request_batched"] > 0
-    assert len(seen) >= 10 + 7 + 1 and all(seen)  # warm-up, single and batched runs, as a scorer runs them
+    assert len(seen) >= 10 + 7 + 1 and not any(seen)  # warm-up, single and batched runs, all without oneDNN
+    assert torch.backends.mkldnn.enabled == onednn  # the process's setting comes back
 
 
 def test_scoring_costs_refuse_an_empty_block():

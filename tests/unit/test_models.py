@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distilrec.config import StudentConfig, TeacherConfig
-from distilrec.models import MODELS, Student, Teacher, count_params, pad_histories
+from distilrec.models import MODELS, Student, Teacher, count_params, native_cpu_kernels, pad_histories
 
 N_ITEMS, TEXT_DIM = 12, 6  # the shapes of the conftest fixtures
 PAD = N_ITEMS
@@ -312,11 +312,11 @@ def test_model_without_text_scores_with_autograd():
 def test_macs_per_candidate_counts_the_layer_shapes():
     m = Student(StudentConfig(n_items=50, text_dim=0, d_model=8, n_heads=1, n_layers=2, max_len=10))
     # first layer, every position: q, k, v, out projections 4·8·8, feed-forward 2·8·32, attention 2·10·8;
-    # last layer: keys and values of the 10 positions (2·10·8·8), then the last position alone: query,
-    # attention over 10 positions (2·10·8), output projection and feed-forward (8·8 + 8·8 + 2·8·32);
+    # last layer, the last position alone: the folded query-key and value-output products (8·8 each,
+    # one head), scores and weighted sum over 10 positions (2·10·8), feed-forward;
     # shared by 100 candidates, plus one 8-wide dot product each
     first = 10 * (4 * 64 + 2 * 8 * 32) + 2 * 10 * 10 * 8
-    last = 2 * 10 * 64 + 2 * 10 * 8 + 2 * 64 + 2 * 8 * 32
+    last = 2 * 64 + 2 * 10 * 8 + 2 * 8 * 32
     assert m.macs_per_candidate(100) == (first + last) / 100 + 8
 
 
@@ -337,7 +337,9 @@ def test_user_vector_equals_the_last_position_of_the_full_encoding(kind, teacher
 def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layers, text_emb):
     """Serving and evaluation (eval mode, no autograd) fold the last layer's projections
     (``_Block._last_query_attention``); with autograd on, the keys and values are projected as in
-    training. Both give the same scores, with and without padding, for batches and single requests."""
+    training. Both give the same scores, with and without padding, for batches and single requests (a
+    batch without padding, and a single request, take the dense path: no mask, and for one request
+    matrix-vector products)."""
     cls, cfg_cls = (Teacher, TeacherConfig) if kind == "teacher" else (Student, StudentConfig)
     torch.manual_seed(heads * 10 + layers)
     m = cls(cfg_cls(n_items=N_ITEMS, text_dim=TEXT_DIM, d_model=16, n_heads=heads, n_layers=layers, max_len=8),
@@ -358,9 +360,9 @@ def test_folded_last_query_attention_equals_the_projected_one(kind, heads, layer
 
 @pytest.mark.parametrize("kind", ["teacher", "student"])
 def test_single_request_scores_under_bf16_autocast(kind, teacher, student):
-    """Under the CPU's bf16 autocast one request's scores without padding agree with its scores with
-    padding. What the frozen model caches on that first request (the folded projections, the item
-    table) stays in float32 for later requests without autocast."""
+    """One request's history takes the dense path (matrix-vector products); under the CPU's bf16
+    autocast it gives what the padded path gives. What the frozen model caches on that first request
+    (the folded projections, the item table) stays in float32 for later requests without autocast."""
     m = teacher if kind == "teacher" else student
     m.eval()
     hist, padded = torch.tensor([[3, 7, 1, 4]]), torch.tensor([[PAD, 3, 7, 1, 4]])
@@ -404,3 +406,17 @@ def test_time_gap_buckets_are_log2_of_the_gap():
     assert skew.tolist() == [[0, 1]]
 
 
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+def test_native_cpu_kernels_score_as_onednn_does(kind, teacher, student):
+    m = {"teacher": teacher, "student": student}[kind].eval()
+    hist = pad_histories([[1, 2, 3, 4], [5, 6]], m.cfg.n_items, m.cfg.max_len)
+    before = native_cpu_kernels(False)
+    try:
+        with torch.inference_mode():
+            onednn = m.score(hist)
+            assert native_cpu_kernels(True) is False  # it reports the setting it replaced
+            assert not torch.backends.mkldnn.enabled
+            native = m.score(hist)
+    finally:
+        native_cpu_kernels(before)
+    torch.testing.assert_close(native, onednn, rtol=1e-5, atol=1e-5)
