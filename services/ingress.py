@@ -873,7 +873,10 @@ class Ingress:
             response = _error(500, "internal", "internal error; see the service logs")
         await response(scope, receive, send)
         if body is not None and self.arms.experiment.shadows:
-            self._shadow(req, body)  # after the answer is sent: tasks only, no wait here
+            try:
+                self._shadow(req, body)  # after the answer is sent: tasks only, no wait here
+            except Exception:  # noqa: BLE001 - the answer is out; a shadow never fails a request
+                log.exception("shadow arms not started")
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses=_errors(503))
     async def recommend(self, req: RecommendRequest) -> JSONResponse:
@@ -1081,6 +1084,10 @@ class Ingress:
                       self.canary_error["reason"])
         else:
             self.canary_error = None
+        if old is not None and (cfg is None or cfg.arm != old.arm):  # no stale rolled_back left behind
+            self.m_canary["weight"].set(0.0, tags={"arm": old.arm})
+            for status in STATUSES:
+                self.m_canary["status"].set(0.0, tags={"arm": old.arm, "status": status})
         self.canary, self.canary_base = cfg, base
         if cfg is None:
             self.rollout, self.window = None, {}

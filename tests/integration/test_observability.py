@@ -17,7 +17,9 @@ loads the chart's PrometheusRule as rendered by ``helm template``. The test then
 3. then makes the service degrade on purpose (a scorer deadline of 1 µs; a locked event store) so
    that the counters that exist only from their first increment exist too, deploys a ``scorer:
    deployment`` application beside the session's (the Scorer deployment's panel has data only then)
-   and sends it a few requests, and checks that every query of every panel returns data, every
+   and sends it a few requests, gives the session's application a canary and a shadow arm (the arms
+   row's canary and shadow panels) and sends it a few requests too, and checks that every query of
+   every panel returns data, every
    dashboard variable has values and every metric name a panel or an alert uses is one Prometheus has.
 """
 
@@ -39,6 +41,7 @@ import pytest
 from cluster_fixtures import IDLE_SCRAPE_S, SCORER_MODE_PREFIX, scorer_mode_config
 from prom_server import IN_CI, NAMESPACE, RELEASE
 from reliability_helpers import wait_ready
+from test_arms import _with_ingress_config
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +49,10 @@ ROOT = Path(__file__).resolve().parents[2]
 RECOMMENDS, EVENT_POSTS, EVENTS_PER_POST, CONCURRENCY = 200, 12, 3, 2
 # The latency histogram's bucket bound below the p99 alert's threshold (250 ms by default).
 BUCKET_BELOW_P99_THRESHOLD_S = 0.2
+# A canary that stays running (no decision within the test) and a shadow arm: the arms row's last panels.
+ROLLOUT = {"experiment": "obs", "arms": [{"name": "control"}, {"name": "cand", "weight": 0},
+                                         {"name": "teach", "scorer_model": "teacher", "shadow": True}],
+           "canary": {"arm": "cand", "start_weight": 0.5, "interval_s": 600}}
 
 
 @pytest.fixture(scope="module")
@@ -271,9 +278,15 @@ def test_dashboards_and_alerts_against_a_real_prometheus(prom, client, artifact,
     # ------------------------------------------------------------------ scorer: deployment beside
     # The Scorer deployment's panel (and the "info" stage) has data only with scorer: deployment: such an
     # application runs beside the session's for the rest of the test and answers a few requests.
-    deploy(scorer_mode_config(serve_config, str(pipeline_output)))
+    deploy(scorer_mode_config(_with_ingress_config(serve_config, ROLLOUT), str(pipeline_output)))
     try:
         wait_ready(client, path=f"{SCORER_MODE_PREFIX}/readyz")
+        for u in users[:20]:  # the session's application, with the canary and the shadow arm
+            r = client.post("/v1/recommend", json={"user_id": u, "k": 5})
+            assert r.status_code == 200 and r.json()["arm"] in ("control", "cand"), r.text
+        _wait(prom, "the canary's and the shadow arm's series", lambda: prom.query(
+            'ray_distilrec_canary_weight{arm="cand"}') and prom.query(
+            'ray_distilrec_shadow_overlap_count{arm="teach"}'), 60)
         for u in users[:20]:
             r = client.post(f"{SCORER_MODE_PREFIX}/v1/recommend", json={"user_id": u, "k": 5})
             assert r.status_code == 200 and not r.json()["degraded"], r.text
