@@ -5,7 +5,8 @@ config comes back at the end of the module).
 A canary whose answers degrade (its arm's own model budget is far below any model step) is rolled back by
 its controller under load with every request answered 200, and the rollback shows in ``GET /v1/model``
 and ``distilrec_canary_rollbacks_total``; a healthy canary moves up a step; a shadow arm changes no answer
-and adds at most its budget to the p99, and its overlap metric is exported.
+and adds at most its budget to the p99, and every answer's shadow scoring is recorded (its overlap metric)
+or dropped and counted.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def test_a_shadow_arm_changes_no_answer_and_stays_within_its_budget(client, serv
 
     without = phase(served)
     overlap_before = _counter(metrics_port, "ray_distilrec_shadow_overlap_count", arm="teach")
+    dropped_before = {r: _counter(metrics_port, "ray_distilrec_shadow_dropped_total", arm="teach", reason=r)
+                      for r in ("cap", "timeout", "error")}
     with_shadow = phase(shadowed)
     exp = client.get("/v1/model").json()["experiment"]
     assert [a["shadow"] for a in exp["arms"]] == [False, True] and exp["shadow"]["deadline_ms"] == SHADOW_BUDGET_MS
@@ -127,6 +130,15 @@ def test_a_shadow_arm_changes_no_answer_and_stays_within_its_budget(client, serv
     assert a == b and all(s.body["arm"] == "served" for s in with_shadow.samples)
     p99_without, p99_with = without.p(99), with_shadow.p(99)
     assert p99_with - p99_without <= SHADOW_BUDGET_MS, (p99_with, p99_without)
-    _wait_counter(metrics_port, "ray_distilrec_shadow_overlap_count", overlap_before + 1, arm="teach")
+    # Every answer of the phase had its shadow scored (recorded) or dropped (counted), none forgotten.
+    deadline = time.monotonic() + 30
+    while True:
+        dropped = {r: _counter(metrics_port, "ray_distilrec_shadow_dropped_total", arm="teach", reason=r) - before
+                   for r, before in dropped_before.items()}
+        recorded = _counter(metrics_port, "ray_distilrec_shadow_overlap_count", arm="teach") - overlap_before
+        if recorded + sum(dropped.values()) >= len(with_shadow.samples) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert recorded > 0 and recorded + sum(dropped.values()) >= len(with_shadow.samples), (recorded, dropped)
     print(f"shadow: p99 {p99_without:.1f} ms without, {p99_with:.1f} ms with; overlap samples "
-          f"{_counter(metrics_port, 'ray_distilrec_shadow_overlap_count', arm='teach') - overlap_before:.0f}")
+          f"{recorded:.0f} (the phase and its warm-up), dropped {dropped}")
