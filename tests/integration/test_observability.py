@@ -41,7 +41,7 @@ import pytest
 from cluster_fixtures import IDLE_SCRAPE_S, SCORER_MODE_PREFIX, scorer_mode_config
 from prom_server import IN_CI, NAMESPACE, RELEASE
 from reliability_helpers import wait_ready
-from test_arms import _with_ingress_config
+from test_arms_http import _with_ingress_config
 
 pytestmark = pytest.mark.integration
 

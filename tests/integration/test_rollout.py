@@ -18,7 +18,7 @@ import uuid
 import pytest
 
 from reliability_helpers import open_loop
-from test_arms import _counter, _wait_counter, _with_ingress_config
+from test_arms_http import _counter, _wait_counter, _with_ingress_config
 
 pytestmark = pytest.mark.integration
 
