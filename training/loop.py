@@ -159,10 +159,12 @@ def users_loader(model: torch.nn.Module, config: dict[str, Any], batch_size: int
 
 
 def train_epoch(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, loader, device: torch.device,
-                amp: contextlib.AbstractContextManager, max_steps: int | None = None) -> tuple[float, int, int, float]:
-    """One training pass over ``loader`` (at most ``max_steps`` batches): forward under ``amp``, backward
-    and an optimiser step per batch. Returns ``(summed loss, steps, samples, seconds)``; the time covers
-    data loading, forward, backward and the optimiser, nothing else."""
+                amp: contextlib.AbstractContextManager, max_steps: int | None = None,
+                max_s: float | None = None) -> tuple[float, int, int, float]:
+    """One training pass over ``loader`` (stopped after ``max_steps`` batches or once ``max_s`` seconds
+    have passed): forward under ``amp``, backward and an optimiser step per batch. Returns ``(summed loss,
+    steps, samples, seconds)``; the time covers data loading, forward, backward and the optimiser, nothing
+    else."""
     loss_module.train()
     t0, total, n, samples = time.perf_counter(), 0.0, 0, 0
     for inputs, targets, times in loader:
@@ -175,7 +177,7 @@ def train_epoch(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, loader
         total += float(loss.detach())
         n += 1
         samples += int(inputs.shape[0])
-        if max_steps is not None and n >= max_steps:
+        if (max_steps is not None and n >= max_steps) or (max_s is not None and time.perf_counter() - t0 >= max_s):
             break
     return total, n, samples, time.perf_counter() - t0
 
