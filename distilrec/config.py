@@ -89,6 +89,16 @@ class TrainConfig(_Strict):
     sampler: Literal["uniform", "popularity"] = Field("uniform", description="sampled softmax: draw the negatives "
                                                       "uniformly, or in proportion to items' training counts + 1")
     in_batch_negatives: bool = Field(True, description="sampled softmax: the batch's targets are negatives too")
+    item_grads: Literal["dense", "sparse", "auto"] = Field("auto", description="the item id table's gradient. "
+                                                          "'dense': every row every step, with Adam over all of "
+                                                          "them; 'sparse': only the rows a step reads, updated by "
+                                                          "SparseAdam (lazy Adam: a row's moments move when the row "
+                                                          "is read; no weight decay on the table), so that a step "
+                                                          "costs what it reads, not the catalogue's size; needs "
+                                                          "the sampled softmax; 'auto': sparse with the sampled "
+                                                          "softmax on CPU workers, dense otherwise (a GPU updates "
+                                                          "the whole table fast, and PyTorch's sparse all-reduce "
+                                                          "over NCCL is a prototype)")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
     bf16: bool | None = Field(None, description="bf16 autocast of the training steps. None: with GPUs, and on "
@@ -101,6 +111,17 @@ class TrainConfig(_Strict):
     def sampled(self, n_items: int) -> bool:
         """Whether a catalogue of ``n_items`` trains with the sampled softmax under this config."""
         return self.loss == "sampled" or (self.loss == "auto" and n_items > self.full_softmax_max_items)
+
+    def sparse_item_grads(self, n_items: int, device_type: str) -> bool:
+        """Whether a catalogue of ``n_items`` trains its item id table with sparse gradients on a worker
+        whose device is ``device_type`` (``"cpu"``, ``"cuda"``); ``item_grads: sparse`` with the full softmax
+        raises ``ValueError`` (the full softmax reads every row)."""
+        if self.item_grads == "sparse":
+            if not self.sampled(n_items):
+                raise ValueError(f"item_grads: sparse needs the sampled softmax, and loss: {self.loss} trains "
+                                 f"{n_items} items with the full softmax (set loss: sampled)")
+            return True
+        return self.item_grads == "auto" and self.sampled(n_items) and device_type == "cpu"
 
 
 class DistillConfig(TrainConfig):

@@ -162,6 +162,20 @@ class _ItemTower(_EvalCache):
         return v
 
 
+def sparse_item_tables(module: nn.Module) -> list[nn.Parameter]:
+    """Switch every item tower in ``module`` (a model or a training wrapper) whose id table trains to
+    sparse gradients, and return those tables' weights (for a sparse optimiser). A step's gradient then
+    holds only the rows it read (its histories, targets and sampled negatives), so the sampled softmax's
+    step costs what it reads, not the catalogue's size. Only the sampled path may then train the table:
+    the full softmax reads the whole table, whose dense gradient a sparse optimiser refuses."""
+    tables = []
+    for m in module.modules():
+        if isinstance(m, _ItemTower) and m.id_emb.weight.requires_grad:
+            m.id_emb.sparse = True
+            tables.append(m.id_emb.weight)
+    return tables
+
+
 def time_gap_buckets(times: torch.Tensor, valid: torch.Tensor | None, n_buckets: int) -> torch.Tensor:
     """``(B, L)`` unix seconds → ``(B, L)`` buckets of the time since the previous real item.
 

@@ -131,8 +131,55 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def save_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int,
-                     history: list[dict[str, Any]], best: float, stale: int) -> None:
+class SparseAndDense:
+    """Adam over the dense weights and SparseAdam over the item id tables that train with sparse gradients
+    (:func:`distilrec.models.sparse_item_tables`), zeroed, stepped, saved and restored as one optimiser.
+    Its ``state_dict`` is ``{"dense": ..., "sparse": ...}``."""
+
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
+        self.parts = {"dense": dense, "sparse": sparse}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.parts.values():
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for opt in self.parts.values():
+            opt.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: opt.state_dict() for name, opt in self.parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != set(self.parts):
+            raise ValueError("the checkpoint's optimiser state was saved with item_grads of another kind "
+                             f"({sorted(state)[:3]} …); resume with the run's own item_grads")
+        for name, opt in self.parts.items():
+            opt.load_state_dict(state[name])
+
+
+def sparse_tables(loss_module: torch.nn.Module, tc: TrainConfig, n_items: int,
+                  device: torch.device) -> list[torch.nn.Parameter]:
+    """Switch ``loss_module``'s item id tables to sparse gradients when ``tc`` asks for them on ``device``
+    (:meth:`TrainConfig.sparse_item_grads`) and return them; ``[]`` otherwise. Call it before DDP wraps
+    the module: DDP reads which parameters get sparse gradients when it is built."""
+    from distilrec.models import sparse_item_tables
+
+    return sparse_item_tables(loss_module) if tc.sparse_item_grads(n_items, device.type) else []
+
+
+def make_optimizer(loss_module: torch.nn.Module, tc: TrainConfig,
+                   tables: list[torch.nn.Parameter]) -> torch.optim.Optimizer | SparseAndDense:
+    """Adam (``tc.lr``, ``tc.weight_decay``) over ``loss_module``'s trainable weights; the sparse ``tables``
+    (from :func:`sparse_tables`) go to SparseAdam instead, which updates only the rows a step read."""
+    sparse = {id(t) for t in tables}
+    dense = [p for p in loss_module.parameters() if p.requires_grad and id(p) not in sparse]
+    adam = torch.optim.Adam(dense, lr=tc.lr, weight_decay=tc.weight_decay)
+    return SparseAndDense(adam, torch.optim.SparseAdam(tables, lr=tc.lr)) if tables else adam
+
+
+def save_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer | SparseAndDense,
+                     epoch: int, history: list[dict[str, Any]], best: float, stale: int) -> None:
     """Write the resumable training state to ``path``: the model's and the optimizer's state dicts (tensors
     and plain values), ``epoch``, ``history`` (a list of metric dicts), ``best`` and ``stale``; nothing that
     :func:`load_train_state` would refuse."""
@@ -158,8 +205,8 @@ def users_loader(model: torch.nn.Module, config: dict[str, Any], batch_size: int
     )
 
 
-def train_epoch(loss_module: torch.nn.Module, opt: torch.optim.Optimizer, loader, device: torch.device,
-                amp: contextlib.AbstractContextManager, max_steps: int | None = None,
+def train_epoch(loss_module: torch.nn.Module, opt: torch.optim.Optimizer | SparseAndDense, loader,
+                device: torch.device, amp: contextlib.AbstractContextManager, max_steps: int | None = None,
                 max_s: float | None = None) -> tuple[float, int, int, float]:
     """One training pass over ``loader`` (stopped after ``max_steps`` batches or once ``max_s`` seconds
     have passed): forward under ``amp``, backward and an optimiser step per batch. Returns ``(summed loss,
@@ -197,9 +244,9 @@ def worker_loop(config: dict[str, Any]) -> None:
 
     model: torch.nn.Module = config["build_model"](config)
     loss_module = config["build_loss"](model, config)
+    tables = sparse_tables(loss_module, tc, model.cfg.n_items, device)
     loss_module = ray.train.torch.prepare_model(loss_module)
-    params = [p for p in loss_module.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = make_optimizer(loss_module, tc, tables)
 
     loader = users_loader(model, config, tc.batch_size // world, seed=tc.seed * 1000 + rank)
     loader = ray.train.torch.prepare_data_loader(loader)
