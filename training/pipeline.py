@@ -41,8 +41,9 @@ from distilrec.evaluate import (
     scoring_costs, time_line,
 )
 from distilrec.gate import verdict_line, write_gated
-from distilrec.text import build_tiny_encoder, embed_texts, resolve_encoder
+from distilrec.text import build_tiny_encoder, resolve_encoder
 from training.distill import distill
+from training.embeddings import embed_in_process, embed_texts_ray
 from training.loop import VAL_METRIC, TrainOutput
 from training.teacher import train_teacher
 
@@ -112,12 +113,31 @@ def ensure_ray(num_workers: int, metrics_export_port: int | None = None,
         ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 2), _metrics_export_port=metrics_export_port)
 
 
-def item_embeddings(ds: Dataset, encoder: str, workdir: Path) -> tuple[np.ndarray, str]:
-    """Encode every item's text once (cached by content). ``encoder='tiny'`` builds a local BERT."""
+# Catalogues of at least this many items embed their text as Ray Data batch inference
+# (training.embeddings.embed_texts_ray, spread over the cluster's nodes); smaller ones in this process,
+# where Ray Data's start-up (seconds) would cost more than it saves.
+TEXT_RAY_MIN_ITEMS = 50_000
+
+
+def item_embeddings(ds: Dataset, encoder: str, workdir: Path, figures: dict | None = None,
+                    ray_workers: int = 1) -> tuple[np.ndarray, str]:
+    """Encode every item's text once (cached by content): ``(n_items, dim)`` float32 and the encoder's
+    resolved name. ``encoder='tiny'`` builds a local BERT. From ``TEXT_RAY_MIN_ITEMS`` items on, as Ray
+    Data batch inference (Ray started first with :func:`ensure_ray` and ``ray_workers``), else in this
+    process; either way ``figures``, when given, receives the stage's
+    :class:`training.embeddings.EmbedFigures` as a dict, and one console line says its rate."""
     if encoder == "tiny":
         encoder = build_tiny_encoder(workdir / "encoder", ds.texts)
     encoder = resolve_encoder(encoder)
-    return embed_texts(ds.texts, encoder, cache_dir=workdir / "cache"), encoder
+    if len(ds.texts) >= TEXT_RAY_MIN_ITEMS:
+        ensure_ray(ray_workers)
+        emb, fig = embed_texts_ray(ds.texts, encoder, cache_dir=workdir / "cache", progress=True)
+    else:
+        emb, fig = embed_in_process(ds.texts, encoder, cache_dir=workdir / "cache")
+    console.print(fig.line())
+    if figures is not None:
+        figures.update(fig.as_dict())
+    return emb, encoder
 
 
 def histories_frame(ds: Dataset) -> pd.DataFrame:
@@ -270,8 +290,10 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
         ds, split = load_split(spec)
     console.print(f"[bold]dataset[/] {ds.name}: {ds.n_users} users, {ds.n_items} items, "
                   f"{ds.n_interactions} interactions")
+    text_figures: dict = {}  # report["run"]["text_embeddings"]: the stage's path, items/s per core, cache hit
     with clock.stage("text_embeddings"):
-        text_emb, encoder = item_embeddings(ds, cfg.encoder, work)
+        text_emb, encoder = item_embeddings(ds, cfg.encoder, work, text_figures,
+                                            ray_workers=max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
     text_dim = int(text_emb.shape[1])
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)
@@ -334,6 +356,7 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
         )
     console.print(f"[bold]gate[/] {verdict_line(report['gate'])}")
     report["run"] = run_summary(clock, runs, resume)  # the seconds up to here: the report and plots follow
+    report["run"]["text_embeddings"] = text_figures
     with fsspec.open(f"{out}/report.json", "w") as f:
         json.dump(report, f, indent=2)
     with fsspec.open(f"{out}/training_curves.json", "w") as f:
