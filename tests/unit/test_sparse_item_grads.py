@@ -11,8 +11,20 @@ import pytest
 import torch
 
 from distilrec.config import TrainConfig
-from distilrec.losses import NegativeSampler, StudentTrain, TeacherTrain, item_counts, next_item_batch
-from training.loop import SparseAndDense, load_train_state, make_optimizer, save_train_state, sparse_tables
+from distilrec.losses import (
+    NegativeSampler,
+    StudentTrain,
+    TeacherTrain,
+    item_counts,
+    next_item_batch,
+)
+from training.loop import (
+    SparseAndDense,
+    load_train_state,
+    make_optimizer,
+    save_train_state,
+    sparse_tables,
+)
 
 PAD = 12  # n_items of the conftest fixtures
 SEQS = [np.array([1, 2, 3, 4, 5]), np.array([6, 7]), np.array([8, 9, 10, 2, 3])]
