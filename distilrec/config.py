@@ -159,6 +159,11 @@ class PipelineConfig(_Strict):
     val_max_users: int = Field(10_000, ge=5_000, description="validation (early stopping, EASE's λ) reads at most "
                                "this many users: with more, a fixed random sample of them (seed 0), the same for "
                                "every epoch and model (report['validation']); the test reads every user")
+    test_max_users: int | None = Field(None, ge=5_000, description="the test's users: None (the default) every "
+                                       "user, as docs/evaluation.md's quality figures require; a number: at most this "
+                                       "many, a fixed random sample (seed 1) when there are more, the same for every "
+                                       "model, stated in report['test'] (a run whose full-ranking test of every user "
+                                       "would take hours; its figures are then not comparable with a full test's)")
     gate_min_ratio: float = Field(0.95, ge=0.0, description="the offline gate: a new version is published (models/"
                                   "LATEST moved to it) only when its student's validation NDCG@10 is at least this "
                                   "share of the serving version's, the serving student evaluated on the same users of "

@@ -27,16 +27,19 @@ COMPARISONS = (("teacher", "ease"), ("student", "teacher"), ("student", "student
 
 def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EASE_LAMBDAS,
                        ranks: dict[str, np.ndarray] | None = None, ease_max_items: int | None = None,
-                       val_users: np.ndarray | None = None, skipped: dict[str, str] | None = None) -> dict[str, dict]:
-    """Popularity and EASE on the test targets; EASE's λ is chosen on validation (of the users
-    ``val_users``, :meth:`Split.val_sample`; None: every user). When ``ranks`` is given, each model's
-    per-user test ranks are put in it under the model's name (for :func:`compare_models`).
+                       val_users: np.ndarray | None = None, skipped: dict[str, str] | None = None,
+                       test_users: np.ndarray | None = None) -> dict[str, dict]:
+    """Popularity and EASE on the test targets (of the users ``test_users``; None: every user), both
+    fitted on every user's test history; EASE's λ is chosen on validation (of the users ``val_users``,
+    :meth:`Split.val_sample`; None: every user). When ``ranks`` is given, each model's per-user test ranks
+    are put in it under the model's name (for :func:`compare_models`).
 
     Above ``ease_max_items`` items EASE is not fitted (:class:`distilrec.baselines.CatalogueTooLarge`):
     it is left out of the result and its reason put in ``skipped["ease"]``. Popularity is always there."""
-    test_h, test_t = split.histories("test"), split.targets("test")
+    test_h = split.histories("test")
+    eval_h, eval_t, _ = test_set(split, test_users)
     ranks = {} if ranks is None else ranks
-    ranks["popularity"] = target_ranks(Popularity.fit(test_h, n_items).score, test_h, test_t)
+    ranks["popularity"] = target_ranks(Popularity.fit(test_h, n_items).score, eval_h, eval_t)
     out = {"popularity": {**evaluate_ranks(ranks["popularity"]), **_no_cost()}}
     val_h, val_t = split.train, split.val_target
     if val_users is not None:
@@ -49,7 +52,7 @@ def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EA
             skipped["ease"] = str(e)
         return out
     best = max(val, key=val.get)
-    ranks["ease"] = target_ranks(EASE.fit(test_h, n_items, best).score, test_h, test_t)
+    ranks["ease"] = target_ranks(EASE.fit(test_h, n_items, best).score, eval_h, eval_t)
     out["ease"] = {**evaluate_ranks(ranks["ease"]), **_no_cost(), "lambda": best}
     return out
 
@@ -59,10 +62,22 @@ def _no_cost() -> dict:
             "score_ms_per_request_batched": None}
 
 
-def model_ranks(model: torch.nn.Module, split: Split, stage: str = "test") -> np.ndarray:
-    """Each user's rank of the ``stage`` target under ``model`` (full ranking, history removed)."""
-    return target_ranks(model_score_fn(model), split.histories(stage), split.targets(stage),
-                        times=split.history_times(stage))
+def test_set(split: Split, users: np.ndarray | None,
+             stage: str = "test") -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
+    """``(histories, targets, history times or None)`` of ``stage`` for the users ``users`` (indices, in
+    that order; None: every user)."""
+    h, t, times = split.histories(stage), split.targets(stage), split.history_times(stage)
+    if users is None:
+        return h, t, times
+    return [h[u] for u in users], t[users], None if times is None else [times[u] for u in users]
+
+
+def model_ranks(model: torch.nn.Module, split: Split, stage: str = "test",
+                users: np.ndarray | None = None) -> np.ndarray:
+    """Each user's rank of the ``stage`` target under ``model`` (full ranking over every item, history
+    removed), for the users ``users`` (None: every user)."""
+    h, t, times = test_set(split, users, stage)
+    return target_ranks(model_score_fn(model), h, t, times=times)
 
 
 def evaluate_model(model: torch.nn.Module, split: Split, stage: str = "test") -> dict[str, float]:

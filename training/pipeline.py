@@ -303,18 +303,23 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     val_users = split.val_sample(cfg.val_max_users)  # None: validation reads every user
     validation = {"users": ds.n_users if val_users is None else len(val_users), "of": ds.n_users,
                   "sample_seed": None if val_users is None else 0}
+    test_users = split.val_sample(cfg.test_max_users, seed=1)  # None: the test reads every user
+    test = {"users": ds.n_users if test_users is None else len(test_users), "of": ds.n_users,
+            "sample_seed": None if test_users is None else 1}
+    if test_users is not None:
+        console.print(f"[bold]test[/] a fixed sample of {len(test_users):,} of {ds.n_users:,} users (test_max_users)")
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")
     ranks: dict[str, np.ndarray] = {}  # each model's per-user test ranks, for the paired comparisons
     skipped: dict[str, str] = {}  # a model left out, and why
     with clock.stage("baselines"):
         models = evaluate_baselines(split, ds.n_items, ranks=ranks, ease_max_items=cfg.ease_max_items,
-                                    val_users=val_users, skipped=skipped)
+                                    val_users=val_users, skipped=skipped, test_users=test_users)
     for name, why in skipped.items():
         console.print(f"[bold]{name} skipped[/]: {why}")
 
     def evaluated(name: str, run: TrainOutput) -> None:
         """Test ``run``'s model: its per-user ranks, NDCG@10, HR@10 and best epoch under ``name``."""
-        ranks[name] = model_ranks(run.model, split)
+        ranks[name] = model_ranks(run.model, split, users=test_users)
         models[name] = {**evaluate_ranks(ranks[name]), "best_epoch": run.best["epoch"],
                         "val_ndcg@10": run.best[VAL_METRIC]}
 
@@ -344,7 +349,7 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
             models[name].update(cost)
 
     report = build_report(ds, models, extra={"config": json.loads(cfg.model_dump_json()), "validation": validation,
-                                             "skipped": skipped}, comparisons=compare_models(ranks))
+                                             "test": test, "skipped": skipped}, comparisons=compare_models(ranks))
     items = ItemTable(ds.item_ids, ds.titles, ds.texts, text_emb)
     console.print(f"[bold]gate[/] the student's validation NDCG@10 against the serving version's "
                   f"(at least {cfg.gate_min_ratio:g} ×), finite scores")

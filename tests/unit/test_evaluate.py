@@ -186,3 +186,27 @@ def test_ease_lambda_is_chosen_on_the_validation_sample(small):
     val = {lam: evaluate_scores(EASE.fit(split.train, ds.n_items, lam).score, [split.train[u] for u in users],
                                 split.val_target[users])["ndcg@10"] for lam in (10.0, 500.0)}
     assert out["ease"]["lambda"] == max(val, key=val.get)
+
+
+def test_a_test_sample_ranks_its_users_as_the_full_test_does(small):
+    ds, split = small
+    users = split.val_sample(12, seed=1)
+    full_ranks: dict = {}
+    sample_ranks: dict = {}
+    evaluate_baselines(split, ds.n_items, lambdas=(10.0,), ranks=full_ranks)
+    evaluate_baselines(split, ds.n_items, lambdas=(10.0,), ranks=sample_ranks, test_users=users)
+    for name in ("popularity", "ease"):  # fitted on every user's history either way
+        assert (sample_ranks[name] == full_ranks[name][users]).all(), name
+    teacher, _ = _models(ds.n_items)
+    assert (model_ranks(teacher, split, users=users) == model_ranks(teacher, split)[users]).all()
+
+
+def test_the_test_sample_is_opt_in_and_at_least_5000_users():
+    from pydantic import ValidationError
+
+    from distilrec.config import PipelineConfig
+
+    assert PipelineConfig().test_max_users is None  # docs/evaluation.md: the test reads every user
+    assert PipelineConfig(test_max_users=20_000).test_max_users == 20_000
+    with pytest.raises(ValidationError, match="test_max_users"):
+        PipelineConfig(test_max_users=100)
