@@ -657,6 +657,9 @@ def main(argv: list[str] | None = None) -> int:
     bsc.add_argument("--interactions", help="training sizes, e.g. 1M,5M,20M (the default; k and M suffixes)")
     bsc.add_argument("--items", help="training catalogue sizes (default 10k,100k,1M)")
     bsc.add_argument("--stages", default="teacher,distill", help="training stages timed (default teacher,distill)")
+    bsc.add_argument("--item-grads", default="auto",
+                     help="how the item table trains, each point once per kind in turns: auto (the pipeline's: "
+                          "sparse on CPUs), dense, sparse, or a list such as sparse,dense (default auto)")
     bsc.add_argument("--max-epoch-s", type=float,
                      help="stop an epoch after about this many seconds and extrapolate from its steps (default: never)")
     bsc.add_argument("--val-users", type=int, help="users whose validation is timed per point (default 1000; 0 = none)")

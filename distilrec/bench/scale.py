@@ -10,8 +10,10 @@ process of its own (so that its peak RSS is its own), the synthetic dataset of t
 (``synthetic:users=interactions/24,items=N``: histories of 8-40 items, read back from Parquet in bounded
 memory) is split leave-one-out and one epoch of the pipeline's own training pass runs over it
 (:func:`training.loop.train_epoch` on :func:`training.loop.users_loader`, with the pipeline's teacher and
-loss builders, ``loss: sampled``): the teacher, then distillation (the student learning from that
-teacher). One process with every CPU's thread stands for the pipeline's Ray Train workers on one node; an
+loss builders and optimiser, ``loss: sampled``): the teacher, then distillation (the student learning from
+that teacher). ``--item-grads`` names how the item id table trains, each point once per kind in turns
+(``sparse``: the rows a step read, SparseAdam; ``dense``: every row, Adam; ``auto``: the pipeline's choice,
+sparse on CPUs), so that their ratio comes from one run. One process with every CPU's thread stands for the pipeline's Ray Train workers on one node; an
 epoch's cost depends on the shapes, not on what the weights have learnt, so the weights start random and
 the item text embeddings are random vectors of the tiny encoder's width (the text encoder's own cost is
 the pipeline's item-embedding stage, not an epoch's). ``--max-epoch-s`` stops a long epoch early and
@@ -66,6 +68,7 @@ class ScaleBenchConfig:
     serve_items: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     serve_users: int = 100_000
     stages: tuple[str, ...] = ("teacher", "distill")
+    item_grads: tuple[str, ...] = ("auto",)  # TrainConfig.item_grads of each training point, in turns
     max_epoch_s: float | None = None  # stop an epoch after this long and extrapolate from its steps
     val_users: int = 1000
     batch_size: int = 32               # users per step (the pipeline's, over all its workers)
@@ -208,8 +211,9 @@ def clustered_text(n: int, dim: int, seed: int, centres: int = 1000, spread: flo
     return out
 
 
-def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[str, Any]:
-    """One training point (run it :func:`isolated`): data, then one epoch per stage."""
+def train_point(interactions: int, items: int, cfg: ScaleBenchConfig, item_grads: str = "auto") -> dict[str, Any]:
+    """One training point (run it :func:`isolated`): data, then one epoch per stage, the item table
+    trained with ``item_grads`` (:attr:`TrainConfig.item_grads`)."""
     import torch
 
     from distilrec.config import DistillConfig, PipelineConfig, StudentConfig, TeacherConfig, TrainConfig
@@ -217,7 +221,7 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
     from distilrec.data.dataset import Split
     from distilrec.resources import PeakMemory
     from training.distill import build_student, student_loss
-    from training.loop import step_autocast, train_epoch, users_loader
+    from training.loop import make_optimizer, sparse_tables, step_autocast, train_epoch, users_loader
     from training.teacher import build_teacher, teacher_loss
 
     if cfg.data_dir:
@@ -225,7 +229,8 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     torch.manual_seed(cfg.seed)
     users = max(10, int(round(interactions / MEAN_HISTORY)))
-    out: dict[str, Any] = {"interactions_asked": interactions, "items": items, "threads": torch.get_num_threads()}
+    out: dict[str, Any] = {"interactions_asked": interactions, "items": items, "item_grads": item_grads,
+                           "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     with PeakMemory() as peak:
         ds = synthetic.load(users=users, items=items, seed=cfg.seed, chunked=1)
@@ -240,7 +245,8 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
     base = {"text_emb": text_emb, "train_seqs": split.train, "train_times": split.history_times("val")}
     pipeline = PipelineConfig()
     tcfg = TeacherConfig(n_items=items, text_dim=TEXT_DIM, **pipeline.teacher)
-    teacher_train = TrainConfig(loss="sampled", negatives=cfg.negatives, batch_size=cfg.batch_size, num_workers=1)
+    teacher_train = TrainConfig(loss="sampled", negatives=cfg.negatives, batch_size=cfg.batch_size, num_workers=1,
+                                item_grads=item_grads)
     stages: dict[str, Any] = {}
     teacher = None
     for stage in ("teacher", "distill"):
@@ -254,7 +260,8 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
         else:
             from distilrec.artifacts import model_to_bytes
 
-            dc = DistillConfig(loss="sampled", negatives=cfg.negatives, batch_size=cfg.batch_size, num_workers=1)
+            dc = DistillConfig(loss="sampled", negatives=cfg.negatives, batch_size=cfg.batch_size, num_workers=1,
+                               item_grads=item_grads)
             tc = TrainConfig.model_validate(dc.model_dump(exclude={"temperature", "alpha", "init_from_teacher"}))
             scfg = StudentConfig(n_items=items, text_dim=TEXT_DIM, **pipeline.student)
             teacher = teacher if teacher is not None else build_teacher({**base, "model": tcfg.model_dump()})
@@ -263,7 +270,8 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
                     "context_len": max(scfg.max_len, tcfg.max_len)}
             model = build_student(conf)
             loss_module = student_loss(model, conf)
-        opt = torch.optim.Adam([p for p in loss_module.parameters() if p.requires_grad], lr=tc.lr)
+        tables = sparse_tables(loss_module, tc, items, device)
+        opt = make_optimizer(loss_module, tc, tables)
         loader = users_loader(model, conf, tc.batch_size, seed=cfg.seed)
         steps_per_epoch = len(loader)
         with PeakMemory() as peak, CpuClock() as clock:
@@ -273,7 +281,8 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
         row = {"epoch_s": round(secs * scale_up, 2), "cpu_s": round(clock.cpu_s * scale_up, 2),
                "cpu_wait_pct": clock.cpu_wait_pct, "steps": steps_per_epoch, "measured_steps": steps,
                "extrapolated": steps < steps_per_epoch, "users_per_s": round(samples / max(secs, 1e-9), 1),
-               "loss": round(total / max(steps, 1), 4), "peak_rss_mib": peak.result()["process_mib"]}
+               "loss": round(total / max(steps, 1), 4), "peak_rss_mib": peak.result()["process_mib"],
+               "sparse_item_grads": bool(tables)}
         if cfg.val_users:
             from distilrec.metrics import evaluate_scores, model_score_fn
 
@@ -288,9 +297,10 @@ def train_point(interactions: int, items: int, cfg: ScaleBenchConfig) -> dict[st
         stages[stage] = row
         if stage == "teacher":
             teacher = model.eval()
-        del loss_module, opt, loader
+        del loss_module, opt, loader, tables
         gc.collect()
-        print(f"[bench scale] train {size_label(interactions)} interactions × {size_label(items)} items, {stage}: "
+        print(f"[bench scale] train {size_label(interactions)} interactions × {size_label(items)} items, {stage} "
+              f"({'sparse' if row['sparse_item_grads'] else 'dense'} item gradients): "
               f"{row['epoch_s']:.1f} s per epoch{' (extrapolated)' if row['extrapolated'] else ''}, "
               f"peak RSS {row['peak_rss_mib']} MiB", flush=True)
     out["stages"] = stages
@@ -476,8 +486,9 @@ def scale_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": f"{a:.3f} / {b:.3f} ms = 1/{(b / a) if a else float('inf'):.1f}",
                     "verdict": "met" if r is not None and r <= 1 / SCORER_RATIO else "missed"})
     train = [p for p in result.get("train") or [] if "stages" in p]
-    for n in sorted({p["items"] for p in train}):
-        pts = sorted((p for p in train if p["items"] == n), key=lambda p: p["interactions"])
+    for n, grads in sorted({(p["items"], p.get("item_grads", "auto")) for p in train}):
+        pts = sorted((p for p in train if p["items"] == n and p.get("item_grads", "auto") == grads),
+                     key=lambda p: p["interactions"])
         for stage in ("teacher", "distill"):
             have = [p for p in pts if stage in p["stages"]]
             if len(have) < 2:
@@ -489,7 +500,8 @@ def scale_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             per = [p["stages"][stage][key] / p["interactions"] * 1e6 for p in have]
             span = f"{size_label(have[0]['interactions'])}→{size_label(have[-1]['interactions'])}"
             what = "CPU s" if key == "cpu_s" else "s"
-            out.append({"target": f"{stage} epoch time at most linear in interactions at {size_label(n)} items ({span})",
+            out.append({"target": f"{stage} epoch time at most linear in interactions at {size_label(n)} items ({span}; "
+                                  f"item_grads {grads})",
                         "measured": f"{what} ∝ interactions^{slope:.2f}; {what} per 1M interactions: "
                                     + ", ".join(f"{v:.1f}" for v in per),
                         "verdict": "met" if slope <= LINEAR_SLOPE else "missed"})
@@ -507,6 +519,31 @@ def _f(x: Any, spec: str = ",.1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _grads(point: dict[str, Any]) -> str:
+    """How a training point's item table trained: ``sparse``/``dense``, with the asked ``auto`` noted."""
+    stages = point.get("stages") or {}
+    kind = "sparse" if any(s.get("sparse_item_grads") for s in stages.values()) else "dense"
+    return f"{kind} (auto)" if point.get("item_grads") == "auto" else kind
+
+
+def _grads_ratios(train: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each point's dense epoch time over its sparse one, where the run timed both."""
+    by: dict[tuple[int, int], dict[str, dict]] = {}
+    for p in train:
+        if "stages" in p:
+            by.setdefault((p["interactions"], p["items"]), {})[_grads(p).split()[0]] = p["stages"]
+    lines = []
+    for (i, n), kinds in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        if {"dense", "sparse"} <= set(kinds):
+            ratios = [f"{stage} {kinds['dense'][stage]['epoch_s'] / kinds['sparse'][stage]['epoch_s']:.1f} ×"
+                      for stage in ("teacher", "distill") if stage in kinds["dense"] and stage in kinds["sparse"]
+                      and kinds["sparse"][stage]["epoch_s"]]
+            if ratios:
+                lines.append(f"- {size_label(i)} interactions × {size_label(n)} items: dense / sparse item gradients, "
+                             f"epoch time: {', '.join(ratios)}")
+    return ["", *lines] if lines else []
+
+
 def render_scale_markdown(result: dict[str, Any]) -> str:
     """The ``scale.md`` of a ``bench scale`` result."""
     m = result["machine"]
@@ -520,13 +557,13 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
     if train:
         lines += ["Training, one epoch per stage (sampled softmax, random weights, one process with "
                   f"{train[0].get('threads', '?')} threads; data: synthetic, read from Parquet):", "",
-                  "| interactions | items | users | data s | teacher epoch s (CPU s) | teacher users/s | teacher peak RSS "
-                  "MiB | distill epoch s (CPU s) | distill peak RSS MiB | validation s / 1,000 users (teacher) | CPU "
-                  "wait % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| interactions | items | item gradients | users | data s | teacher epoch s (CPU s) | teacher users/s "
+                  "| teacher peak RSS MiB | distill epoch s (CPU s) | distill peak RSS MiB | validation s / 1,000 users "
+                  "(teacher) | CPU wait % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for p in train:
             if "error" in p:
-                lines.append(f"| {size_label(p['interactions_asked'])} | {size_label(p['items'])} | failed: "
-                             f"{p['error'][:120]} | | | | | | | | |")
+                lines.append(f"| {size_label(p['interactions_asked'])} | {size_label(p['items'])} | "
+                             f"{p.get('item_grads', 'auto')} | failed: {p['error'][:120]} | | | | | | | | |")
                 continue
             t, d = p["stages"].get("teacher", {}), p["stages"].get("distill", {})
 
@@ -537,13 +574,15 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
                 return f"{s['epoch_s']:,.1f}{cpu}" + (" *" if s.get("extrapolated") else "")
 
             waits = [s["cpu_wait_pct"] for s in (t, d) if s.get("cpu_wait_pct") is not None]
-            lines.append(f"| {p['interactions']:,} | {p['items']:,} | {p['users']:,} | {p['data_s']:,.1f} | {ep(t)} | "
+            lines.append(f"| {p['interactions']:,} | {p['items']:,} | {_grads(p)} | {p['users']:,} | "
+                         f"{p['data_s']:,.1f} | {ep(t)} | "
                          f"{_f(t.get('users_per_s'), ',.0f')} | {_f(t.get('peak_rss_mib'), ',.0f')} | {ep(d)} | "
                          f"{_f(d.get('peak_rss_mib'), ',.0f')} | {_f(t.get('val_s_per_1000_users'), ',.2f')} | "
                          f"{_f(max(waits) if waits else None, '.0f')} |")
         if any(s.get("extrapolated") for p in train for s in (p.get("stages") or {}).values()):
             lines += ["", "\\* extrapolated from the steps measured within `--max-epoch-s` (the result's "
                           "`measured_steps` of `steps`)."]
+        lines += _grads_ratios(train)
         lines += ["", "CPU s: the process's CPU time (all its threads) over the epoch; CPU wait: the share of the "
                       "epoch's wall time in which some task on the machine waited for a CPU (Linux PSI; other work on "
                       "a shared machine), the larger of the two stages'."]
@@ -605,6 +644,15 @@ def render_scale_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _log_axes(axes: tuple[tuple[Any, str], ...], xlabel: str) -> None:
+    """A log x axis labelled ``xlabel``, the y label, a grid and a legend on each ``(axes, y label)``."""
+    for ax, what in axes:
+        ax.set_xscale("log")
+        ax.set(xlabel=xlabel, ylabel=what)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+
+
 def plot_scale(result: dict[str, Any], train_path: str | Path, serve_path: str | Path) -> list[str]:
     """``train_path``: seconds per epoch and peak RSS against interactions, a line per catalogue size and
     stage; ``serve_path``: ms per request (batch 32) and replica RSS against catalogue size, student and
@@ -615,21 +663,21 @@ def plot_scale(result: dict[str, Any], train_path: str | Path, serve_path: str |
     train = [p for p in result.get("train") or [] if "stages" in p]
     if train:
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-        for i, n in enumerate(sorted({p["items"] for p in train})):
-            pts = sorted((p for p in train if p["items"] == n), key=lambda p: p["interactions"])
+        lines = sorted({(p["items"], _grads(p).split()[0]) for p in train})
+        colours = {n: f"C{i}" for i, n in enumerate(sorted({n for n, _ in lines}))}
+        for n, kind in lines:
+            pts = sorted((p for p in train if p["items"] == n and _grads(p).split()[0] == kind),
+                         key=lambda p: p["interactions"])
             for stage, style in (("teacher", "-o"), ("distill", "--s")):
                 have = [p for p in pts if stage in p["stages"]]
                 if have:
-                    x = [p["interactions"] for p in have]
-                    ax_t.plot(x, [p["stages"][stage]["epoch_s"] for p in have], style, color=f"C{i}",
-                              label=f"{stage}, {size_label(n)} items")
-                    ax_m.plot(x, [p["stages"][stage]["peak_rss_mib"] / 1024 for p in have], style, color=f"C{i}",
-                              label=f"{stage}, {size_label(n)} items")
-        for ax, what in ((ax_t, "seconds per epoch"), (ax_m, "peak RSS (GiB)")):
-            ax.set_xscale("log")
-            ax.set(xlabel="interactions", ylabel=what)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
+                    x, label = [p["interactions"] for p in have], f"{stage}, {size_label(n)} items, {kind}"
+                    alpha = 0.45 if kind == "dense" else 1.0
+                    ax_t.plot(x, [p["stages"][stage]["epoch_s"] for p in have], style, color=colours[n],
+                              alpha=alpha, label=label)
+                    ax_m.plot(x, [p["stages"][stage]["peak_rss_mib"] / 1024 for p in have], style,
+                              color=colours[n], alpha=alpha, label=label)
+        _log_axes(((ax_t, "seconds per epoch"), (ax_m, "peak RSS (GiB)")), "interactions")
         ax_t.set_yscale("log")
         ax_t.set_title("one training epoch (sampled softmax)")
         ax_m.set_title("peak resident memory of the process")
@@ -651,11 +699,7 @@ def plot_scale(result: dict[str, Any], train_path: str | Path, serve_path: str |
             if have:
                 ax_s.plot([r["items"] for r in have], [r["search"][kind]["batch_32_per_request"]["p50"] for r in have],
                           style, color="grey", label=f"{kind} search alone")
-        for ax, what in ((ax_s, "ms per request, batch of 32 (p50)"), (ax_m, "resident memory (GiB)")):
-            ax.set_xscale("log")
-            ax.set(xlabel="catalogue items", ylabel=what)
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
+        _log_axes(((ax_s, "ms per request, batch of 32 (p50)"), (ax_m, "resident memory (GiB)")), "catalogue items")
         ax_s.set_yscale("log")
         ax_s.set_title("in-process scoring cost per request")
         ax_m.set_title("one replica's memory after its build")
@@ -689,10 +733,13 @@ def run_scale_bench(cfg: ScaleBenchConfig, command: str = "") -> dict[str, Any]:
     if "train" in cfg.parts:
         for n in cfg.items:
             for i in cfg.interactions:
-                print(f"[bench scale] train: {size_label(i)} interactions × {size_label(n)} items ...", flush=True)
-                got = isolated(train_point, i, n, cfg)
-                result["train"].append(got if "error" not in got else {"interactions_asked": i, "items": n, **got})
-                save()
+                for grads in cfg.item_grads:
+                    print(f"[bench scale] train: {size_label(i)} interactions × {size_label(n)} items, item_grads "
+                          f"{grads} ...", flush=True)
+                    got = isolated(train_point, i, n, cfg, grads)
+                    result["train"].append(got if "error" not in got else
+                                           {"interactions_asked": i, "items": n, "item_grads": grads, **got})
+                    save()
     if "serve" in cfg.parts:
         for n in cfg.serve_items:
             folder = out / "artifacts" / f"items-{n}-users-{cfg.serve_users}"
@@ -733,7 +780,10 @@ def config_from_args(args: Any) -> ScaleBenchConfig:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     if not stages or set(stages) - {"teacher", "distill"}:
         raise ValueError(f"--stages {args.stages!r}: teacher, distill or both")
-    changes: dict[str, Any] = {"parts": parts, "stages": stages, "serve": args.serve}
+    grads = tuple(g.strip() for g in (getattr(args, "item_grads", None) or "auto").split(",") if g.strip())
+    if not grads or set(grads) - {"auto", "dense", "sparse"}:
+        raise ValueError(f"--item-grads {args.item_grads!r}: auto, dense, sparse or a list of them")
+    changes: dict[str, Any] = {"parts": parts, "stages": stages, "serve": args.serve, "item_grads": grads}
     for name in ("interactions", "items", "serve_items"):
         text = getattr(args, name)
         if text:
