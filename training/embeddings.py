@@ -39,7 +39,9 @@ BLOCKS_PER_ACTOR = 4     # at least this many input blocks per actor, so that ac
 class EmbedFigures:
     """What one embedding call cost. ``path``: ``"ray_data"`` or ``"in_process"``; ``seconds``: the
     whole call (a cache hit's is the hashing and the load); ``first_batch_s``: until the first batch
-    came back (Ray Data's start-up and the actors' model loading; None for the in-process path);
+    came back (Ray Data's start-up and the actors' model loading; None for the in-process path), and
+    ``after_first_items_per_s_per_cpu`` the rate per core of the items that came after it (the rate once
+    started, which a catalogue large enough to make the start-up negligible approaches);
     ``cpus`` / ``gpus``: what the encoding held (actors × CPUs per actor, or torch's threads in
     process); the rates are None for a cache hit or for no texts."""
 
@@ -55,6 +57,7 @@ class EmbedFigures:
     items_per_s: float | None = None
     items_per_s_per_cpu: float | None = None
     items_per_s_per_gpu: float | None = None
+    after_first_items_per_s_per_cpu: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,11 +77,14 @@ class EmbedFigures:
                 f"{self.items_per_s:,.1f} items/s, {rate}")
 
 
-def _rates(fig: EmbedFigures) -> EmbedFigures:
+def _rates(fig: EmbedFigures, first_rows: int = 0) -> EmbedFigures:
     if fig.items and fig.seconds > 0 and not fig.cache_hit:
         fig.items_per_s = round(fig.items / fig.seconds, 1)
         fig.items_per_s_per_cpu = round(fig.items_per_s / fig.cpus, 1) if fig.cpus else None
         fig.items_per_s_per_gpu = round(fig.items_per_s / fig.gpus, 1) if fig.gpus else None
+        after_s = fig.seconds - (fig.first_batch_s or 0.0)
+        if fig.first_batch_s is not None and fig.cpus and fig.items > first_rows and after_s > 0:
+            fig.after_first_items_per_s_per_cpu = round((fig.items - first_rows) / after_s / fig.cpus, 1)
     return fig
 
 
@@ -185,7 +191,7 @@ def embed_texts_ray(texts: Sequence[str], encoder: str, cache_dir: str | Path | 
         raise ValueError(f"concurrency {n}: need at least 1 actor")
     n = min(n, max(1, math.ceil(len(texts) / batch_size)))  # no actor without a batch to embed
     emb = np.empty((len(texts), dim), dtype=np.float32)
-    first = None
+    first, first_rows = None, 0
     if texts:
         from ray.data import DataContext
 
@@ -194,7 +200,7 @@ def embed_texts_ray(texts: Sequence[str], encoder: str, cache_dir: str | Path | 
         ctx.enable_progress_bars = progress
         try:
             ds = ray.data.from_arrow(_blocks(texts, n, batch_size)).map_batches(
-                _EncodeBatch, batch_format="numpy", batch_size=batch_size, concurrency=n,
+                _EncodeBatch, batch_format="numpy", batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n),
                 fn_constructor_kwargs={"encoder": encoder, "batch_size": batch_size, "use_gpu": bool(use_gpu),
                                        "threads": max(1, int(cpus_per_actor))},
                 num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
@@ -202,7 +208,7 @@ def embed_texts_ray(texts: Sequence[str], encoder: str, cache_dir: str | Path | 
             seen = 0
             for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 if first is None:
-                    first = round(time.perf_counter() - t0, 2)
+                    first, first_rows = round(time.perf_counter() - t0, 2), len(out["row"])
                 emb[out["row"]] = out["emb"]
                 seen += len(out["row"])
         except ray.exceptions.RayActorError as e:
@@ -219,4 +225,4 @@ def embed_texts_ray(texts: Sequence[str], encoder: str, cache_dir: str | Path | 
     fig = EmbedFigures(path="ray_data", items=len(texts), cache_hit=False, seconds=round(time.perf_counter() - t0, 2),
                        actors=n if texts else 0, cpus=(n * cpus_per_actor) if texts else 0.0,
                        gpus=n if texts and use_gpu else 0, batch_size=batch_size, first_batch_s=first)
-    return emb, _rates(fig)
+    return emb, _rates(fig, first_rows)
