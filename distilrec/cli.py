@@ -671,6 +671,14 @@ def main(argv: list[str] | None = None) -> int:
     bsc.add_argument("--serve", action="store_true",
                      help="also run bench serve's student-served and teacher-served applications on each artifact")
     bsc.add_argument("--data-dir", help="folder for the synthetic datasets (default: $DISTILREC_DATA_DIR or the cache)")
+    bem = bsub.add_parser("embed", help="item text embeddings in one process against Ray Data batch inference: "
+                                        "items/s per CPU core (and per GPU) on the same synthetic titles")
+    bem.add_argument("--output", required=True, help="folder for embed.json and embed.md")
+    bem.add_argument("--items", type=int, default=20000, help="synthetic item texts (default 20,000)")
+    bem.add_argument("--encoder", default="tiny", help="text encoder: tiny (default) | minilm | a folder | a hub id")
+    bem.add_argument("--concurrency", default="2", help="comma-separated Ray Data actor counts (default 2)")
+    bem.add_argument("--batch-size", type=int, default=256, help="texts per encoder call in an actor (default 256)")
+    bem.add_argument("--repeats", type=int, default=1, help="repeats of every path in turns; medians (default 1)")
     bq = bsub.add_parser("quality", help="quality against cost from a pipeline report.json: a table and a plot")
     bq.add_argument("--report", required=True, help="report.json, or the pipeline output folder holding it (or a URI)")
     bq.add_argument("--output", required=True, help="folder for quality.md and quality_cost.png")
@@ -721,6 +729,10 @@ def main(argv: list[str] | None = None) -> int:
             from distilrec.bench.scale import scale_command
 
             return scale_command(args, _command_line(argv))
+        if args.bench == "embed":
+            from distilrec.bench.embed import embed_command
+
+            return embed_command(args, _command_line(argv))
         if args.bench == "arms":
             from distilrec.bench.arms import arms_command
 

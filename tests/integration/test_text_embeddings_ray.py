@@ -125,7 +125,7 @@ def test_gpus_the_cluster_lacks_are_refused(ray_cluster, encoder, tmp_path):
 
 def test_the_pipeline_takes_the_ray_data_path_from_its_threshold(ray_cluster, encoder, reference, tmp_path,
                                                                  monkeypatch):
-    import training.pipeline as pipeline
+    from training import pipeline
 
     ds = SimpleNamespace(texts=TEXTS)
     small, big = {}, {}
@@ -138,3 +138,27 @@ def test_the_pipeline_takes_the_ray_data_path_from_its_threshold(ray_cluster, en
     assert big["path"] == "ray_data" and big["actors"] >= 1 and big["items_per_s_per_cpu"] > 0
     np.testing.assert_allclose(emb, reference, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(again, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_bench_embed_smoke(ray_cluster, tmp_path):
+    """``distilrec bench embed`` on a few synthetic titles: both paths side by side, the same embeddings."""
+    import json
+
+    from distilrec.cli import main
+
+    out = tmp_path / "embed"
+    assert main(["bench", "embed", "--output", str(out), "--items", "300", "--encoder", "tiny",
+                 "--concurrency", "1", "--batch-size", "64"]) == 0
+    result = json.loads((out / "embed.json").read_text())
+    assert result["command"].startswith("distilrec bench embed --output ")
+    assert [(r["path"], r["concurrency"]) for r in result["summary"]] == [("in_process", None), ("ray_data", 1)]
+    for row in result["summary"]:
+        assert row["items_per_s_per_cpu"] > 0
+    assert result["summary"][1]["max_abs_diff"] < 1e-5
+    table = (out / "embed.md").read_text()
+    assert "| in process (torch threads) |" in table and "| Ray Data, concurrency 1 | 1 | 1 | 0 |" in table
+    assert main(["bench", "embed", "--output", str(out), "--concurrency", "0"]) == 2
+    assert main(["bench", "embed", "--output", str(out), "--encoder", "./nowhere", "--items", "10"]) == 2
+    import ray
+
+    assert ray.is_initialized()  # the session's cluster, which the benchmark did not start, still runs
