@@ -245,7 +245,9 @@ def worker_loop(config: dict[str, Any]) -> None:
     model: torch.nn.Module = config["build_model"](config)
     loss_module = config["build_loss"](model, config)
     tables = sparse_tables(loss_module, tc, model.cfg.n_items, device)
-    loss_module = ray.train.torch.prepare_model(loss_module)
+    # The models' buffers (the item text embeddings, N × text_dim) are constants that every worker builds from
+    # the same config: broadcasting them from rank 0 before every forward, DDP's default, would send them each step.
+    loss_module = ray.train.torch.prepare_model(loss_module, parallel_strategy_kwargs={"broadcast_buffers": False})
     opt = make_optimizer(loss_module, tc, tables)
 
     loader = users_loader(model, config, tc.batch_size // world, seed=tc.seed * 1000 + rank)
@@ -320,6 +322,8 @@ def fit(
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    if extra and "model" in extra:  # a config that no worker could run is refused here, not retried by Ray Train
+        train.sparse_item_grads(int(extra["model"]["n_items"]), "cuda" if train.use_gpu else "cpu")
     config = {
         "name": name, "build_model": build_model, "build_loss": build_loss, "train": train.model_dump(),
         "train_seqs": split.train, "train_times": split.history_times("val"),

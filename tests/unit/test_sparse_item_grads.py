@@ -128,3 +128,11 @@ def test_the_sparse_optimiser_state_round_trips_through_a_checkpoint(teacher, tm
     plain = torch.optim.Adam(teacher.parameters()).state_dict()
     with pytest.raises(ValueError, match="item_grads of another kind"):
         opt2.load_state_dict(plain)
+
+
+def test_a_run_that_no_worker_could_train_is_refused_before_ray_train_starts(tmp_path):
+    from training.loop import fit
+
+    with pytest.raises(ValueError, match="item_grads: sparse needs the sampled softmax"):
+        fit("teacher", None, None, TrainConfig(item_grads="sparse"), None, str(tmp_path), None,
+            extra={"model": {"n_items": PAD}})
