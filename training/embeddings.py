@@ -69,12 +69,17 @@ class EmbedFigures:
             return f"text embeddings ({where}): {self.items:,} items from the cache in {self.seconds:.1f} s"
         if not self.items_per_s:
             return f"text embeddings ({where}): {self.items:,} items in {self.seconds:.1f} s"
-        held = f"{self.actors} actors, " if self.path == "ray_data" else ""
-        held += f"{self.gpus} GPUs" if self.gpus else f"{self.cpus:g} CPUs"
+        def n(count: float, what: str) -> str:
+            return f"{count:g} {what}" + ("" if count == 1 else "s")
+
+        held = n(self.actors, "actor") + ", " if self.path == "ray_data" else ""
+        held += n(self.gpus, "GPU") if self.gpus else n(self.cpus, "CPU")
         rate = (f"{self.items_per_s_per_gpu:,.0f} items/s per GPU" if self.gpus
                 else f"{self.items_per_s_per_cpu:,.1f} items/s per CPU core")
+        after = ("" if self.gpus or self.after_first_items_per_s_per_cpu is None
+                 else f" ({self.after_first_items_per_s_per_cpu:,.1f} after the first batch)")
         return (f"text embeddings ({where}): {self.items:,} items in {self.seconds:.1f} s on {held}: "
-                f"{self.items_per_s:,.1f} items/s, {rate}")
+                f"{self.items_per_s:,.1f} items/s, {rate}{after}")
 
 
 def _rates(fig: EmbedFigures, first_rows: int = 0) -> EmbedFigures:
