@@ -134,16 +134,21 @@ def _plain(value: Any) -> Any:
 class SparseAndDense:
     """Adam over the dense weights and SparseAdam over the item id tables that train with sparse gradients
     (:func:`distilrec.models.sparse_item_tables`), zeroed, stepped, saved and restored as one optimiser.
-    Its ``state_dict`` is ``{"dense": ..., "sparse": ...}``."""
+    Its ``state_dict`` is ``{"dense": ..., "sparse": ...}``. With ``world`` > 1 workers, ``step`` first
+    averages the tables' sparse gradients over them (:func:`average_sparse_grads`): DDP leaves the tables
+    out (:func:`sparse_tables`) and all-reduces the dense weights as usual."""
 
-    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer):
+    def __init__(self, dense: torch.optim.Optimizer, sparse: torch.optim.Optimizer, world: int = 1):
         self.parts = {"dense": dense, "sparse": sparse}
+        self.world = world
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.parts.values():
             opt.zero_grad(set_to_none=set_to_none)
 
     def step(self) -> None:
+        if self.world > 1:
+            average_sparse_grads([p for g in self.parts["sparse"].param_groups for p in g["params"]], self.world)
         for opt in self.parts.values():
             opt.step()
 
@@ -158,24 +163,59 @@ class SparseAndDense:
             opt.load_state_dict(state[name])
 
 
+def average_sparse_grads(tables: list[torch.nn.Parameter], world: int) -> None:
+    """Replace each table's sparse gradient by the mean of the ``world`` workers' (the rows any of them read),
+    with dense ``all_gather`` calls on the default process group: each worker's row count, then its rows and
+    their values padded to the largest count. A table without a gradient counts as no rows."""
+    import torch.distributed as dist
+
+    for p in tables:
+        g = p.grad.coalesce() if p.grad is not None else torch.sparse_coo_tensor(
+            torch.zeros((1, 0), dtype=torch.long, device=p.device), p.new_zeros((0, p.shape[1])), p.shape)
+        rows, values = g.indices()[0], g.values()
+        count = torch.tensor([rows.numel()], dtype=torch.long, device=p.device)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count)
+        sizes = [int(c) for c in counts]
+        width = max(sizes)
+        rows = torch.cat([rows, rows.new_zeros(width - rows.numel())])
+        values = torch.cat([values, values.new_zeros((width - values.shape[0], values.shape[1]))])
+        all_rows = [torch.empty_like(rows) for _ in range(world)]
+        all_values = [torch.empty_like(values) for _ in range(world)]
+        dist.all_gather(all_rows, rows)
+        dist.all_gather(all_values, values)
+        rows = torch.cat([r[:n] for r, n in zip(all_rows, sizes)])
+        values = torch.cat([v[:n] for v, n in zip(all_values, sizes)]) / world
+        p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape).coalesce()
+
+
 def sparse_tables(loss_module: torch.nn.Module, tc: TrainConfig, n_items: int,
                   device: torch.device) -> list[torch.nn.Parameter]:
     """Switch ``loss_module``'s item id tables to sparse gradients when ``tc`` asks for them on ``device``
     (:meth:`TrainConfig.sparse_item_grads`) and return them; ``[]`` otherwise. Call it before DDP wraps
-    the module: DDP reads which parameters get sparse gradients when it is built."""
+    the module: the tables are marked for DDP to leave out (their rows are averaged over the workers by
+    :class:`SparseAndDense`, with plain all-gathers, rather than by DDP's sparse all-reduce, which crashed
+    gloo workers with heap corruption after some thousand steps)."""
     from distilrec.models import sparse_item_tables
 
-    return sparse_item_tables(loss_module) if tc.sparse_item_grads(n_items, device.type) else []
+    if not tc.sparse_item_grads(n_items, device.type):
+        return []
+    tables = sparse_item_tables(loss_module)
+    ids = {id(t) for t in tables}
+    names = [name for name, p in loss_module.named_parameters() if id(p) in ids]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_module, names)
+    return tables
 
 
-def make_optimizer(loss_module: torch.nn.Module, tc: TrainConfig,
-                   tables: list[torch.nn.Parameter]) -> torch.optim.Optimizer | SparseAndDense:
+def make_optimizer(loss_module: torch.nn.Module, tc: TrainConfig, tables: list[torch.nn.Parameter],
+                   world: int = 1) -> torch.optim.Optimizer | SparseAndDense:
     """Adam (``tc.lr``, ``tc.weight_decay``) over ``loss_module``'s trainable weights; the sparse ``tables``
-    (from :func:`sparse_tables`) go to SparseAdam instead, which updates only the rows a step read."""
+    (from :func:`sparse_tables`) go to SparseAdam instead, which updates only the rows a step read, after
+    their gradients are averaged over the ``world`` workers."""
     sparse = {id(t) for t in tables}
     dense = [p for p in loss_module.parameters() if p.requires_grad and id(p) not in sparse]
     adam = torch.optim.Adam(dense, lr=tc.lr, weight_decay=tc.weight_decay)
-    return SparseAndDense(adam, torch.optim.SparseAdam(tables, lr=tc.lr)) if tables else adam
+    return SparseAndDense(adam, torch.optim.SparseAdam(tables, lr=tc.lr), world) if tables else adam
 
 
 def save_train_state(path: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer | SparseAndDense,
@@ -248,7 +288,10 @@ def worker_loop(config: dict[str, Any]) -> None:
     # The models' buffers (the item text embeddings, N × text_dim) are constants that every worker builds from
     # the same config: broadcasting them from rank 0 before every forward, DDP's default, would send them each step.
     loss_module = ray.train.torch.prepare_model(loss_module, parallel_strategy_kwargs={"broadcast_buffers": False})
-    opt = make_optimizer(loss_module, tc, tables)
+    if world > 1:  # DDP leaves the sparse tables out, its start-up broadcast of rank 0's weights too
+        for table in tables:
+            torch.distributed.broadcast(table.data, src=0)
+    opt = make_optimizer(loss_module, tc, tables, world)
 
     loader = users_loader(model, config, tc.batch_size // world, seed=tc.seed * 1000 + rank)
     loader = ray.train.torch.prepare_data_loader(loader)

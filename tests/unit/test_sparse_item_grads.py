@@ -136,3 +136,37 @@ def test_a_run_that_no_worker_could_train_is_refused_before_ray_train_starts(tmp
     with pytest.raises(ValueError, match="item_grads: sparse needs the sampled softmax"):
         fit("teacher", None, None, TrainConfig(item_grads="sparse"), None, str(tmp_path), None,
             extra={"model": {"n_items": PAD}})
+
+
+def _average_on_rank(rank: int, store_path: str, out_path: str) -> None:
+    import torch.distributed as dist
+
+    from training.loop import average_sparse_grads
+
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
+    table = torch.nn.Parameter(torch.zeros(6, 3))
+    rows = [torch.tensor([1, 4, 4]), torch.tensor([4, 5])][rank]  # rank 0 reads row 4 twice
+    values = torch.arange(len(rows) * 3, dtype=torch.float32).reshape(-1, 3) + 10 * rank
+    table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape)
+    empty = torch.nn.Parameter(torch.zeros(6, 3))  # no gradient on rank 1
+    if rank == 0:
+        empty.grad = torch.sparse_coo_tensor(torch.tensor([[2]]), torch.ones(1, 3), empty.shape)
+    average_sparse_grads([table, empty], world=2)
+    torch.save({"table": table.grad.to_dense(), "empty": empty.grad.to_dense()}, f"{out_path}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_sparse_gradients_are_averaged_over_the_workers(tmp_path):
+    """Two gloo processes, as two Ray Train workers: each ends with the mean of both workers' sparse rows."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "grad")
+    mp.start_processes(_average_on_rank, args=(str(tmp_path / "store"), out), nprocs=2, start_method="spawn")
+    a, b = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    want = torch.zeros(6, 3)
+    want[1] = torch.tensor([0.0, 1, 2]) / 2
+    want[4] = (torch.tensor([3.0, 4, 5]) + torch.tensor([6.0, 7, 8]) + torch.tensor([10.0, 11, 12])) / 2
+    want[5] = torch.tensor([13.0, 14, 15]) / 2
+    for got in (a, b):
+        torch.testing.assert_close(got["table"], want)
+        torch.testing.assert_close(got["empty"], torch.eye(6)[2].unsqueeze(1).expand(6, 3) / 2)
