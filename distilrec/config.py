@@ -158,7 +158,12 @@ class PipelineConfig(_Strict):
                                 "report says so (report['skipped']); Popularity is always reported")
     val_max_users: int = Field(10_000, ge=5_000, description="validation (early stopping, EASE's λ) reads at most "
                                "this many users: with more, a fixed random sample of them (seed 0), the same for "
-                               "every epoch and model (report['validation']); the test reads every user")
+                               "every epoch and model (report['validation']); the test reads every user unless "
+                               "test_max_users says otherwise")
+    text_ray_min_items: int = Field(50_000, ge=0, description="catalogues of at least this many items embed their "
+                                    "text as Ray Data batch inference (actors a cluster spreads over its nodes, a GPU "
+                                    "each where there are GPUs); smaller ones in the pipeline's process, where Ray "
+                                    "Data's start-up and each actor's model loading would cost more than they save")
     test_max_users: int | None = Field(None, ge=5_000, description="the test's users: None (the default) every "
                                        "user, as docs/evaluation.md's quality figures require; a number: at most this "
                                        "many, a fixed random sample (seed 1) when there are more, the same for every "

@@ -116,20 +116,18 @@ def ensure_ray(num_workers: int, metrics_export_port: int | None = None,
 # Catalogues of at least this many items embed their text as Ray Data batch inference
 # (training.embeddings.embed_texts_ray, spread over the cluster's nodes); smaller ones in this process,
 # where Ray Data's start-up (seconds) would cost more than it saves.
-TEXT_RAY_MIN_ITEMS = 50_000
-
-
 def item_embeddings(ds: Dataset, encoder: str, workdir: Path, figures: dict | None = None,
-                    ray_workers: int = 1) -> tuple[np.ndarray, str]:
+                    ray_workers: int = 1,
+                    ray_min_items: int = PipelineConfig().text_ray_min_items) -> tuple[np.ndarray, str]:
     """Encode every item's text once (cached by content): ``(n_items, dim)`` float32 and the encoder's
-    resolved name. ``encoder='tiny'`` builds a local BERT. From ``TEXT_RAY_MIN_ITEMS`` items on, as Ray
+    resolved name. ``encoder='tiny'`` builds a local BERT. From ``ray_min_items`` items on, as Ray
     Data batch inference (Ray started first with :func:`ensure_ray` and ``ray_workers``), else in this
     process; either way ``figures``, when given, receives the stage's
     :class:`training.embeddings.EmbedFigures` as a dict, and one console line says its rate."""
     if encoder == "tiny":
         encoder = build_tiny_encoder(workdir / "encoder", ds.texts)
     encoder = resolve_encoder(encoder)
-    if len(ds.texts) >= TEXT_RAY_MIN_ITEMS:
+    if len(ds.texts) >= ray_min_items:
         ensure_ray(ray_workers)
         emb, fig = embed_texts_ray(ds.texts, encoder, cache_dir=workdir / "cache", progress=True)
     else:
@@ -293,7 +291,8 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     text_figures: dict = {}  # report["run"]["text_embeddings"]: the stage's path, items/s per core, cache hit
     with clock.stage("text_embeddings"):
         text_emb, encoder = item_embeddings(ds, cfg.encoder, work, text_figures,
-                                            ray_workers=max(cfg.teacher_train.num_workers, cfg.distill.num_workers))
+                                            ray_workers=max(cfg.teacher_train.num_workers, cfg.distill.num_workers),
+                                            ray_min_items=cfg.text_ray_min_items)
     text_dim = int(text_emb.shape[1])
     tcfg = TeacherConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.teacher)
     scfg = StudentConfig(n_items=ds.n_items, text_dim=text_dim, **cfg.student)

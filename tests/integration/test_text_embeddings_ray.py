@@ -123,18 +123,15 @@ def test_gpus_the_cluster_lacks_are_refused(ray_cluster, encoder, tmp_path):
         embed_texts_ray(TEXTS, encoder, cache_dir=tmp_path, use_gpu=True)
 
 
-def test_the_pipeline_takes_the_ray_data_path_from_its_threshold(ray_cluster, encoder, reference, tmp_path,
-                                                                 monkeypatch):
+def test_the_pipeline_takes_the_ray_data_path_from_its_threshold(ray_cluster, encoder, reference, tmp_path):
     from training import pipeline
 
     ds = SimpleNamespace(texts=TEXTS)
     small, big = {}, {}
-    monkeypatch.setattr(pipeline, "TEXT_RAY_MIN_ITEMS", len(TEXTS) + 1)
-    emb, name = pipeline.item_embeddings(ds, encoder, tmp_path / "a", small)
+    emb, name = pipeline.item_embeddings(ds, encoder, tmp_path / "a", small, ray_min_items=len(TEXTS) + 1)
     assert name == encoder and small["path"] == "in_process" and not small["cache_hit"]
     assert small["items"] == 300 and small["items_per_s_per_cpu"] > 0
-    monkeypatch.setattr(pipeline, "TEXT_RAY_MIN_ITEMS", len(TEXTS))
-    again, _ = pipeline.item_embeddings(ds, encoder, tmp_path / "b", big)
+    again, _ = pipeline.item_embeddings(ds, encoder, tmp_path / "b", big, ray_min_items=len(TEXTS))
     assert big["path"] == "ray_data" and big["actors"] >= 1 and big["items_per_s_per_cpu"] > 0
     np.testing.assert_allclose(emb, reference, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(again, reference, rtol=1e-5, atol=1e-6)
