@@ -186,7 +186,7 @@ def average_sparse_grads(tables: list[torch.nn.Parameter], world: int) -> None:
         dist.all_gather(all_values, values)
         rows = torch.cat([r[:n] for r, n in zip(all_rows, sizes)])
         values = torch.cat([v[:n] for v, n in zip(all_values, sizes)]) / world
-        p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape).coalesce()
+        p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, p.shape, check_invariants=True).coalesce()
 
 
 def sparse_tables(loss_module: torch.nn.Module, tc: TrainConfig, n_items: int,
@@ -269,10 +269,61 @@ def train_epoch(loss_module: torch.nn.Module, opt: torch.optim.Optimizer | Spars
     return total, n, samples, time.perf_counter() - t0
 
 
+# The train loop config's entries that grow with the data: put once into the object store by :func:`fit`
+# (sequences packed into flat arrays, which workers on a node then read from shared memory without a copy),
+# so that neither Ray Train's controller nor each worker holds a pickled copy of the whole log.
+SHARED = ("train_seqs", "train_times", "text_emb", "teacher")
+
+
+def pack(seqs: list[np.ndarray] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sequences as ``(flat (T,), offsets (n + 1,) int64)``, sequence i being ``flat[offsets[i]:offsets[i + 1]]``;
+    None stays None."""
+    if seqs is None:
+        return None
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter((len(x) for x in seqs), dtype=np.int64, count=len(seqs)), out=offsets[1:])
+    flat = np.concatenate(seqs) if len(seqs) else np.zeros(0, dtype=np.int64)
+    return flat, offsets
+
+
+def unpack(packed: tuple[np.ndarray, np.ndarray] | None) -> list[np.ndarray] | None:
+    """:func:`pack`'s inverse: a list of views into the flat array (no copy)."""
+    if packed is None:
+        return None
+    flat, offsets = packed
+    return [flat[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+def share_data(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with its :data:`SHARED` entries replaced by one object-store reference (``"shared"``)."""
+    import ray
+
+    shared = {k: config[k] for k in SHARED if k in config}
+    for k in ("train_seqs", "train_times"):
+        if k in shared:
+            shared[k] = pack(shared[k])
+    return {**{k: v for k, v in config.items() if k not in SHARED}, "shared": ray.put(shared)}
+
+
+def shared_data(config: dict[str, Any]) -> dict[str, Any]:
+    """:func:`share_data`'s inverse, in a worker: the entries read back from the object store."""
+    import ray
+
+    if "shared" not in config:
+        return config
+    shared = ray.get(config["shared"])
+    for k in ("train_seqs", "train_times"):
+        if k in shared:
+            shared[k] = unpack(shared[k])
+    return {**{k: v for k, v in config.items() if k != "shared"}, **shared}
+
+
 def worker_loop(config: dict[str, Any]) -> None:
     """``train_loop_per_worker`` for ``TorchTrainer``. ``config`` keys: see :func:`fit`."""
     import ray.train
     import ray.train.torch
+
+    config = shared_data(config)
 
     _quiet_report_logs()
     ctx = ray.train.get_context()
@@ -377,7 +428,7 @@ def fit(
     }
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config=config,
+        train_loop_config=share_data(config),
         scaling_config=ray.train.ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu),
         run_config=ray.train.RunConfig(
             name=name,
