@@ -97,8 +97,9 @@ class TrainConfig(_Strict):
                                                           "costs what it reads, not the catalogue's size; needs "
                                                           "the sampled softmax; 'auto': sparse with the sampled "
                                                           "softmax on CPU workers, dense otherwise (a GPU updates "
-                                                          "the whole table fast, and PyTorch's sparse all-reduce "
-                                                          "over NCCL is a prototype)")
+                                                          "the whole table fast; several GPU workers at a million "
+                                                          "items or more are better off with sparse, whose rows "
+                                                          "the workers exchange with all-gathers)")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (DDP)")
     use_gpu: bool = False
     bf16: bool | None = Field(None, description="bf16 autocast of the training steps. None: with GPUs, and on "
