@@ -174,9 +174,10 @@ def format_table(report: dict) -> "rich.table.Table":  # noqa: F821
     """A printable table of ``report['models']``."""
     from rich.table import Table
 
-    d = report["dataset"]
+    d, test = report["dataset"], report.get("test") or {}
+    who = (f"test on a sample of {test['users']:,} users" if test.get("sample_seed") is not None else "test")
     table = Table(title=f"{d['name']}: {d['users']} users, {d['items']} items, {d['interactions']} interactions "
-                        "(test, full ranking)")
+                        f"({who}, full ranking)")
     for col in ("model", "NDCG@10", "HR@10", "params", "MACs/cand.", "ms/1000 p50", "p99",
                 f"ms/1000 in a batch of {BATCH}"):
         table.add_column(col, justify="left" if col == "model" else "right")

@@ -210,3 +210,11 @@ def test_the_test_sample_is_opt_in_and_at_least_5000_users():
     assert PipelineConfig(test_max_users=20_000).test_max_users == 20_000
     with pytest.raises(ValidationError, match="test_max_users"):
         PipelineConfig(test_max_users=100)
+
+
+def test_the_table_says_when_the_test_read_a_sample_of_users():
+    report = {"dataset": {"name": "d", "users": 900_000, "items": 10, "interactions": 99}, "models": {},
+              "test": {"users": 20_000, "of": 900_000, "sample_seed": 1}}
+    assert "(test on a sample of 20,000 users, full ranking)" in format_table(report).title
+    report["test"] = {"users": 900_000, "of": 900_000, "sample_seed": None}
+    assert "(test, full ranking)" in format_table(report).title
