@@ -194,8 +194,8 @@ def sparse_tables(loss_module: torch.nn.Module, tc: TrainConfig, n_items: int,
     """Switch ``loss_module``'s item id tables to sparse gradients when ``tc`` asks for them on ``device``
     (:meth:`TrainConfig.sparse_item_grads`) and return them; ``[]`` otherwise. Call it before DDP wraps
     the module: the tables are marked for DDP to leave out (their rows are averaged over the workers by
-    :class:`SparseAndDense`, with plain all-gathers, rather than by DDP's sparse all-reduce, which crashed
-    gloo workers with heap corruption after some thousand steps)."""
+    :class:`SparseAndDense` with plain all-gathers, which every backend runs, rather than by DDP's sparse
+    all-reduce)."""
     from distilrec.models import sparse_item_tables
 
     if not tc.sparse_item_grads(n_items, device.type):
