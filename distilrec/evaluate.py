@@ -37,7 +37,7 @@ def evaluate_baselines(split: Split, n_items: int, lambdas: Sequence[float] = EA
     Above ``ease_max_items`` items EASE is not fitted (:class:`distilrec.baselines.CatalogueTooLarge`):
     it is left out of the result and its reason put in ``skipped["ease"]``. Popularity is always there."""
     test_h = split.histories("test")
-    eval_h, eval_t, _ = test_set(split, test_users)
+    eval_h, eval_t, _ = eval_inputs(split, test_users)
     ranks = {} if ranks is None else ranks
     ranks["popularity"] = target_ranks(Popularity.fit(test_h, n_items).score, eval_h, eval_t)
     out = {"popularity": {**evaluate_ranks(ranks["popularity"]), **_no_cost()}}
@@ -62,7 +62,7 @@ def _no_cost() -> dict:
             "score_ms_per_request_batched": None}
 
 
-def test_set(split: Split, users: np.ndarray | None,
+def eval_inputs(split: Split, users: np.ndarray | None,
              stage: str = "test") -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
     """``(histories, targets, history times or None)`` of ``stage`` for the users ``users`` (indices, in
     that order; None: every user)."""
@@ -76,7 +76,7 @@ def model_ranks(model: torch.nn.Module, split: Split, stage: str = "test",
                 users: np.ndarray | None = None) -> np.ndarray:
     """Each user's rank of the ``stage`` target under ``model`` (full ranking over every item, history
     removed), for the users ``users`` (None: every user)."""
-    h, t, times = test_set(split, users, stage)
+    h, t, times = eval_inputs(split, users, stage)
     return target_ranks(model_score_fn(model), h, t, times=times)
 
 

@@ -1,6 +1,6 @@
 """Item text embeddings as Ray Data batch inference: the text encoder runs in actors that a cluster
 spreads over its nodes (one GPU each where there are GPUs, else a CPU each), for catalogues where one
-process would take hours (all-MiniLM-L6-v2 embeds about 270 titles/s on 2 CPU cores).
+process would take hours (a transformer encoder embeds some hundreds of texts per second per CPU core).
 
     emb, figures = embed_texts_ray(texts, encoder_folder, cache_dir="out/work/cache")
     figures.items_per_s_per_cpu   # the stage's rate per CPU core the actors held

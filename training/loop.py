@@ -148,7 +148,7 @@ class SparseAndDense:
 
     def step(self) -> None:
         if self.world > 1:
-            average_sparse_grads([p for g in self.parts["sparse"].param_groups for p in g["params"]], self.world)
+            average_sparse_grads(self.parts["sparse"].param_groups[0]["params"], self.world)
         for opt in self.parts.values():
             opt.step()
 

@@ -113,9 +113,6 @@ def ensure_ray(num_workers: int, metrics_export_port: int | None = None,
         ray.init(num_cpus=max(os.cpu_count() or 1, num_workers + 2), _metrics_export_port=metrics_export_port)
 
 
-# Catalogues of at least this many items embed their text as Ray Data batch inference
-# (training.embeddings.embed_texts_ray, spread over the cluster's nodes); smaller ones in this process,
-# where Ray Data's start-up (seconds) would cost more than it saves.
 def item_embeddings(ds: Dataset, encoder: str, workdir: Path, figures: dict | None = None,
                     ray_workers: int = 1,
                     ray_min_items: int = PipelineConfig().text_ray_min_items) -> tuple[np.ndarray, str]:
@@ -299,12 +296,14 @@ def run_pipeline(spec: str, output: str, cfg: PipelineConfig = PipelineConfig(),
     # before the baselines and Ray's start, so that a --resume that cannot continue is refused at once
     storage = training_storage(out, resume, run_identity(ds, cfg.encoder, text_dim, tcfg, scfg))
 
-    val_users = split.val_sample(cfg.val_max_users)  # None: validation reads every user
-    validation = {"users": ds.n_users if val_users is None else len(val_users), "of": ds.n_users,
-                  "sample_seed": None if val_users is None else 0}
-    test_users = split.val_sample(cfg.test_max_users, seed=1)  # None: the test reads every user
-    test = {"users": ds.n_users if test_users is None else len(test_users), "of": ds.n_users,
-            "sample_seed": None if test_users is None else 1}
+    def sample(max_users: int | None, seed: int) -> tuple[np.ndarray | None, dict]:
+        """A fixed sample of users (None: every user) and its report entry (users read, of all, seed)."""
+        users = split.val_sample(max_users, seed=seed)
+        return users, {"users": ds.n_users if users is None else len(users), "of": ds.n_users,
+                       "sample_seed": None if users is None else seed}
+
+    val_users, validation = sample(cfg.val_max_users, seed=0)
+    test_users, test = sample(cfg.test_max_users, seed=1)
     if test_users is not None:
         console.print(f"[bold]test[/] a fixed sample of {len(test_users):,} of {ds.n_users:,} users (test_max_users)")
     console.print("[bold]baselines[/] Popularity, EASE (λ on validation)")

@@ -31,11 +31,17 @@ from distilrec.bench.report import _pressure, write_tables
 
 
 def synthetic_texts(items: int, seed: int = 0) -> list[str]:
-    """The item texts of the synthetic generator's catalogue of ``items`` items (its Parquet form's)."""
+    """The item texts of the synthetic generator's catalogue of ``items`` items, as the dataset reader
+    builds them from its Parquet form's title and genres (:func:`distilrec.data.tables.item_texts`)."""
+    import pandas as pd
+
     from distilrec.data.synthetic import _catalogue
+    from distilrec.data.tables import item_texts
 
     cat = _catalogue(items, np.random.default_rng(seed))
-    return [f"{t}. genres: {g}" for t, g in zip(cat["title"].tolist(), cat["genres"].tolist())]
+    texts = item_texts(pd.Series(np.arange(items).astype(str)), pd.Series(cat["title"]),
+                       {"genres": pd.Series(cat["genres"])})
+    return [text for _, text in texts.values()]
 
 
 def resolve_bench_encoder(encoder: str, texts: list[str], workdir: Path) -> str:

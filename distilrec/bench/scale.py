@@ -13,10 +13,10 @@ memory) is split leave-one-out and one epoch of the pipeline's own training pass
 loss builders and optimiser, ``loss: sampled``): the teacher, then distillation (the student learning from
 that teacher). ``--item-grads`` names how the item id table trains, each point once per kind in turns
 (``sparse``: the rows a step read, SparseAdam; ``dense``: every row, Adam; ``auto``: the pipeline's choice,
-sparse on CPUs), so that their ratio comes from one run. One process with every CPU's thread stands for the pipeline's Ray Train workers on one node; an
-epoch's cost depends on the shapes, not on what the weights have learnt, so the weights start random and
-the item text embeddings are random vectors of the tiny encoder's width (the text encoder's own cost is
-the pipeline's item-embedding stage, not an epoch's). ``--max-epoch-s`` stops a long epoch early and
+sparse on CPUs), so that their ratio comes from one run. One process with every CPU's thread stands for
+the pipeline's Ray Train workers on one node; an epoch's cost depends on the shapes, not on what the
+weights have learnt, so the weights start random and the item text embeddings are random vectors of the
+tiny encoder's width (the text encoder's own cost is the pipeline's item-embedding stage, not an epoch's). ``--max-epoch-s`` stops a long epoch early and
 extrapolates from its steps (the result says so). Validation is timed on ``--val-users`` users (the
 pipeline validates ``val_max_users`` per epoch; the figure scales with users × items).
 
@@ -48,6 +48,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from distilrec.bench.serve import psi_cpu
 
 MEAN_HISTORY = 24  # the synthetic generator's histories: 8 to 40 items, uniformly
 TEXT_DIM = 32      # the tiny test encoder's width
@@ -166,28 +168,19 @@ def _rss_mib() -> float | None:
     return None if kib is None else round(kib / 1024, 1)
 
 
-def _psi_total_us() -> int | None:
-    """Linux PSI's counter of microseconds in which some runnable task waited for a CPU (None without it)."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return int(dict(kv.split("=") for kv in line.split()[1:])["total"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-
-
 class CpuClock:
     """Context manager: this process's CPU seconds (all its threads) while open, and the share (%) of the
     wall time in which some task on the machine waited for a CPU (``cpu_wait_pct``; other work on a shared
     machine shows here). CPU seconds move less than wall seconds when the machine is shared."""
 
     def __enter__(self) -> "CpuClock":
-        self._t, self._c, self._p = time.perf_counter(), time.process_time(), _psi_total_us()
+        self._t, self._c, self._p = time.perf_counter(), time.process_time(), psi_cpu("total")
         return self
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self._t
         self.cpu_s = time.process_time() - self._c
-        p = _psi_total_us()
+        p = psi_cpu("total")
         self.cpu_wait_pct = None if p is None or self._p is None or wall <= 0 else \
             round(100 * (p - self._p) / 1e6 / wall, 1)
 
@@ -486,9 +479,8 @@ def scale_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                     "measured": f"{a:.3f} / {b:.3f} ms = 1/{(b / a) if a else float('inf'):.1f}",
                     "verdict": "met" if r is not None and r <= 1 / SCORER_RATIO else "missed"})
     train = [p for p in result.get("train") or [] if "stages" in p]
-    for n, grads in sorted({(p["items"], p.get("item_grads", "auto")) for p in train}):
-        pts = sorted((p for p in train if p["items"] == n and p.get("item_grads", "auto") == grads),
-                     key=lambda p: p["interactions"])
+    for n, grads in sorted({(p["items"], _kind(p)) for p in train}):
+        pts = sorted((p for p in train if p["items"] == n and _kind(p) == grads), key=lambda p: p["interactions"])
         for stage in ("teacher", "distill"):
             have = [p for p in pts if stage in p["stages"]]
             if len(have) < 2:
@@ -501,7 +493,7 @@ def scale_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
             span = f"{size_label(have[0]['interactions'])}→{size_label(have[-1]['interactions'])}"
             what = "CPU s" if key == "cpu_s" else "s"
             out.append({"target": f"{stage} epoch time at most linear in interactions at {size_label(n)} items ({span}; "
-                                  f"item_grads {grads})",
+                                  f"{grads} item gradients)",
                         "measured": f"{what} ∝ interactions^{slope:.2f}; {what} per 1M interactions: "
                                     + ", ".join(f"{v:.1f}" for v in per),
                         "verdict": "met" if slope <= LINEAR_SLOPE else "missed"})
@@ -519,11 +511,14 @@ def _f(x: Any, spec: str = ",.1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _kind(point: dict[str, Any]) -> str:
+    """How a training point's item table trained: ``"sparse"`` or ``"dense"``."""
+    return "sparse" if any(s.get("sparse_item_grads") for s in (point.get("stages") or {}).values()) else "dense"
+
+
 def _grads(point: dict[str, Any]) -> str:
-    """How a training point's item table trained: ``sparse``/``dense``, with the asked ``auto`` noted."""
-    stages = point.get("stages") or {}
-    kind = "sparse" if any(s.get("sparse_item_grads") for s in stages.values()) else "dense"
-    return f"{kind} (auto)" if point.get("item_grads") == "auto" else kind
+    """:func:`_kind`, with an asked ``auto`` noted: the table's label."""
+    return f"{_kind(point)} (auto)" if point.get("item_grads") == "auto" else _kind(point)
 
 
 def _grads_ratios(train: list[dict[str, Any]]) -> list[str]:
@@ -531,7 +526,7 @@ def _grads_ratios(train: list[dict[str, Any]]) -> list[str]:
     by: dict[tuple[int, int], dict[str, dict]] = {}
     for p in train:
         if "stages" in p:
-            by.setdefault((p["interactions"], p["items"]), {})[_grads(p).split()[0]] = p["stages"]
+            by.setdefault((p["interactions"], p["items"]), {})[_kind(p)] = p["stages"]
     lines = []
     for (i, n), kinds in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if {"dense", "sparse"} <= set(kinds):
@@ -663,10 +658,10 @@ def plot_scale(result: dict[str, Any], train_path: str | Path, serve_path: str |
     train = [p for p in result.get("train") or [] if "stages" in p]
     if train:
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-        lines = sorted({(p["items"], _grads(p).split()[0]) for p in train})
+        lines = sorted({(p["items"], _kind(p)) for p in train})
         colours = {n: f"C{i}" for i, n in enumerate(sorted({n for n, _ in lines}))}
         for n, kind in lines:
-            pts = sorted((p for p in train if p["items"] == n and _grads(p).split()[0] == kind),
+            pts = sorted((p for p in train if p["items"] == n and _kind(p) == kind),
                          key=lambda p: p["interactions"])
             for stage, style in (("teacher", "-o"), ("distill", "--s")):
                 have = [p for p in pts if stage in p["stages"]]

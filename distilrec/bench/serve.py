@@ -107,15 +107,22 @@ def request_bodies(users: list[str], items: list[str], n: int, history_share: fl
     return out
 
 
+def psi_cpu(field: str) -> float | None:
+    """One field of Linux PSI's ``some`` line for the CPU (``avg10``, ``avg60``, ``avg300``: % of the
+    window in which some runnable task waited for a CPU; ``total``: microseconds of it since boot); None
+    where /proc/pressure is missing."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return float(dict(kv.split("=") for kv in line.split()[1:])[field])
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def cpu_pressure() -> float | None:
     """Linux PSI: the share (%) of the last 60 s in which some runnable task waited for a CPU (None
     where /proc/pressure is missing). Near 0 on an idle machine; the other work on a shared one shows here.
     """
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return float(dict(kv.split("=") for kv in line.split()[1:])["avg60"])
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
+    return psi_cpu("avg60")
 
 
 def machine_info() -> dict[str, Any]:
